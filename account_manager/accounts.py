@@ -1,0 +1,216 @@
+"""Users: registration, the caller's own account, and what admins do to users (SPEC §4)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from account_manager import store
+from account_manager.passwords import check_strength, passwords
+from account_manager.sessions import end_all_sessions, now_utc
+from shared.context import Context
+from shared.errors import (
+    InvalidCredentialsError,
+    NotFoundError,
+    RegistrationClosedError,
+    UsernameTakenError,
+    ValidationFailedError,
+)
+from shared.models import ActorType, EventType, Role
+
+USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{2,63}")
+EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
+# User ids: lower-case letters and digits, one length, no "-" (the MQTT client-id rule needs it).
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+USER_ID_LENGTH = 20
+
+
+class WrongPasswordError(InvalidCredentialsError):
+    # 403, not 401: a mobile app drops its tokens on 401, and the caller's token is fine.
+    status_code = 403
+    default_detail = "The current password is wrong."
+
+
+def new_user_id() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(USER_ID_LENGTH))
+
+
+def check_username(username: str) -> None:
+    if not USERNAME.fullmatch(username):
+        raise ValidationFailedError("username: 3 to 64 letters, digits or . _ @ + -, starting with a letter or digit.")
+
+
+def check_email(email: str | None) -> None:
+    if email is not None and (len(email) > 254 or not EMAIL.fullmatch(email)):
+        raise ValidationFailedError("email: not an email address.")
+
+
+def public_user(user: store.UserRow) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "username": user.username,
+        "email": user.email,
+        "role": user.role,
+        "created_at": user.created_at,
+        "last_login_at": user.last_login_at,
+    }
+
+
+async def create_user(
+    ctx: Context,
+    *,
+    username: str,
+    password: str,
+    role: Role,
+    email: str | None = None,
+    actor_id: str | None = None,
+    ip: str | None = None,
+) -> store.UserRow:
+    check_username(username)
+    check_email(email)
+    check_strength(password)
+    password_hash = await passwords(ctx).hash(password)
+    user_id = new_user_id()
+    now = now_utc()
+    try:
+        async with ctx.db.write() as tx:
+            if await store.user_by_username(tx, username=username) is not None:
+                raise UsernameTakenError()
+            await store.insert_user(
+                tx, user_id=user_id, username=username, password_hash=password_hash, role=role, email=email, now=now
+            )
+            detail = {"username": username, "role": str(role)}
+            if actor_id is not None:
+                detail["created_by"] = actor_id
+            await ctx.events.record(
+                tx,
+                EventType.USER_REGISTERED,
+                actor_type=ActorType.USER,
+                actor_id=actor_id or user_id,
+                ip=ip,
+                detail=detail,
+            )
+    except sa.exc.IntegrityError:
+        raise UsernameTakenError() from None  # two registrations of one name at once: one wins
+    return store.UserRow(user_id, username, email, password_hash, role, False, now, None)
+
+
+async def register(ctx: Context, *, username: str, password: str, email: str | None, ip: str | None) -> store.UserRow:
+    if not ctx.settings.open_registration:
+        raise RegistrationClosedError()
+    return await create_user(ctx, username=username, password=password, role=Role.USER, email=email, ip=ip)
+
+
+async def get_user(ctx: Context, *, user_id: str) -> store.UserRow:
+    async with ctx.db.read() as tx:
+        user = await store.user_by_id(tx, user_id=user_id)
+    if user is None:
+        raise NotFoundError("No such user.")
+    return user
+
+
+async def update_email(ctx: Context, *, user_id: str, email: str | None, ip: str | None) -> store.UserRow:
+    check_email(email)
+    async with ctx.db.write() as tx:
+        await store.update_user(tx, user_id=user_id, now=now_utc(), email=email)
+        await ctx.events.record(
+            tx, EventType.USER_UPDATED, actor_type=ActorType.USER, actor_id=user_id, ip=ip, detail={"fields": ["email"]}
+        )
+    return await get_user(ctx, user_id=user_id)
+
+
+async def change_password(
+    ctx: Context, *, user_id: str, sid: str, current_password: str, new_password: str, ip: str | None
+) -> None:
+    user = await get_user(ctx, user_id=user_id)
+    if not await passwords(ctx).verify(user.password_hash, current_password):
+        raise WrongPasswordError()
+    check_strength(new_password)
+    password_hash = await passwords(ctx).hash(new_password)
+    async with ctx.db.write() as tx:
+        await store.update_user(tx, user_id=user_id, now=now_utc(), password_hash=password_hash)
+        ended = await end_all_sessions(ctx, tx, user_id=user_id, reason="password_changed", except_sid=sid)
+        await ctx.events.record(
+            tx,
+            EventType.PASSWORD_CHANGED,
+            actor_type=ActorType.USER,
+            actor_id=user_id,
+            ip=ip,
+            detail={"sessions_ended": len(ended)},
+        )
+
+
+async def admin_update_user(
+    ctx: Context, *, actor_id: str, user_id: str, role: Role | None, disabled: bool | None, ip: str | None
+) -> dict[str, Any]:
+    async with ctx.db.write() as tx:
+        user = await store.user_by_id(tx, user_id=user_id)
+        if user is None:
+            raise NotFoundError("No such user.")
+        changes: dict[str, Any] = {}
+        if role is not None and role != user.role:
+            changes["role"] = str(role)
+        if disabled is not None and disabled != user.disabled:
+            changes["disabled"] = disabled
+        if changes:
+            await store.update_user(tx, user_id=user_id, now=now_utc(), **changes)
+            # Disabling ends every session at once; so does a role change, so that no token goes on
+            # carrying the old role until it expires.
+            if changes.get("disabled") or "role" in changes:
+                await end_all_sessions(ctx, tx, user_id=user_id, reason="disabled" if disabled else "role_changed")
+            await ctx.events.record(
+                tx,
+                EventType.USER_UPDATED,
+                actor_type=ActorType.USER,
+                actor_id=actor_id,
+                ip=ip,
+                detail={"user_id": user_id, **changes},
+            )
+        rows, _ = await store.list_users(tx, query=None, role=None, limit=1, offset=0, now=now_utc(), user_id=user_id)
+    return admin_view(rows[0])
+
+
+def admin_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "active_sessions": int(row["active_sessions"] or 0)}
+
+
+async def list_users(
+    ctx: Context, *, query: str | None, role: str | None, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    async with ctx.db.read() as tx:
+        rows, total = await store.list_users(tx, query=query, role=role, limit=limit, offset=offset, now=now_utc())
+    return [admin_view(row) for row in rows], total
+
+
+async def ensure_admin(ctx: Context, *, password: str | None) -> str | None:
+    """First serve on an empty database: create `admin`. The password it was given, or a generated
+    one (returned so the command line prints it once); None when users already exist."""
+    async with ctx.db.read() as tx:
+        if await store.count_users(tx) > 0:
+            return None
+    chosen = password or secrets.token_urlsafe(15)
+    await create_user(ctx, username="admin", password=chosen, role=Role.ADMIN)
+    return chosen
+
+
+async def stats(ctx: Context) -> dict[str, int]:
+    now = now_utc()
+    day_ago: datetime = now - timedelta(hours=24)
+    async with ctx.db.read() as tx:
+        devices, online = await store.count_devices(tx)
+        return {
+            "users": await store.count_users(tx),
+            "devices": devices,
+            "devices_online": online,
+            "sessions_active": await store.count_active_sessions(tx, now=now),
+            "logins_24h": await store.count_events_since(tx, type=EventType.LOGIN_SUCCEEDED, since=day_ago),
+            "login_failures_24h": await store.count_events_since(tx, type=EventType.LOGIN_FAILED, since=day_ago),
+            "device_connections_24h": await store.count_events_since(
+                tx, type=EventType.DEVICE_CONNECTED, since=day_ago
+            ),
+        }

@@ -1,0 +1,167 @@
+"""HTTP routes of /v1/auth and the discovery document (SPEC §4). Thin: parse, call, answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from account_manager import accounts, oauth, sessions
+from account_manager.schemas import (
+    ExchangeIn,
+    LoginIn,
+    RefreshIn,
+    RegisteredOut,
+    RegisterIn,
+    SessionOut,
+    TokenIn,
+    TokenPairOut,
+)
+from shared.bodies import body_doc, parse_body, raw_body
+from shared.deps import ClientIp, CtxDep, CurrentUser
+from shared.errors import (
+    AccountDisabledError,
+    InvalidCredentialsError,
+    InvalidGrantError,
+    InvalidRequestError,
+    RefreshTokenReusedError,
+    TokenEndpointGrantError,
+    UnsupportedGrantTypeError,
+    ValidationFailedError,
+)
+
+router = APIRouter(tags=["auth"])
+NO_STORE = {"Cache-Control": "no-store"}  # RFC 6749 §5.1
+
+
+def _user_agent(request: Request) -> str | None:
+    return request.headers.get("user-agent")
+
+
+def _pair(pair: sessions.TokenPair) -> JSONResponse:
+    return JSONResponse(pair.to_json(), headers=NO_STORE)
+
+
+@router.post("/v1/auth/register", status_code=201, response_model=RegisteredOut, openapi_extra=body_doc(RegisterIn))
+async def register(request: Request, ctx: CtxDep, ip: ClientIp) -> RegisteredOut:
+    body = await parse_body(request, RegisterIn)
+    user = await accounts.register(ctx, username=body.username, password=body.password, email=body.email, ip=ip)
+    return RegisteredOut(id=user.id, username=user.username, role=user.role)
+
+
+@router.post("/v1/auth/login", response_model=TokenPairOut, openapi_extra=body_doc(LoginIn))
+async def login(request: Request, ctx: CtxDep, ip: ClientIp) -> JSONResponse:
+    body = await parse_body(request, LoginIn)
+    pair = await sessions.login(
+        ctx, username=body.username, password=body.password, ip=ip, user_agent=_user_agent(request)
+    )
+    return _pair(pair)
+
+
+@router.post("/v1/auth/token", response_model=TokenPairOut)
+async def token(request: Request, ctx: CtxDep, ip: ClientIp) -> JSONResponse:
+    """The OAuth 2 token endpoint (RFC 6749 §4.3 and §6), with its error codes (§5.2)."""
+    data = await raw_body(request)
+    grant = data.get("grant_type")
+    try:
+        if grant == "password":
+            body = await _validated(LoginIn, data)
+            pair = await sessions.login(
+                ctx, username=body.username, password=body.password, ip=ip, user_agent=_user_agent(request)
+            )
+        elif grant == "refresh_token":
+            refresh_body = await _validated(RefreshIn, data)
+            pair = await sessions.refresh(
+                ctx, refresh_token=refresh_body.refresh_token, ip=ip, user_agent=_user_agent(request)
+            )
+        elif grant is None:
+            raise InvalidRequestError("grant_type is required.")
+        else:
+            raise UnsupportedGrantTypeError()
+    except (InvalidCredentialsError, InvalidGrantError, RefreshTokenReusedError, AccountDisabledError) as exc:
+        raise TokenEndpointGrantError(exc.detail) from None
+    except ValidationFailedError as exc:
+        raise InvalidRequestError(exc.detail) from None
+    return _pair(pair)
+
+
+async def _validated(model: Any, data: dict[str, object]) -> Any:
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        field = ".".join(str(part) for part in exc.errors()[0].get("loc", ()))
+        raise ValidationFailedError(f"{field} is missing or invalid.") from None
+
+
+@router.post("/v1/auth/refresh", response_model=TokenPairOut, openapi_extra=body_doc(RefreshIn))
+async def refresh(request: Request, ctx: CtxDep, ip: ClientIp) -> JSONResponse:
+    body = await parse_body(request, RefreshIn)
+    pair = await sessions.refresh(ctx, refresh_token=body.refresh_token, ip=ip, user_agent=_user_agent(request))
+    return _pair(pair)
+
+
+@router.post("/v1/auth/logout", status_code=204)
+async def logout(ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> Response:
+    await sessions.logout(ctx, user_id=user.id, sid=user.sid, ip=ip)
+    return Response(status_code=204)
+
+
+@router.post("/v1/auth/logout-all", status_code=204)
+async def logout_all(ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> Response:
+    await sessions.logout_all(ctx, user_id=user.id, ip=ip)
+    return Response(status_code=204)
+
+
+@router.get("/v1/auth/sessions", response_model=list[SessionOut])
+async def list_sessions(ctx: CtxDep, user: CurrentUser, response: Response) -> list[dict[str, object]]:
+    found = await sessions.list_sessions(ctx, user_id=user.id, current_sid=user.sid)
+    response.headers["X-Total-Count"] = str(len(found))
+    return found
+
+
+@router.delete("/v1/auth/sessions/{session_id}", status_code=204)
+async def end_session(session_id: str, ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> Response:
+    await sessions.revoke_session(ctx, user_id=user.id, sid=session_id, ip=ip)
+    return Response(status_code=204)
+
+
+@router.post("/v1/auth/introspect", openapi_extra=body_doc(TokenIn))
+async def introspect(request: Request, ctx: CtxDep, ip: ClientIp) -> JSONResponse:
+    await oauth.rate_limit_introspection(ctx, ip)
+    body = await parse_body(request, TokenIn)
+    return JSONResponse(await oauth.introspect(ctx, body.token), headers=NO_STORE)
+
+
+@router.post("/v1/auth/revoke", openapi_extra=body_doc(TokenIn))
+async def revoke(request: Request, ctx: CtxDep, ip: ClientIp) -> Response:
+    body = await parse_body(request, TokenIn)
+    await oauth.revoke(ctx, body.token, ip=ip)
+    return Response(status_code=200)
+
+
+@router.post("/v1/auth/exchange", openapi_extra=body_doc(ExchangeIn))
+async def exchange(request: Request, ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> JSONResponse:
+    body = await parse_body(request, ExchangeIn)
+    issued = await oauth.exchange(ctx, user_id=user.id, sid=user.sid, audience=body.audience, nonce=body.nonce, ip=ip)
+    return JSONResponse(issued, headers=NO_STORE)
+
+
+@router.get("/.well-known/openid-configuration", tags=["keys"])
+async def discovery(ctx: CtxDep) -> JSONResponse:
+    issuer = ctx.settings.issuer.rstrip("/")
+    document = {
+        "issuer": ctx.settings.issuer,
+        "jwks_uri": f"{issuer}/.well-known/jwks.json",
+        "token_endpoint": f"{issuer}/v1/auth/token",
+        "introspection_endpoint": f"{issuer}/v1/auth/introspect",
+        "revocation_endpoint": f"{issuer}/v1/auth/revoke",
+        "grant_types_supported": ["password", "refresh_token"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "id_token_signing_alg_values_supported": [ctx.settings.jwt_alg],
+        "response_types_supported": ["token"],
+        "subject_types_supported": ["public"],
+    }
+    return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})

@@ -1,0 +1,107 @@
+"""Request and response bodies of the account manager (SPEC §4)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+
+from shared.models import Role
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_max_length=8192)
+
+
+class RegisterIn(_In):
+    username: StrictStr = Field(max_length=64)
+    password: StrictStr = Field(max_length=1024)
+    email: StrictStr | None = Field(default=None, max_length=254)
+
+
+class LoginIn(_In):
+    username: StrictStr = Field(max_length=256)
+    password: StrictStr = Field(max_length=1024)
+
+
+class RefreshIn(_In):
+    refresh_token: StrictStr = Field(max_length=512)
+
+
+class TokenIn(_In):
+    token: StrictStr = Field(max_length=16384)
+    token_type_hint: StrictStr | None = None
+
+
+class ExchangeIn(_In):
+    audience: StrictStr = Field(max_length=256)
+    nonce: StrictStr | None = Field(default=None, max_length=256)
+
+
+class PasswordChangeIn(_In):
+    current_password: StrictStr = Field(max_length=1024)
+    new_password: StrictStr = Field(max_length=1024)
+
+
+class EmailIn(_In):
+    email: StrictStr | None = Field(max_length=254)
+
+
+class AdminCreateUserIn(_In):
+    username: StrictStr = Field(max_length=64)
+    password: StrictStr = Field(max_length=1024)
+    role: Role
+    email: StrictStr | None = Field(default=None, max_length=254)
+
+
+class AdminUpdateUserIn(_In):
+    role: Role | None = None
+    disabled: StrictBool | None = None
+
+
+class TokenPairOut(BaseModel):
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+    refresh_token: str
+    refresh_expires_in: int
+
+
+class RegisteredOut(BaseModel):
+    id: str
+    username: str
+    role: str
+
+
+class UserOut(BaseModel):
+    id: str
+    username: str
+    email: str | None
+    role: str
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+class AdminUserOut(UserOut):
+    disabled: bool
+    active_sessions: int
+
+
+class SessionOut(BaseModel):
+    id: str
+    created_at: datetime
+    last_used_at: datetime
+    ip: str | None
+    user_agent: str | None
+    current: bool
+
+
+class EventOut(BaseModel):
+    id: int
+    ts: datetime
+    type: str
+    actor_type: str
+    actor_id: str | None
+    device_uid: str | None
+    ip: str | None
+    detail: dict[str, object]

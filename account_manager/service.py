@@ -1,0 +1,12 @@
+"""The account manager as a service: its routes, mounted by shared.app.create_app."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from account_manager.routes import admin, auth, users
+
+router = APIRouter()
+router.include_router(auth.router)
+router.include_router(users.router)
+router.include_router(admin.router)

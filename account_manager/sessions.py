@@ -1,0 +1,254 @@
+"""Sessions: log in, refresh with rotation and reuse detection, log out (SPEC §4).
+
+A session is what a refresh token belongs to; every access token carries its id (`sid`), so ending a
+session ends every token of it at once, wherever it is checked."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from account_manager import lockout, store
+from account_manager.passwords import passwords
+from shared.context import Context
+from shared.db import Tx
+from shared.errors import (
+    AccountDisabledError,
+    InvalidCredentialsError,
+    InvalidGrantError,
+    NotFoundError,
+    RefreshTokenReusedError,
+)
+from shared.models import ActorType, EventType
+
+REFRESH_PREFIX = "hsr_"  # opaque to clients; lets introspection tell a refresh token at a glance
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    expires_in: int
+    refresh_token: str
+    refresh_expires_in: int
+    token_type: str = "Bearer"
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def hash_refresh(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_refresh_token() -> str:
+    return REFRESH_PREFIX + secrets.token_urlsafe(32)  # 256 bits
+
+
+def _seal_key(refresh_token: str) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"handshake refresh grace").derive(
+        refresh_token.encode()
+    )
+
+
+def seal_pair(refresh_token: str, pair: TokenPair, *, access_exp: int, refresh_exp: int) -> bytes:
+    """The pair handed out for `refresh_token`, readable only by whoever holds that token: a replay
+    within the grace window gets this same pair back, and nothing in the database reveals it."""
+    nonce = secrets.token_bytes(12)
+    body = orjson.dumps({"a": pair.access_token, "ae": access_exp, "r": pair.refresh_token, "re": refresh_exp})
+    return nonce + AESGCM(_seal_key(refresh_token)).encrypt(nonce, body, None)
+
+
+def open_pair(refresh_token: str, box: bytes, now: datetime) -> TokenPair | None:
+    try:
+        body = orjson.loads(AESGCM(_seal_key(refresh_token)).decrypt(box[:12], box[12:], None))
+    except (InvalidTag, ValueError):
+        return None
+    stamp = int(now.timestamp())
+    return TokenPair(
+        access_token=body["a"],
+        expires_in=max(0, body["ae"] - stamp),
+        refresh_token=body["r"],
+        refresh_expires_in=max(0, body["re"] - stamp),
+    )
+
+
+async def issue_session(
+    ctx: Context, tx: Tx, *, user_id: str, role: str, ip: str | None, user_agent: str | None
+) -> TokenPair:
+    settings = ctx.settings
+    now = now_utc()
+    sid = secrets.token_hex(16)
+    expires_at = now + timedelta(seconds=settings.refresh_ttl)
+    await store.insert_session(
+        tx, sid=sid, user_id=user_id, now=now, expires_at=expires_at, ip=ip, user_agent=user_agent
+    )
+    refresh_token = new_refresh_token()
+    await store.insert_refresh(tx, token_hash=hash_refresh(refresh_token), sid=sid, now=now, expires_at=expires_at)
+    access, _ = ctx.issuer.access(user_id=user_id, sid=sid, role=role, ttl=settings.access_ttl)
+    return TokenPair(access, settings.access_ttl, refresh_token, settings.refresh_ttl)
+
+
+async def login(ctx: Context, *, username: str, password: str, ip: str | None, user_agent: str | None) -> TokenPair:
+    key = username.lower()
+    await lockout.check(ctx, key, ip)
+    async with ctx.db.read() as tx:
+        user = await store.user_by_username(tx, username=username)
+    ok = await passwords(ctx).verify(user.password_hash if user else None, password)
+    if not ok or user is None:
+        blocked = await lockout.record_failure(ctx, key, ip)
+        async with ctx.db.write() as tx:
+            actor = user.id if user else None
+            await ctx.events.record(
+                tx,
+                EventType.LOGIN_FAILED,
+                actor_type=ActorType.USER,
+                actor_id=actor,
+                ip=ip,
+                detail={"username": username},
+            )
+            if blocked:
+                await ctx.events.record(
+                    tx,
+                    EventType.LOGIN_LOCKED,
+                    actor_type=ActorType.SYSTEM,
+                    actor_id=actor,
+                    ip=ip,
+                    detail={"username": username, "retry_after": blocked},
+                )
+        ctx.metrics.logins.labels(result="failed").inc()
+        raise InvalidCredentialsError()
+    # Told only to someone who knows the password: a disabled account is no secret to its owner.
+    if user.disabled:
+        raise AccountDisabledError()
+    await lockout.record_success(ctx, key, ip)
+    async with ctx.db.write() as tx:
+        pair = await issue_session(ctx, tx, user_id=user.id, role=user.role, ip=ip, user_agent=user_agent)
+        await store.update_user(tx, user_id=user.id, now=now_utc(), last_login_at=now_utc())
+        await ctx.events.record(tx, EventType.LOGIN_SUCCEEDED, actor_type=ActorType.USER, actor_id=user.id, ip=ip)
+    ctx.metrics.logins.labels(result="succeeded").inc()
+    return pair
+
+
+async def refresh(ctx: Context, *, refresh_token: str, ip: str | None, user_agent: str | None) -> TokenPair:
+    # Never consume a refresh token we might not be able to honour: an app treats 401 as final.
+    ctx.revocations.require_confirmed()
+    settings = ctx.settings
+    token_hash = hash_refresh(refresh_token)
+    async with ctx.db.write() as tx:
+        row = await store.refresh_by_hash(tx, token_hash=token_hash)
+        now = now_utc()
+        if row is None or row.session_revoked or row.user_disabled or row.expires_at <= now:
+            raise InvalidGrantError()
+        new_token = new_refresh_token()
+        access, access_exp = ctx.issuer.access(
+            user_id=row.user_id, sid=row.session_id, role=row.user_role, ttl=settings.access_ttl
+        )
+        expires_at = now + timedelta(seconds=settings.refresh_ttl)
+        pair = TokenPair(access, settings.access_ttl, new_token, settings.refresh_ttl)
+        box = seal_pair(refresh_token, pair, access_exp=access_exp, refresh_exp=int(expires_at.timestamp()))
+        if row.used_at is None and await store.consume_refresh(
+            tx, token_hash=token_hash, now=now, successor_hash=hash_refresh(new_token), grace_box=box
+        ):
+            await store.insert_refresh(
+                tx, token_hash=hash_refresh(new_token), sid=row.session_id, now=now, expires_at=expires_at
+            )
+            await store.touch_session(
+                tx, sid=row.session_id, now=now, expires_at=expires_at, ip=ip, user_agent=user_agent
+            )
+            await ctx.events.record(
+                tx, EventType.TOKEN_REFRESHED, actor_type=ActorType.USER, actor_id=row.user_id, ip=ip
+            )
+            return pair
+        replay = await _grace_replay(tx, refresh_token, token_hash, settings.refresh_reuse_grace, now)
+        if replay is not None:
+            return replay
+        await ctx.revocations.revoke_sessions(tx, [row.session_id], reason="refresh_reuse")
+        await ctx.events.record(
+            tx,
+            EventType.REFRESH_REUSE_DETECTED,
+            actor_type=ActorType.USER,
+            actor_id=row.user_id,
+            ip=ip,
+            detail={"session_id": row.session_id},
+        )
+    # Reached only after the revocation above has committed.
+    raise RefreshTokenReusedError()
+
+
+async def _grace_replay(tx: Tx, refresh_token: str, token_hash: str, grace: int, now: datetime) -> TokenPair | None:
+    """The same token again within the grace window, while its successor is still unused: the same pair."""
+    row = await store.refresh_by_hash(tx, token_hash=token_hash)  # re-read: a parallel request may have won
+    if row is None or row.used_at is None or row.grace_box is None or row.successor_hash is None:
+        return None
+    if now - row.used_at > timedelta(seconds=grace):
+        return None
+    successor = await store.refresh_by_hash(tx, token_hash=row.successor_hash)
+    if successor is None or successor.used_at is not None:
+        return None
+    return open_pair(refresh_token, row.grace_box, now)
+
+
+async def logout(ctx: Context, *, user_id: str, sid: str, ip: str | None) -> None:
+    async with ctx.db.write() as tx:
+        await ctx.revocations.revoke_sessions(tx, [sid], reason="logout")
+        await ctx.events.record(tx, EventType.LOGOUT, actor_type=ActorType.USER, actor_id=user_id, ip=ip)
+
+
+async def logout_all(ctx: Context, *, user_id: str, ip: str | None) -> None:
+    async with ctx.db.write() as tx:
+        sids = await store.active_session_ids(tx, user_id=user_id, now=now_utc())
+        await ctx.revocations.revoke_sessions(tx, sids, reason="logout_all")
+        await ctx.events.record(
+            tx, EventType.LOGOUT, actor_type=ActorType.USER, actor_id=user_id, ip=ip, detail={"sessions": len(sids)}
+        )
+
+
+async def revoke_session(ctx: Context, *, user_id: str, sid: str, ip: str | None) -> None:
+    """End one of the caller's own sessions; anyone else's is 404, as if it did not exist."""
+    async with ctx.db.write() as tx:
+        if await store.session_owner(tx, sid=sid) != user_id:
+            raise NotFoundError("No such session.")
+        await ctx.revocations.revoke_sessions(tx, [sid], reason="revoked")
+        await ctx.events.record(
+            tx,
+            EventType.SESSION_REVOKED,
+            actor_type=ActorType.USER,
+            actor_id=user_id,
+            ip=ip,
+            detail={"session_id": sid},
+        )
+
+
+async def end_all_sessions(
+    ctx: Context, tx: Tx, *, user_id: str, reason: str, except_sid: str | None = None
+) -> list[str]:
+    sids = await store.active_session_ids(tx, user_id=user_id, now=now_utc(), except_sid=except_sid)
+    return await ctx.revocations.revoke_sessions(tx, sids, reason=reason)
+
+
+async def list_sessions(ctx: Context, *, user_id: str, current_sid: str) -> list[dict[str, object]]:
+    async with ctx.db.read() as tx:
+        rows = await store.list_sessions(tx, user_id=user_id, now=now_utc())
+    return [
+        {
+            "id": row.id,
+            "created_at": row.created_at,
+            "last_used_at": row.last_used_at,
+            "ip": row.ip,
+            "user_agent": row.user_agent,
+            "current": row.id == current_sid,
+        }
+        for row in rows
+    ]

@@ -1,0 +1,285 @@
+"""SQL of the account manager: users, sessions, refresh tokens, events read back for admins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from shared import tables
+from shared.db import Tx
+
+users, sessions, refresh_tokens, events = tables.users, tables.sessions, tables.refresh_tokens, tables.events
+
+
+@dataclass(frozen=True)
+class UserRow:
+    id: str
+    username: str
+    email: str | None
+    password_hash: str
+    role: str
+    disabled: bool
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RefreshRow:
+    token_hash: str
+    session_id: str
+    expires_at: datetime
+    used_at: datetime | None
+    successor_hash: str | None
+    grace_box: bytes | None
+    created_at: datetime
+    user_id: str
+    session_revoked: bool
+    user_role: str
+    user_disabled: bool
+
+
+def _user(row: Any) -> UserRow | None:
+    if row is None:
+        return None
+    return UserRow(
+        id=row.id,
+        username=row.username,
+        email=row.email,
+        password_hash=row.password_hash,
+        role=row.role,
+        disabled=row.disabled,
+        created_at=row.created_at,
+        last_login_at=row.last_login_at,
+    )
+
+
+async def user_by_username(tx: Tx, *, username: str) -> UserRow | None:
+    result = await tx.execute(sa.select(users).where(users.c.username_key == username.lower()))
+    return _user(result.first())
+
+
+async def user_by_id(tx: Tx, *, user_id: str) -> UserRow | None:
+    return _user((await tx.execute(sa.select(users).where(users.c.id == user_id))).first())
+
+
+async def insert_user(
+    tx: Tx, *, user_id: str, username: str, password_hash: str, role: str, email: str | None, now: datetime
+) -> None:
+    await tx.execute(
+        sa.insert(users).values(
+            id=user_id,
+            username=username,
+            username_key=username.lower(),
+            email=email,
+            password_hash=password_hash,
+            role=role,
+            disabled=False,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+async def update_user(tx: Tx, *, user_id: str, now: datetime, **values: Any) -> None:
+    await tx.execute(sa.update(users).where(users.c.id == user_id).values(updated_at=now, **values))
+
+
+async def count_users(tx: Tx) -> int:
+    return int((await tx.execute(sa.select(sa.func.count()).select_from(users))).scalar_one())
+
+
+def _active_sessions(now: datetime) -> Any:
+    return (sessions.c.revoked_at.is_(None)) & (sessions.c.expires_at > now)
+
+
+async def list_users(
+    tx: Tx,
+    *,
+    query: str | None,
+    role: str | None,
+    limit: int,
+    offset: int,
+    now: datetime,
+    user_id: str | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    where = []
+    if user_id:
+        where.append(users.c.id == user_id)
+    if query:
+        like = "%" + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where.append(sa.or_(users.c.username_key.like(like, escape="\\"), users.c.email.ilike(like, escape="\\")))
+    if role:
+        where.append(users.c.role == role)
+    active = (
+        sa.select(sa.func.count())
+        .where(sessions.c.user_id == users.c.id, _active_sessions(now))
+        .scalar_subquery()
+        .label("active_sessions")
+    )
+    total = (await tx.execute(sa.select(sa.func.count()).select_from(users).where(*where))).scalar_one()
+    rows = await tx.execute(
+        sa.select(
+            users.c.id,
+            users.c.username,
+            users.c.email,
+            users.c.role,
+            users.c.disabled,
+            users.c.created_at,
+            users.c.last_login_at,
+            active,
+        )
+        .where(*where)
+        .order_by(users.c.created_at.desc(), users.c.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return [dict(row._mapping) for row in rows], int(total)
+
+
+async def insert_session(
+    tx: Tx,
+    *,
+    sid: str,
+    user_id: str,
+    now: datetime,
+    expires_at: datetime,
+    ip: str | None,
+    user_agent: str | None,
+) -> None:
+    await tx.execute(
+        sa.insert(sessions).values(
+            id=sid,
+            user_id=user_id,
+            created_at=now,
+            last_used_at=now,
+            expires_at=expires_at,
+            ip=ip,
+            user_agent=(user_agent or "")[:512] or None,
+        )
+    )
+
+
+async def touch_session(
+    tx: Tx, *, sid: str, now: datetime, expires_at: datetime, ip: str | None, user_agent: str | None
+) -> None:
+    values: dict[str, Any] = {"last_used_at": now, "expires_at": expires_at, "ip": ip}
+    if user_agent:
+        values["user_agent"] = user_agent[:512]
+    await tx.execute(sa.update(sessions).where(sessions.c.id == sid).values(**values))
+
+
+async def active_session_ids(tx: Tx, *, user_id: str, now: datetime, except_sid: str | None = None) -> list[str]:
+    stmt = sa.select(sessions.c.id).where(sessions.c.user_id == user_id, _active_sessions(now))
+    if except_sid is not None:
+        stmt = stmt.where(sessions.c.id != except_sid)
+    return list((await tx.execute(stmt)).scalars())
+
+
+async def list_sessions(tx: Tx, *, user_id: str, now: datetime) -> list[Any]:
+    stmt = (
+        sa.select(sessions)
+        .where(sessions.c.user_id == user_id, _active_sessions(now))
+        .order_by(sessions.c.last_used_at.desc())
+    )
+    return list(await tx.execute(stmt))
+
+
+async def session_owner(tx: Tx, *, sid: str) -> str | None:
+    result = await tx.execute(sa.select(sessions.c.user_id).where(sessions.c.id == sid))
+    return result.scalar_one_or_none()
+
+
+async def insert_refresh(tx: Tx, *, token_hash: str, sid: str, now: datetime, expires_at: datetime) -> None:
+    await tx.execute(
+        sa.insert(refresh_tokens).values(token_hash=token_hash, session_id=sid, created_at=now, expires_at=expires_at)
+    )
+
+
+async def refresh_by_hash(tx: Tx, *, token_hash: str) -> RefreshRow | None:
+    stmt = (
+        sa.select(
+            refresh_tokens,
+            sessions.c.user_id,
+            sessions.c.revoked_at.is_not(None).label("session_revoked"),
+            users.c.role.label("user_role"),
+            users.c.disabled.label("user_disabled"),
+        )
+        .join(sessions, sessions.c.id == refresh_tokens.c.session_id)
+        .join(users, users.c.id == sessions.c.user_id)
+        .where(refresh_tokens.c.token_hash == token_hash)
+    )
+    row = (await tx.execute(stmt)).first()
+    if row is None:
+        return None
+    return RefreshRow(
+        token_hash=row.token_hash,
+        session_id=row.session_id,
+        expires_at=row.expires_at,
+        used_at=row.used_at,
+        successor_hash=row.successor_hash,
+        grace_box=row.grace_box,
+        created_at=row.created_at,
+        user_id=row.user_id,
+        session_revoked=bool(row.session_revoked),
+        user_role=row.user_role,
+        user_disabled=bool(row.user_disabled),
+    )
+
+
+async def consume_refresh(tx: Tx, *, token_hash: str, now: datetime, successor_hash: str, grace_box: bytes) -> bool:
+    """Mark a refresh token used; False when another request used it first (one winner)."""
+    result = await tx.execute(
+        sa.update(refresh_tokens)
+        .where(refresh_tokens.c.token_hash == token_hash, refresh_tokens.c.used_at.is_(None))
+        .values(used_at=now, successor_hash=successor_hash, grace_box=grace_box)
+    )
+    return result.rowcount == 1
+
+
+async def list_events(
+    tx: Tx,
+    *,
+    type: str | None,
+    user_id: str | None,
+    device_uid: str | None,
+    since: datetime | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[Any], int]:
+    where = []
+    if type:
+        where.append(events.c.type == type)
+    if user_id:
+        where.append(events.c.actor_id == user_id)
+    if device_uid:
+        where.append(events.c.device_uid == device_uid)
+    if since:
+        where.append(events.c.ts >= since)
+    total = (await tx.execute(sa.select(sa.func.count()).select_from(events).where(*where))).scalar_one()
+    rows = await tx.execute(sa.select(events).where(*where).order_by(events.c.id.desc()).limit(limit).offset(offset))
+    return list(rows), int(total)
+
+
+async def count_events_since(tx: Tx, *, type: str, since: datetime) -> int:
+    stmt = sa.select(sa.func.count()).select_from(events).where(events.c.type == type, events.c.ts >= since)
+    return int((await tx.execute(stmt)).scalar_one())
+
+
+async def count_active_sessions(tx: Tx, *, now: datetime) -> int:
+    stmt = sa.select(sa.func.count()).select_from(sessions).where(_active_sessions(now))
+    return int((await tx.execute(stmt)).scalar_one())
+
+
+async def count_devices(tx: Tx) -> tuple[int, int]:
+    """(devices, devices online); zero until the device manager's table exists."""
+    devices = tables.metadata.tables.get("devices")
+    if devices is None:
+        return 0, 0
+    total = (await tx.execute(sa.select(sa.func.count()).select_from(devices))).scalar_one()
+    online = (
+        await tx.execute(sa.select(sa.func.count()).select_from(devices).where(devices.c.online.is_(True)))
+    ).scalar_one()
+    return int(total), int(online)

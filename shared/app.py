@@ -1,0 +1,228 @@
+"""The composition root: create_app(settings) builds the Context and mounts the services by import
+string (shared imports no service). Also the routes every service serves: health, readiness,
+metrics and the JWKS, and the one error handler that renders every error as {"error","detail"}."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from types import ModuleType
+from typing import Any
+
+import redis.exceptions
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.context import Context
+from shared.db import BACKEND_ERRORS
+from shared.errors import (
+    HandshakeError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+    ValidationFailedError,
+)
+from shared.settings import Settings
+
+log = logging.getLogger("handshake")
+
+SERVICES = {
+    "account-manager": "account_manager.service",
+    "device-manager": "device_manager.service",
+    "device-connector": "device_connector.service",
+}
+
+
+def load_services(names: Sequence[str]) -> list[ModuleType]:
+    modules = []
+    for name in names:
+        try:
+            modules.append(importlib.import_module(SERVICES[name]))
+        except ModuleNotFoundError as exc:
+            if exc.name != SERVICES[name]:
+                raise
+    return modules
+
+
+def create_app(
+    settings: Settings,
+    *,
+    services: Sequence[str] = tuple(SERVICES),
+    ctx: Context | None = None,
+    migrate: bool = False,
+) -> FastAPI:
+    modules = load_services(services)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        context = ctx or Context.build(settings)
+        try:
+            await context.check_backends()
+            if migrate:
+                from shared.migrations import upgrade
+
+                await upgrade(context.db)
+            await context.start()
+            for module in modules:
+                start: Callable[[Context], Awaitable[None]] | None = getattr(module, "on_start", None)
+                if start is not None:
+                    await start(context)
+            app.state.ctx = context  # for tests and embedders; routes get it from the request state
+            yield {"ctx": context}
+        finally:
+            for module in reversed(modules):
+                stop: Callable[[Context], Awaitable[None]] | None = getattr(module, "on_stop", None)
+                if stop is not None:
+                    await stop(context)
+            if ctx is None:
+                await context.stop()
+
+    app = FastAPI(title="Handshake", version="0.1.0", lifespan=lifespan)
+    app.include_router(_common_router())
+    for module in modules:
+        app.include_router(module.router)
+    _install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-Total-Count", "Retry-After"],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body)
+    return app
+
+
+def _common_router() -> Any:
+    from fastapi import APIRouter
+
+    from shared.deps import CtxDep
+
+    router = APIRouter()
+
+    @router.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", tags=["health"])
+    async def readyz(ctx: CtxDep) -> JSONResponse:
+        checks: dict[str, str] = {"database": "ok" if await ctx.db.ping() else "unreachable"}
+        if ctx.redis is not None:
+            try:
+                await ctx.redis.ping()
+                checks["redis"] = "ok"
+            except Exception:
+                checks["redis"] = "unreachable"
+        checks["revocation"] = "ok" if ctx.revocations.confirmed else "unconfirmed"
+        for name, probe in getattr(ctx, "readiness_probes", {}).items():
+            checks[name] = "ok" if probe() else "unreachable"
+        ready = all(value == "ok" for value in checks.values())
+        if ready:
+            return JSONResponse({"status": "ready", "checks": checks})
+        body = {"error": "service_unavailable", "detail": "A backend is unreachable.", "checks": checks}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+
+    @router.get("/metrics", tags=["health"])
+    async def metrics(ctx: CtxDep) -> Response:
+        return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @router.get("/.well-known/jwks.json", tags=["keys"])
+    async def jwks(ctx: CtxDep) -> JSONResponse:
+        # Served from memory (loaded from the key directory), so it answers while the database is down.
+        return JSONResponse(ctx.keys.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+    return router
+
+
+def error_response(error: HandshakeError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HandshakeError)
+    async def handshake_error(request: Request, exc: HandshakeError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":
+            return error_response(InvalidRequestError("The body is not valid JSON."))
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        message = first.get("msg", "invalid value")
+        return error_response(ValidationFailedError(f"{where}: {message}" if where else message))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_response(NotFoundError())
+        if exc.status_code == 405:
+            return error_response(MethodNotAllowedError())
+        if exc.status_code == 413:
+            return error_response(PayloadTooLargeError())
+        body = {"error": "http_error", "detail": str(exc.detail)}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    async def backend_error(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("backend unavailable during %s %s: %r", request.method, request.url.path, exc)
+        return error_response(ServiceUnavailableError())
+
+    for error_type in (*BACKEND_ERRORS, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        app.add_exception_handler(error_type, backend_error)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over the limit (SPEC §11: 64 KiB) before anything parses them."""
+
+    def __init__(self, app: ASGIApp, *, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.max_body:
+                    await error_response(PayloadTooLargeError())(scope, receive, send)
+                    return
+                break
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _TooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await error_response(PayloadTooLargeError())(scope, receive, send)
+
+
+class _TooLarge(StarletteHTTPException):
+    # An HTTPException, so FastAPI's body parsing re-raises it instead of calling it a parse error.
+    def __init__(self) -> None:
+        super().__init__(status_code=413)

@@ -1,0 +1,53 @@
+"""Request bodies that may come as JSON or as a form (OAuth 2 clients send forms, apps send JSON)."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import orjson
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from shared.errors import InvalidRequestError, ValidationFailedError
+
+M = TypeVar("M", bound=BaseModel)
+_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def raw_body(request: Request) -> dict[str, object]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in _FORMS:
+        form = await request.form()
+        return {key: value for key, value in form.items() if isinstance(value, str)}
+    raw = await request.body()
+    try:
+        data = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        raise InvalidRequestError("The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("The body must be a JSON object.")
+    return data
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    data = await raw_body(request)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        raise ValidationFailedError(f"{where}: {first.get('msg', 'invalid value')}") from None
+
+
+def body_doc(model: type[BaseModel]) -> dict[str, object]:
+    """OpenAPI for a route that parses its body itself: JSON or form, same schema."""
+    schema = model.model_json_schema()
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": schema},
+                "application/x-www-form-urlencoded": {"schema": schema},
+            },
+        }
+    }

@@ -1,0 +1,153 @@
+"""One Context per process: settings, keys, verifier, storage, cache, fan-out, events. Built once by
+the composition root (shared.app) or the command line and handed to everything that needs it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from shared.auth import Authenticator
+from shared.counters import Counters, MemoryCounters, RedisCounters
+from shared.db import Database
+from shared.errors import ConfigurationError
+from shared.events import EventLog
+from shared.fanout import Fanout
+from shared.keys import KeyDirectory, KeyRing, ring_from_settings
+from shared.metrics import Metrics
+from shared.pool import BoundedPool
+from shared.revocation import Revocations
+from shared.settings import Settings
+from shared.tokens import Issuer, Verifier
+
+log = logging.getLogger("handshake")
+
+
+@dataclass
+class Context:
+    settings: Settings
+    keys: KeyRing
+    key_dir: KeyDirectory
+    verifier: Verifier
+    issuer: Issuer
+    db: Database
+    redis: aioredis.Redis | None
+    counters: Counters
+    fanout: Fanout
+    revocations: Revocations
+    events: EventLog
+    auth: Authenticator
+    hashing: BoundedPool
+    metrics: Metrics
+    # Per-service state that lives as long as the context (the account manager's password hasher...).
+    extras: dict[str, Any] = field(default_factory=dict)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings, *, create_keys: bool = True) -> Context:
+        keys, key_dir = ring_from_settings(settings, create=create_keys)
+        db = Database(settings)
+        redis = None
+        if settings.redis_url:
+            timeout = settings.backend_timeout
+            redis = aioredis.Redis.from_url(
+                settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=5
+            )
+        metrics = Metrics()
+        fanout = Fanout(redis, prefix=settings.redis_prefix)
+        revocations = Revocations(settings, db, fanout, metrics=metrics)
+        verifier = Verifier(
+            keys,
+            issuer=settings.issuer,
+            audience=settings.audience,
+            leeway=settings.leeway,
+            cache_size=settings.token_cache_size,
+        )
+        counters: Counters = (
+            RedisCounters(redis, prefix=settings.redis_prefix) if redis is not None else MemoryCounters()
+        )
+        return cls(
+            settings=settings,
+            keys=keys,
+            key_dir=key_dir,
+            verifier=verifier,
+            issuer=Issuer(keys, issuer=settings.issuer, audience=settings.audience),
+            db=db,
+            redis=redis,
+            counters=counters,
+            fanout=fanout,
+            revocations=revocations,
+            events=EventLog(fanout),
+            auth=Authenticator(verifier, revocations=revocations, metrics=metrics),
+            hashing=BoundedPool(workers=settings.hash_workers, queue=settings.hash_queue),
+            metrics=metrics,
+        )
+
+    async def check_backends(self) -> None:
+        """Start-up: say plainly which backend is missing instead of failing later."""
+        if not await self.db.ping():
+            raise ConfigurationError(
+                f"cannot reach the database at {_redact(self.settings.database_url)}: "
+                "start it or fix HANDSHAKE_DATABASE_URL"
+            )
+        if self.redis is not None:
+            try:
+                async with asyncio.timeout(self.settings.backend_timeout * 2):
+                    await self.redis.ping()
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"cannot reach Redis at {_redact(self.settings.redis_url or '')}: "
+                    "start it or fix HANDSHAKE_REDIS_URL"
+                ) from exc
+
+    async def start(self) -> None:
+        await self.fanout.start()
+        try:
+            await self.revocations.start()
+        except Exception as exc:
+            log.warning("first revocation read failed (%s); token checks answer 503 until it succeeds", exc)
+            await self.revocations.start_loop()
+        self._tasks.append(asyncio.create_task(self._watch_keys(), name="handshake-keys"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.revocations.stop()
+        await self.fanout.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.db.close()
+        self.hashing.close()
+
+    async def _watch_keys(self) -> None:
+        """Pick up `keys rotate` and `keys revoke` from any process within a second or two."""
+        if self.settings.jwt_alg == "HS256":
+            return
+        seen = self.key_dir.fingerprint()
+        while True:
+            await asyncio.sleep(self.settings.key_reload_interval)
+            current = self.key_dir.fingerprint()
+            if current == seen:
+                continue
+            try:
+                self.keys.replace(self.key_dir.load())
+                seen = current
+                log.info("key ring reloaded: %s", ", ".join(self.keys.by_kid))
+            except Exception as exc:
+                log.warning("key ring reload failed: %s", exc)
+
+
+def _redact(url: str) -> str:
+    """A URL fit for a log line: no password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url

@@ -1,0 +1,128 @@
+"""Async storage: one engine, short timeouts, writes that commit atomically with their events and
+fan out only after the commit. SQLite takes its write lock up front (BEGIN IMMEDIATE) and waits
+for it (busy_timeout), so "database is locked" becomes a short wait, not a 500."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from shared.errors import ServiceUnavailableError
+from shared.settings import Settings
+
+_WRITE = "handshake_write"
+
+# Errors that mean "the database is not there right now": answered with 503, never 500.
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    sa.exc.TimeoutError,
+    sa.exc.DisconnectionError,
+    asyncio.TimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+
+class Tx:
+    """A connection in a transaction, plus what to do once it has committed."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self._after_commit: list[Callable[[], Awaitable[None] | None]] = []
+
+    def after_commit(self, callback: Callable[[], Awaitable[None] | None]) -> None:
+        self._after_commit.append(callback)
+
+    async def execute(self, statement: Any, params: Any = None) -> sa.CursorResult[Any]:
+        return await self.conn.execute(statement, params)
+
+
+def _sqlite_path(url: str) -> Path | None:
+    path = sa.engine.make_url(url).database
+    return Path(path) if path and path != ":memory:" else None
+
+
+class Database:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine: AsyncEngine = self._create_engine(settings)
+
+    @staticmethod
+    def _create_engine(settings: Settings) -> AsyncEngine:
+        timeout = settings.backend_timeout
+        if settings.is_sqlite:
+            path = _sqlite_path(settings.database_url)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            engine = create_async_engine(settings.database_url, connect_args={"timeout": 5})
+
+            @event.listens_for(engine.sync_engine, "connect")
+            def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+                # Take transaction control from the driver so BEGIN IMMEDIATE is ours to send.
+                dbapi_connection.isolation_level = None
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.execute("PRAGMA busy_timeout=5000")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.close()
+
+            @event.listens_for(engine.sync_engine, "begin")
+            def _on_begin(conn: sa.Connection) -> None:
+                write = conn.get_execution_options().get(_WRITE, False)
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+            return engine
+        return create_async_engine(
+            settings.database_url,
+            pool_size=10,
+            max_overflow=20,
+            pool_timeout=timeout,
+            pool_pre_ping=True,
+            connect_args={"timeout": timeout, "command_timeout": max(timeout, 1.0) * 5},
+        )
+
+    @asynccontextmanager
+    async def _transaction(self, *, write: bool) -> AsyncIterator[Tx]:
+        try:
+            async with self.engine.connect() as conn:
+                if write:
+                    conn = await conn.execution_options(**{_WRITE: True})
+                tx = Tx(conn)
+                async with conn.begin():
+                    yield tx
+        except BACKEND_ERRORS as exc:
+            if isinstance(exc, sa.exc.IntegrityError):
+                raise
+            raise ServiceUnavailableError() from exc
+        for callback in tx._after_commit:
+            result = callback()
+            if result is not None:
+                await result
+
+    def write(self) -> Any:
+        """`async with db.write() as tx:` — one atomic change and its events."""
+        return self._transaction(write=True)
+
+    def read(self) -> Any:
+        return self._transaction(write=False)
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self.settings.backend_timeout):
+                async with self.engine.connect() as conn:
+                    await conn.execute(sa.text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,167 @@
+"""The catalogue of SPEC error codes. Each error carries its wire code, HTTP status and headers and
+renders itself as {"error", "detail"} (SPEC §2); one handler in app.py turns them into responses."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class HandshakeError(Exception):
+    code: ClassVar[str] = "internal_error"
+    status_code: ClassVar[int] = 500
+    default_detail: ClassVar[str] = "Something went wrong."
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        self.detail = detail or self.default_detail
+        self.extra_headers = headers or {}
+        super().__init__(self.detail)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.extra_headers
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.code, "detail": self.detail}
+
+
+class InvalidRequestError(HandshakeError):
+    code = "invalid_request"
+    status_code = 400
+    default_detail = "The request is malformed."
+
+
+class ValidationFailedError(HandshakeError):
+    code = "validation_error"
+    status_code = 422
+    default_detail = "The request body is not valid."
+
+
+class WeakPasswordError(HandshakeError):
+    code = "weak_password"
+    status_code = 422
+    default_detail = "The password must have at least 8 characters and must not be a common password."
+
+
+class PayloadTooLargeError(HandshakeError):
+    code = "payload_too_large"
+    status_code = 413
+    default_detail = "The request body is larger than 64 KiB."
+
+
+class InvalidTokenError(HandshakeError):
+    """Any token that fails verification. The precise reason is logged, never returned (STYLE)."""
+
+    code = "invalid_token"
+    status_code = 401
+    default_detail = "The access token is missing, invalid, expired or revoked."
+
+    @property
+    def headers(self) -> dict[str, str]:
+        # RFC 6750 §3.1
+        return {"WWW-Authenticate": 'Bearer error="invalid_token"', **self.extra_headers}
+
+
+class MissingTokenError(InvalidTokenError):
+    default_detail = "An access token is required."
+
+
+class InvalidCredentialsError(HandshakeError):
+    code = "invalid_credentials"
+    status_code = 401
+    default_detail = "The username or password is wrong."
+
+
+class InvalidGrantError(HandshakeError):
+    # RFC 6749 §5.2
+    code = "invalid_grant"
+    status_code = 401
+    default_detail = "The refresh token is unknown, expired or revoked."
+
+
+class TokenEndpointGrantError(HandshakeError):
+    # The token endpoint answers as RFC 6749 §5.2 says: 400 invalid_grant, whatever was wrong.
+    code = "invalid_grant"
+    status_code = 400
+    default_detail = "The credentials or refresh token are not valid."
+
+
+class RefreshTokenReusedError(HandshakeError):
+    code = "refresh_token_reused"
+    status_code = 401
+    default_detail = "This refresh token was already used; the session has been ended."
+
+
+class UnsupportedGrantTypeError(HandshakeError):
+    code = "unsupported_grant_type"
+    status_code = 400
+    default_detail = "The grant_type must be password or refresh_token."
+
+
+class InvalidTargetError(HandshakeError):
+    code = "invalid_target"
+    status_code = 400
+    default_detail = "That audience is not a partner of this platform."
+
+
+class ForbiddenError(HandshakeError):
+    code = "forbidden"
+    status_code = 403
+    default_detail = "You may not do that."
+
+
+class AccountDisabledError(HandshakeError):
+    code = "account_disabled"
+    status_code = 403
+    default_detail = "This account is disabled."
+
+
+class RegistrationClosedError(HandshakeError):
+    code = "registration_closed"
+    status_code = 403
+    default_detail = "Registration is closed on this platform."
+
+
+class NotFoundError(HandshakeError):
+    code = "not_found"
+    status_code = 404
+    default_detail = "There is nothing here."
+
+
+class MethodNotAllowedError(HandshakeError):
+    code = "method_not_allowed"
+    status_code = 405
+    default_detail = "That method is not allowed here."
+
+
+class UsernameTakenError(HandshakeError):
+    code = "username_taken"
+    status_code = 409
+    default_detail = "That username is taken."
+
+
+class TooManyAttemptsError(HandshakeError):
+    code = "too_many_attempts"
+    status_code = 429
+    default_detail = "Too many failed attempts; try again later."
+
+    def __init__(self, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
+        self.retry_after = retry_after
+
+
+class RateLimitedError(TooManyAttemptsError):
+    code = "rate_limited"
+    default_detail = "Too many requests; slow down."
+
+
+class ServiceUnavailableError(HandshakeError):
+    code = "service_unavailable"
+    status_code = 503
+    default_detail = "A backend (database or Redis) is unreachable; try again shortly."
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 2) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class ConfigurationError(Exception):
+    """A bad setting or environment problem found at start-up: one line for the command line."""

@@ -1,0 +1,110 @@
+"""Activity events (SPEC §7): one table, one stream. An event is written in the same transaction as the
+change it records and fanned out to live listeners only once that transaction has committed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from shared import tables
+from shared.db import Tx
+from shared.fanout import Fanout
+from shared.models import ActorType, EventType
+
+CHANNEL = "events"
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    ts: datetime
+    type: str
+    actor_type: str
+    actor_id: str | None
+    device_uid: str | None = None
+    ip: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ts": self.ts.isoformat().replace("+00:00", "Z")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Event:
+        return cls(**{**data, "ts": datetime.fromisoformat(data["ts"].replace("Z", "+00:00"))})
+
+
+class EventLog:
+    def __init__(self, fanout: Fanout) -> None:
+        self.fanout = fanout
+        self._queues: set[asyncio.Queue[Event]] = set()
+        fanout.subscribe(CHANNEL, self._on_message)
+
+    async def record(
+        self,
+        tx: Tx,
+        type: EventType,
+        *,
+        actor_type: ActorType,
+        actor_id: str | None,
+        device_uid: str | None = None,
+        ip: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        ts = datetime.now(UTC)
+        values = {
+            "ts": ts,
+            "type": str(type),
+            "actor_type": str(actor_type),
+            "actor_id": actor_id,
+            "device_uid": device_uid,
+            "ip": ip,
+            "detail": detail or {},
+        }
+        result = await tx.execute(sa.insert(tables.events).values(**values).returning(tables.events.c.id))
+        event = Event(id=int(result.scalar_one()), **values)  # type: ignore[arg-type]
+        tx.after_commit(lambda: self._publish(event))
+
+    async def _publish(self, event: Event) -> None:
+        with contextlib.suppress(Exception):
+            # The event is in the database already; a live listener that misses it can read it there.
+            await self.fanout.publish(CHANNEL, event.to_json())
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        try:
+            event = Event.from_json(message)
+        except (KeyError, TypeError, ValueError):
+            return
+        for queue in list(self._queues):
+            if queue.full():
+                # A listener that cannot keep up loses its oldest events, never blocks the others.
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+            queue.put_nowait(event)
+
+    @contextlib.asynccontextmanager
+    async def listen(self, maxsize: int = 1000) -> AsyncIterator[asyncio.Queue[Event]]:
+        queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=maxsize)
+        self._queues.add(queue)
+        try:
+            yield queue
+        finally:
+            self._queues.discard(queue)
+
+
+def event_from_row(row: Any) -> Event:
+    return Event(
+        id=row.id,
+        ts=row.ts,
+        type=row.type,
+        actor_type=row.actor_type,
+        actor_id=row.actor_id,
+        device_uid=row.device_uid,
+        ip=row.ip,
+        detail=row.detail or {},
+    )

@@ -1,0 +1,95 @@
+"""Fan-out of small JSON messages to every process: in-process callbacks, or Redis pub/sub when
+HANDSHAKE_REDIS_URL is set. Pub/sub keeps nothing for a subscriber that was away, so whoever relies
+on it also reconciles with the database (shared.revocation does)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+log = logging.getLogger("handshake.fanout")
+
+Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+class Fanout:
+    def __init__(self, redis: aioredis.Redis | None, *, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self._handlers: dict[str, list[Handler]] = {}
+        self._task: asyncio.Task[None] | None = None
+        # False while the Redis subscription is down: messages may be passing us by.
+        self.connected = redis is None
+        self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
+
+    def subscribe(self, channel: str, handler: Handler) -> None:
+        self._handlers.setdefault(channel, []).append(handler)
+
+    def unsubscribe(self, channel: str, handler: Handler) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._handlers[channel].remove(handler)
+
+    async def publish(self, channel: str, message: dict[str, Any]) -> None:
+        if self.redis is None:
+            await self._dispatch(channel, message)
+            return
+        await self.redis.publish(self.prefix + channel, orjson.dumps(message))
+
+    async def _dispatch(self, channel: str, message: dict[str, Any]) -> None:
+        for handler in list(self._handlers.get(channel, ())):
+            try:
+                result = handler(message)
+                if result is not None:
+                    await result
+            except Exception:
+                log.exception("fan-out handler for %s failed", channel)
+
+    async def start(self) -> None:
+        if self.redis is not None and self._task is None:
+            self._task = asyncio.create_task(self._listen(), name="handshake-fanout")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _listen(self) -> None:
+        assert self.redis is not None
+        pattern = self.prefix + "*"
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.psubscribe(pattern)
+                self.connected = True
+                for callback in self.on_reconnect:
+                    await callback()
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is None or message.get("type") != "pmessage":
+                        continue
+                    channel = message["channel"].decode()[len(self.prefix) :]
+                    try:
+                        body = orjson.loads(message["data"])
+                    except orjson.JSONDecodeError:
+                        continue
+                    await self._dispatch(channel, body)
+            except asyncio.CancelledError:
+                self.connected = False
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                raise
+            except Exception as exc:
+                if self.connected:
+                    log.warning("Redis subscription lost (%s); retrying", exc)
+                self.connected = False
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                await asyncio.sleep(0.3)

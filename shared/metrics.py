@@ -1,0 +1,28 @@
+"""Prometheus metrics (SPEC §2), one registry per application so that several apps can share a process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "handshake_http_requests", "HTTP requests answered", ["method", "status"], registry=self.registry
+        )
+        self.token_verifications = Counter(
+            "handshake_token_verifications", "Tokens checked", ["kind", "result"], registry=self.registry
+        )
+        self.logins = Counter("handshake_logins", "Login attempts", ["result"], registry=self.registry)
+        self.mqtt_connections = Gauge("handshake_mqtt_connections", "Open MQTT connections", registry=self.registry)
+        self.commands = Counter("handshake_commands", "Commands relayed", ["result"], registry=self.registry)
+        self.revocation_propagation = Histogram(
+            "handshake_revocation_propagation_seconds",
+            "From a revocation's commit to this process applying it",
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

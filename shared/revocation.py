@@ -1,0 +1,206 @@
+"""Revocation, keyed by identity (session id, token id, device UID), never by token bytes (SPEC §3).
+
+The database is the system of record. Each process keeps the revoked identities in memory, so the
+check on the hot path is a set lookup; writes reach other processes at once through the fan-out, and a
+reconciliation with the database every second catches anything the fan-out dropped. When that view
+cannot be confirmed (database or Redis unreachable for longer than the allowed staleness) every check
+fails closed with 503, never 200 and never 401 (SPEC §11)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from shared import tables
+from shared.db import Database, Tx
+from shared.errors import InvalidTokenError, ServiceUnavailableError
+from shared.fanout import Fanout
+from shared.metrics import Metrics
+from shared.settings import Settings
+from shared.tokens import Claims, TokenKind
+
+log = logging.getLogger("handshake.revocation")
+
+CHANNEL = "revocations"
+# Re-read a little of the past on every pass: a revocation committed late is still seen.
+_OVERLAP = timedelta(seconds=10)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Revocations:
+    def __init__(self, settings: Settings, db: Database, fanout: Fanout, *, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.db = db
+        self.fanout = fanout
+        # id -> when this process learnt of it (epoch seconds), for pruning.
+        self.sids: dict[str, float] = {}
+        self.jtis: dict[str, float] = {}
+        self.devices: dict[str, float] = {}
+        # How long a revoked id must be remembered: the longest-lived token that could carry it.
+        self.horizon = timedelta(
+            seconds=max(settings.access_ttl, settings.device_token_ttl, settings.exchanged_ttl) + settings.leeway + 60
+        )
+        self._since: datetime | None = None
+        self._last_ok = float("-inf")
+        self._task: asyncio.Task[None] | None = None
+        self._listeners: list[asyncio.Queue[tuple[str, str]]] = []
+        fanout.subscribe(CHANNEL, self._on_message)
+        fanout.on_reconnect.append(self.reconcile)
+
+    # --- the hot path -------------------------------------------------------------------------
+
+    @property
+    def confirmed(self) -> bool:
+        return self.fanout.connected and time.monotonic() - self._last_ok < self.settings.revocation_max_staleness
+
+    def check(self, claims: Claims) -> None:
+        if not self.confirmed:
+            raise ServiceUnavailableError("Token revocation state cannot be confirmed right now.")
+        if claims.jti in self.jtis:
+            raise InvalidTokenError()
+        if claims.kind is TokenKind.DEVICE:
+            if claims.sub in self.devices:
+                raise InvalidTokenError()
+        elif claims.sid in self.sids:
+            raise InvalidTokenError()
+
+    def require_confirmed(self) -> None:
+        if not self.confirmed:
+            raise ServiceUnavailableError("Token revocation state cannot be confirmed right now.")
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    async def revoke_sessions(self, tx: Tx, sids: Iterable[str], *, reason: str) -> list[str]:
+        sids = list(sids)
+        if not sids:
+            return []
+        await tx.execute(
+            sa.update(tables.sessions)
+            .where(tables.sessions.c.id.in_(sids), tables.sessions.c.revoked_at.is_(None))
+            .values(revoked_at=utcnow(), revoke_reason=reason)
+        )
+        tx.after_commit(lambda: self.announce("sid", sids))
+        return sids
+
+    async def revoke_jti(self, tx: Tx, jti: str, *, expires_at: datetime) -> None:
+        stmt = sa.select(tables.revoked_tokens.c.jti).where(tables.revoked_tokens.c.jti == jti)
+        if (await tx.execute(stmt)).first() is None:
+            await tx.execute(
+                sa.insert(tables.revoked_tokens).values(jti=jti, revoked_at=utcnow(), expires_at=expires_at)
+            )
+        tx.after_commit(lambda: self.announce("jti", [jti]))
+
+    def set_device_disabled(self, tx: Tx, uid: str, disabled: bool) -> None:
+        """Called by the device manager inside the transaction that flips the flag."""
+        tx.after_commit(lambda: self.announce("device" if disabled else "device_enabled", [uid]))
+
+    async def announce(self, kind: str, ids: list[str]) -> None:
+        self._apply(kind, ids)
+        try:
+            await self.fanout.publish(CHANNEL, {"kind": kind, "ids": ids, "at": time.time()})
+        except Exception as exc:
+            # Already in the database: the others will see it at their next reconciliation.
+            log.warning("could not fan out a revocation (%s); reconciliation will carry it", exc)
+
+    def listen(self) -> asyncio.Queue[tuple[str, str]]:
+        """A queue of (kind, id) for every revocation this process learns of (the broker's kick)."""
+        queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=10_000)
+        self._listeners.append(queue)
+        return queue
+
+    def _on_message(self, message: dict[str, object]) -> None:
+        kind, ids, at = message.get("kind"), message.get("ids"), message.get("at")
+        if self.metrics is not None and isinstance(at, float):
+            self.metrics.revocation_propagation.observe(max(0.0, time.time() - at))
+        if isinstance(kind, str) and isinstance(ids, list):
+            self._apply(kind, [i for i in ids if isinstance(i, str)])
+
+    def _apply(self, kind: str, ids: list[str]) -> None:
+        target = {"sid": self.sids, "jti": self.jtis, "device": self.devices}.get(kind)
+        if target is not None:
+            fresh = [i for i in ids if i not in target]
+            now = time.time()
+            for item in fresh:
+                target[item] = now
+        elif kind == "device_enabled":
+            for uid in ids:
+                self.devices.pop(uid, None)
+            return
+        else:
+            return
+        for queue in self._listeners:
+            for item in fresh:
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait((kind, item))
+
+    # --- reconciliation -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.reconcile()
+        await self.start_loop()
+
+    async def start_loop(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="handshake-revocation")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reconcile_interval)
+            try:
+                await self.reconcile()
+            except Exception as exc:
+                log.warning("revocation reconciliation failed: %s", exc)
+
+    async def reconcile(self) -> None:
+        started = utcnow()
+        since = started - self.horizon if self._since is None else self._since - _OVERLAP
+        async with asyncio.timeout(self.settings.backend_timeout * 2):
+            async with self.db.read() as tx:
+                sessions, revoked = tables.sessions, tables.revoked_tokens
+                sids = (await tx.execute(sa.select(sessions.c.id).where(sessions.c.revoked_at >= since))).scalars()
+                jtis = (await tx.execute(sa.select(revoked.c.jti).where(revoked.c.revoked_at >= since))).scalars()
+                sids, jtis = list(sids), list(jtis)
+                devices = await self._disabled_devices(tx)
+            if self.fanout.redis is not None:
+                await self.fanout.redis.ping()
+        self._apply("sid", sids)
+        self._apply("jti", jtis)
+        if devices is not None:
+            self._apply("device", sorted(devices - self.devices.keys()))
+            for uid in self.devices.keys() - devices:
+                del self.devices[uid]
+        self._prune()
+        self._since = started
+        self._last_ok = time.monotonic()
+
+    def _prune(self) -> None:
+        # An id learnt before the horizon can only be in tokens that have expired anyway.
+        cutoff = time.time() - self.horizon.total_seconds()
+        for ids in (self.sids, self.jtis):
+            for stale in [i for i, learnt in ids.items() if learnt < cutoff]:
+                del ids[stale]
+
+    async def _disabled_devices(self, tx: Tx) -> set[str] | None:
+        # The device table arrives with the device manager; until then nothing is disabled.
+        devices = tables.metadata.tables.get("devices")
+        if devices is None:
+            return None
+        rows = await tx.execute(sa.select(devices.c.uid).where(devices.c.disabled.is_(True)))
+        return set(rows.scalars().all())

@@ -1,0 +1,115 @@
+"""Settings of SPEC §10: environment variables with the HANDSHAKE_ prefix, or a TOML file named by
+HANDSHAKE_CONFIG. Built once by the command line (or a test) and handed down; never read at import."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+SUPPORTED_ALGS = ("ES256", "EdDSA", "RS256", "HS256")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HANDSHAKE_", extra="ignore", frozen=True)
+
+    database_url: str = "sqlite+aiosqlite:///./handshake.db"
+    redis_url: str | None = None
+    # Keys and channels in Redis are prefixed, so several deployments (or test runs) share one server.
+    redis_prefix: str = "handshake:"
+    keys_dir: Path = Path("./handshake-keys")
+    jwt_alg: str = "ES256"
+    secret: str | None = None
+    issuer: str = "http://127.0.0.1:8000"
+    audience: str = "handshake"
+    access_ttl: int = Field(default=900, ge=30, le=86_400)
+    refresh_ttl: int = Field(default=30 * 86_400, ge=60)
+    device_token_ttl: int = Field(default=3600, ge=60, le=86_400)
+    exchanged_ttl: int = Field(default=300, ge=30, le=3600)
+    refresh_reuse_grace: int = Field(default=10, ge=0, le=300)
+    open_registration: bool = True
+    partner_audiences: list[str] = Field(default_factory=list)
+    admin_password: str | None = None
+    mqtt_hook_secret: str | None = None
+    geoip_db: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    cors_origins: list[str] = Field(default_factory=list)
+    mqtt_max_packet: int = Field(default=256 * 1024, ge=1024)
+    mqtt_max_conn_per_ip: int = Field(default=0, ge=0)
+
+    # Operational knobs beyond SPEC §10 (documented in the README).
+    leeway: int = Field(default=30, ge=0, le=30)
+    backend_timeout: float = Field(default=1.0, gt=0, le=10)
+    # How stale the revocation view may be before token checks fail closed (SPEC §11).
+    revocation_max_staleness: float = Field(default=4.0, gt=0)
+    reconcile_interval: float = Field(default=1.0, gt=0)
+    key_reload_interval: float = Field(default=1.0, gt=0)
+    hash_workers: int = Field(default=0, ge=0)  # 0: one per core
+    hash_queue: int = Field(default=64, ge=1)
+    # argon2id cost: OWASP's recommendation by default (t=2, m=19 MiB, p=1).
+    argon2_time_cost: int = Field(default=2, ge=1)
+    argon2_memory_kib: int = Field(default=19_456, ge=8)
+    argon2_parallelism: int = Field(default=1, ge=1)
+    introspect_rate: int = Field(default=100, ge=1)
+    max_body: int = Field(default=64 * 1024, ge=1024)
+    token_cache_size: int = Field(default=10_000, ge=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = os.environ.get("HANDSHAKE_CONFIG")
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)
+
+    @field_validator("partner_audiences", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        # "a,b" in the environment as well as a JSON list or a TOML array.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("jwt_alg")
+    @classmethod
+    def _known_alg(cls, value: str) -> str:
+        if value not in SUPPORTED_ALGS:
+            raise ValueError(f"must be one of {', '.join(SUPPORTED_ALGS)}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.jwt_alg == "HS256" and (not self.secret or len(self.secret) < 32):
+            raise ValueError("HANDSHAKE_SECRET of at least 32 characters is required with HS256")
+        if self.audience in self.partner_audiences:
+            raise ValueError("HANDSHAKE_PARTNER_AUDIENCES must not contain HANDSHAKE_AUDIENCE")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("HANDSHAKE_TLS_CERT and HANDSHAKE_TLS_KEY go together")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,189 @@
+"""Every test runs twice: on the embedded defaults (SQLite, in-process cache) and on PostgreSQL +
+Redis. A missing PostgreSQL or Redis skips the second run with its reason, except in CI (CI=true),
+where it fails. HANDSHAKE_TEST_BACKENDS=sqlite (or postgres) runs one of them only."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from shared.app import create_app
+from shared.context import Context
+from shared.settings import Settings
+from tests.proxy import TcpProxy
+
+PG_ADMIN_DSN = os.environ.get("HANDSHAKE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("HANDSHAKE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+BACKENDS = [b for b in os.environ.get("HANDSHAKE_TEST_BACKENDS", "sqlite,postgres").split(",") if b]
+
+
+def _unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing service is a failure)")
+    pytest.skip(reason)
+
+
+async def _pg(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=3)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Backend:
+    name: str
+    database_url: str | None = None
+    redis_url: str | None = None
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.redis_url is not None
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        yield Backend("sqlite")
+        return
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        _unavailable(f"Redis at {REDIS_URL} is not reachable: {exc}")
+    name = f"handshake_test_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(_pg(PG_ADMIN_DSN, f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        _unavailable(f"PostgreSQL at {PG_ADMIN_DSN} is not reachable: {exc}")
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield Backend("postgres", database_url=f"{base}/{name}", redis_url=REDIS_URL)
+    asyncio.run(_pg(PG_ADMIN_DSN, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def make_settings(backend: Backend, tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": backend.database_url or f"sqlite+aiosqlite:///{tmp_path / 'handshake.db'}",
+        "redis_url": backend.redis_url,
+        "redis_prefix": f"hs-test-{secrets.token_hex(4)}:",
+        "keys_dir": tmp_path / "keys",
+        "issuer": "http://testserver",
+        # Cheap argon2id in tests: the algorithm and code path are the real ones.
+        "argon2_time_cost": 1,
+        "argon2_memory_kib": 1024,
+        "partner_audiences": ["partner.example"],
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """Override in a test module to change the settings of the `app` fixture."""
+    return {}
+
+
+@pytest.fixture
+def settings(backend: Backend, tmp_path: Path, settings_overrides: dict[str, Any]) -> Settings:
+    return make_settings(backend, tmp_path, **settings_overrides)
+
+
+async def _reset_postgres(settings: Settings) -> None:
+    dsn = settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn, timeout=3)
+    try:
+        exists = await conn.fetchval("SELECT to_regclass('public.users') IS NOT NULL")
+        if exists:
+            names = ", ".join(f'"{t}"' for t in await _tables(conn))
+            await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+
+
+async def _tables(conn: Any) -> list[str]:
+    rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
+    return [row["tablename"] for row in rows]
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    if not settings.is_sqlite:
+        await _reset_postgres(settings)
+    application = create_app(settings, migrate=True)
+    async with LifespanManager(application) as manager:
+        application.state.lifespan_app = manager.app
+        yield application
+
+
+@pytest.fixture
+def ctx(app: FastAPI) -> Context:
+    """The running app's Context (for tests that look behind the API)."""
+    return app.state.ctx  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app.state.lifespan_app, client=("203.0.113.7", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    """A TCP proxy in front of a real backend, which a test can cut and restore."""
+    with TcpProxy() as running:
+        yield running
+
+
+class Users:
+    """Register and log in users through the API."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def register(self, username: str | None = None, password: str = "correct horse battery") -> dict[str, Any]:
+        username = username or f"user{secrets.token_hex(4)}"
+        response = await self.client.post("/v1/auth/register", json={"username": username, "password": password})
+        assert response.status_code == 201, response.text
+        return {**response.json(), "password": password}
+
+    async def login(self, username: str, password: str = "correct horse battery", **kwargs: Any) -> dict[str, Any]:
+        response = await self.client.post("/v1/auth/login", json={"username": username, "password": password}, **kwargs)
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    async def new(self, username: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        user = await self.register(username)
+        return user, await self.login(user["username"])
+
+    async def admin(self, ctx: Context, role: str = "admin") -> tuple[dict[str, Any], dict[str, Any]]:
+        """A user of another type, created the way `handshake users create` does."""
+        from account_manager.accounts import create_user
+        from shared.models import Role
+
+        username = f"{role}{secrets.token_hex(4)}"
+        await create_user(ctx, username=username, password="correct horse battery", role=Role(role))
+        return {"username": username}, await self.login(username)
+
+
+@pytest.fixture
+def users(client: httpx.AsyncClient) -> Users:
+    return Users(client)
+
+
+def bearer(tokens: dict[str, Any] | str) -> dict[str, str]:
+    token = tokens if isinstance(tokens, str) else tokens["access_token"]
+    return {"Authorization": f"Bearer {token}"}
