@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import Any
 
 import redis.exceptions
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.context import Context
 from shared.db import BACKEND_ERRORS
+from shared.deps import CtxDep
 from shared.errors import (
     HandshakeError,
     InvalidRequestError,
@@ -102,11 +103,7 @@ def create_app(
     return app
 
 
-def _common_router() -> Any:
-    from fastapi import APIRouter
-
-    from shared.deps import CtxDep
-
+def _common_router() -> APIRouter:
     router = APIRouter()
 
     @router.get("/healthz", tags=["health"])

@@ -1,0 +1,236 @@
+"""The `handshake` command line (SPEC §9). Anything wrong with the environment or the settings is one
+line on stderr saying what and how to fix it, and exit code 2; never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from shared.app import SERVICES, create_app, load_services
+from shared.context import Context
+from shared.errors import ConfigurationError, HandshakeError
+from shared.keys import KeyDirectory
+from shared.settings import Settings
+
+EXIT_USAGE = 2
+
+
+def fail(message: str) -> NoReturn:
+    print(f"handshake: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "HANDSHAKE_" + "_".join(str(part) for part in first["loc"]).upper() if first["loc"] else "settings"
+        fail(f"bad setting {name}: {first['msg']}")
+    except (OSError, ValueError) as exc:  # an unreadable or malformed HANDSHAKE_CONFIG file
+        fail(f"cannot read the settings: {exc}")
+
+
+def _service(module: str) -> Any:
+    # shared names the services by import string: it never imports them at module level.
+    return importlib.import_module(module)
+
+
+async def _with_context(
+    settings: Settings, work: Callable[[Context], Awaitable[Any]], *, create_keys: bool = True
+) -> Any:
+    ctx = Context.build(settings, create_keys=create_keys)
+    try:
+        await ctx.check_backends()
+        return await work(ctx)
+    finally:
+        await ctx.stop()
+
+
+def run(coroutine: Awaitable[Any]) -> Any:
+    try:
+        return asyncio.run(coroutine)  # type: ignore[arg-type]
+    except ConfigurationError as exc:
+        fail(str(exc))
+    except HandshakeError as exc:
+        fail(exc.detail)
+
+
+# --- serve -------------------------------------------------------------------------------------
+
+
+def _check_port(host: str, port: int, flag: str) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port} ({exc.strerror}): stop what uses it or pass another {flag}")
+
+
+async def _prepare(ctx: Context, services: Sequence[str]) -> None:
+    from shared.migrations import upgrade
+
+    await upgrade(ctx.db)
+    if "account-manager" in services:
+        password = await _service("account_manager.accounts").ensure_admin(ctx, password=ctx.settings.admin_password)
+        if password is not None and not ctx.settings.admin_password:
+            print(f"Created the user 'admin' with the password: {password}", flush=True)
+            print("It is shown only this once.", flush=True)
+        elif password is not None:
+            print("Created the user 'admin' with the password from HANDSHAKE_ADMIN_PASSWORD.", flush=True)
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    settings = load_settings()
+    requested = [args.service] if args.service else list(SERVICES)
+    services = [name for name in requested if SERVICES[name] in {m.__name__ for m in load_services(requested)}]
+    if not services:
+        fail(f"the service {args.service} is not part of this installation")
+    _check_port(args.host, args.http_port, "--http-port")
+    if "device-connector" in services:
+        _check_port(args.host, args.mqtt_port, "--mqtt-port")
+    run(_with_context(settings, lambda ctx: _prepare(ctx, services)))
+    app = create_app(settings, services=services)
+    app.state.mqtt_host = args.host
+    app.state.mqtt_port = args.mqtt_port
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.http_port,
+        log_level="info",
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        server_header=False,
+    )
+    scheme = "https" if settings.tls_cert else "http"
+    print(f"Handshake ({', '.join(services)}) on {scheme}://{args.host}:{args.http_port}  docs: /docs", flush=True)
+    uvicorn.Server(config).run()
+
+
+# --- migrate, keys, users ----------------------------------------------------------------------
+
+
+def migrate(args: argparse.Namespace) -> None:
+    from shared.migrations import current_revision, upgrade
+
+    async def work(ctx: Context) -> None:
+        await upgrade(ctx.db)
+        print(f"database at revision {await current_revision(ctx.db)}")
+
+    run(_with_context(load_settings(), work))
+
+
+def keys(args: argparse.Namespace) -> None:
+    settings = load_settings()
+    if settings.jwt_alg == "HS256":
+        fail("HS256 uses the one shared HANDSHAKE_SECRET: there is no key ring to rotate, list or revoke")
+    directory = KeyDirectory(settings.keys_dir)
+    try:
+        if args.action == "rotate":
+            max_ttl = max(settings.access_ttl, settings.device_token_ttl, settings.exchanged_ttl)
+            gone = directory.prune(max_token_ttl=max_ttl, leeway=settings.leeway)
+            key = directory.add(settings.jwt_alg)
+            print(f"new signing key {key.kid} ({key.alg}); running servers sign with it within seconds")
+            for kid in gone:
+                print(f"removed expired key {kid}")
+        elif args.action == "list":
+            for key in sorted(directory.load(), key=lambda k: k.created_at):
+                created = datetime.fromtimestamp(key.created_at, UTC).isoformat()
+                state = "signing" if key.retired_at is None else "verify-only"
+                print(f"{key.kid}  {key.alg}  {state}  created {created}")
+        else:
+            if not args.kid:
+                fail("keys revoke needs the KID to revoke (see `handshake keys list`)")
+            if not directory.remove(args.kid):
+                fail(f"no key {args.kid} in {settings.keys_dir} (see `handshake keys list`)")
+            if not any(k.retired_at is None for k in directory.load()):
+                key = directory.add(settings.jwt_alg)
+                print(f"generated a new signing key {key.kid}")
+            print(f"revoked {args.kid}: every token it signed is refused from now on")
+    except OSError as exc:
+        fail(f"cannot use the key directory {settings.keys_dir}: {exc.strerror}")
+
+
+def users(args: argparse.Namespace) -> None:
+    import secrets as _secrets
+
+    from shared.models import Role
+
+    try:
+        role = Role(args.role)
+    except ValueError:
+        fail(f"--role must be one of {', '.join(r.value for r in Role)}")
+    password = args.password or _secrets.token_urlsafe(15)
+
+    async def work(ctx: Context) -> None:
+        from shared.migrations import upgrade
+
+        await upgrade(ctx.db)
+        user = await _service("account_manager.accounts").create_user(
+            ctx, username=args.name, password=password, role=role
+        )
+        print(f"created {role.value} {user.username} (id {user.id})")
+        if not args.password:
+            print(f"password: {password}")
+
+    run(_with_context(load_settings(), work))
+
+
+# --- the parser --------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="handshake", description="Handshake: IoT device-and-user identity.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_cmd = commands.add_parser("serve", help="run the platform (all-in-one, or one service)")
+    serve_cmd.add_argument("--host", default="127.0.0.1")
+    serve_cmd.add_argument("--http-port", type=int, default=8000)
+    serve_cmd.add_argument("--mqtt-port", type=int, default=1883)
+    serve_cmd.add_argument("--service", choices=sorted(SERVICES))
+    serve_cmd.set_defaults(handler=serve)
+
+    commands.add_parser("migrate", help="bring the database schema up to date").set_defaults(handler=migrate)
+
+    keys_cmd = commands.add_parser("keys", help="rotate, list or revoke signing keys")
+    keys_cmd.add_argument("action", choices=["rotate", "list", "revoke"])
+    keys_cmd.add_argument("kid", nargs="?")
+    keys_cmd.set_defaults(handler=keys)
+
+    users_cmd = commands.add_parser("users", help="manage users")
+    users_sub = users_cmd.add_subparsers(dest="users_command", required=True)
+    create = users_sub.add_parser("create", help="create a user of any type")
+    create.add_argument("name")
+    create.add_argument("--role", required=True)
+    create.add_argument("--password", help="default: a generated one, printed once")
+    create.set_defaults(handler=users)
+
+    for module in ("device_manager.cli", "device_connector.cli"):
+        try:
+            register: Callable[[Any], None] = getattr(importlib.import_module(module), "register")
+        except ModuleNotFoundError:
+            continue
+        register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()
