@@ -219,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for module in ("device_manager.cli", "device_connector.cli"):
         try:
-            register: Callable[[Any], None] = getattr(importlib.import_module(module), "register")
+            register: Callable[[Any], None] = importlib.import_module(module).register
         except ModuleNotFoundError:
             continue
         register(commands)

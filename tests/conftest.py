@@ -114,7 +114,9 @@ async def _reset_postgres(settings: Settings) -> None:
 
 
 async def _tables(conn: Any) -> list[str]:
-    rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
+    rows = await conn.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+    )
     return [row["tablename"] for row in rows]
 
 
