@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from account_manager import lockout, store
+from account_manager import store
 from account_manager.passwords import passwords
+from shared import lockout
 from shared.context import Context
 from shared.db import Tx
 from shared.errors import (

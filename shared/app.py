@@ -100,6 +100,7 @@ def create_app(
             expose_headers=["X-Total-Count", "Retry-After"],
         )
     app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body)
+    app.add_middleware(RequestMetricsMiddleware)
     return app
 
 
@@ -176,6 +177,31 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     for error_type in (*BACKEND_ERRORS, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
         app.add_exception_handler(error_type, backend_error)
+
+
+class RequestMetricsMiddleware:
+    """Count requests by method and status class for /metrics (a pure ASGI middleware: cheap)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = scope.get("state", {}).get("ctx") if scope["type"] == "http" else None
+        if ctx is None:
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            ctx.metrics.requests.labels(method=scope["method"], status=f"{status // 100}xx").inc()
 
 
 class BodyLimitMiddleware:
