@@ -45,7 +45,7 @@ def _service(module: str) -> Any:
     return importlib.import_module(module)
 
 
-async def _with_context(
+async def with_context(
     settings: Settings, work: Callable[[Context], Awaitable[Any]], *, create_keys: bool = True
 ) -> Any:
     ctx = Context.build(settings, create_keys=create_keys)
@@ -101,7 +101,7 @@ def serve(args: argparse.Namespace) -> None:
     _check_port(args.host, args.http_port, "--http-port")
     if "device-connector" in services:
         _check_port(args.host, args.mqtt_port, "--mqtt-port")
-    run(_with_context(settings, lambda ctx: _prepare(ctx, services)))
+    run(with_context(settings, lambda ctx: _prepare(ctx, services)))
     app = create_app(settings, services=services)
     app.state.mqtt_host = args.host
     app.state.mqtt_port = args.mqtt_port
@@ -129,7 +129,7 @@ def migrate(args: argparse.Namespace) -> None:
         await upgrade(ctx.db)
         print(f"database at revision {await current_revision(ctx.db)}")
 
-    run(_with_context(load_settings(), work))
+    run(with_context(load_settings(), work))
 
 
 def keys(args: argparse.Namespace) -> None:
@@ -185,7 +185,7 @@ def users(args: argparse.Namespace) -> None:
         if not args.password:
             print(f"password: {password}")
 
-    run(_with_context(load_settings(), work))
+    run(with_context(load_settings(), work))
 
 
 # --- the parser --------------------------------------------------------------------------------

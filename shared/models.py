@@ -49,3 +49,21 @@ class EventType(StrEnum):
     COMMAND_TIMEOUT = "command_timeout"
     MQTT_AUTH_FAILED = "mqtt_auth_failed"
     ACL_DENIED = "acl_denied"
+
+
+class DeviceRole(StrEnum):
+    """A user's role on one device (SPEC §5); each includes what the smaller ones may do."""
+
+    VIEWER = "viewer"
+    CONTROLLER = "controller"
+    OWNER = "owner"
+
+    @property
+    def rank(self) -> int:
+        return _DEVICE_ROLE_RANK[self]
+
+    def allows(self, needed: DeviceRole) -> bool:
+        return self.rank >= needed.rank
+
+
+_DEVICE_ROLE_RANK = {DeviceRole.VIEWER: 1, DeviceRole.CONTROLLER: 2, DeviceRole.OWNER: 3}

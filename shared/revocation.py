@@ -104,6 +104,10 @@ class Revocations:
         """Called by the device manager inside the transaction that flips the flag."""
         tx.after_commit(lambda: self.announce("device" if disabled else "device_enabled", [uid]))
 
+    def access_changed(self, tx: Tx, uid: str) -> None:
+        """Someone gained or lost a role on a device: live MQTT permissions are re-read (SPEC §5)."""
+        tx.after_commit(lambda: self.announce("access", [uid]))
+
     async def announce(self, kind: str, ids: list[str]) -> None:
         self._apply(kind, ids)
         try:
@@ -136,6 +140,8 @@ class Revocations:
             for uid in ids:
                 self.devices.pop(uid, None)
             return
+        elif kind == "access":
+            fresh = ids  # who may see a device changed: listeners re-read it every time
         else:
             return
         for queue in self._listeners:

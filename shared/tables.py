@@ -106,3 +106,45 @@ events = sa.Table(
     sa.Column("ip", sa.String(64)),
     sa.Column("detail", sa.JSON, nullable=False),
 )
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("uid", sa.String(20), primary_key=True),
+    sa.Column("model", sa.String(64), nullable=False, index=True),
+    sa.Column("name", sa.String(128)),
+    # The secret is ≥ 192 random bits: SHA-256 is enough. The claim code is short (it is typed by a
+    # person), so it gets a slow hash (scrypt) to make an offline guess from a leaked table costly.
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("claim_code_hash", sa.String(128), nullable=False),
+    sa.Column("owner_id", sa.String(20), sa.ForeignKey("users.id", ondelete="SET NULL"), index=True),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("bound_at", UTCDateTime),
+    # Presence, written by the device connector.
+    sa.Column("online", sa.Boolean, nullable=False, default=False, index=True),
+    sa.Column("connected_at", UTCDateTime),
+    sa.Column("last_seen", UTCDateTime),
+    sa.Column("ip", sa.String(64)),
+    sa.Column("region", sa.String(64)),
+)
+
+device_shares = sa.Table(
+    "device_shares",
+    metadata,
+    sa.Column("uid", sa.String(20), sa.ForeignKey("devices.uid", ondelete="CASCADE"), primary_key=True),
+    sa.Column("user_id", sa.String(20), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+pairing_tokens = sa.Table(
+    "pairing_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(20), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("used_at", UTCDateTime),
+    sa.Column("uid", sa.String(20)),
+)

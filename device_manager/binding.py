@@ -1,0 +1,131 @@
+"""Binding a device to its owner: by the claim code on its label, or by a pairing token the app hands
+to the device; unbinding by the owner, or by the device itself on a factory reset (SPEC §5).
+
+A wrong code and an unknown UID answer alike and are throttled per user and per IP; when several
+users bind one device at once exactly one wins (a conditional UPDATE decides)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from device_manager import credentials, store
+from device_manager.access import require
+from device_manager.provisioning import DeviceDisabledError, authenticate_device, now_utc
+from shared import lockout
+from shared.context import Context
+from shared.db import Tx
+from shared.errors import HandshakeError
+from shared.models import ActorType, DeviceRole, EventType
+
+PAIRING_TTL = 600
+# Verified against when the UID is unknown, so an unknown UID costs as much as a wrong code.
+_DUMMY_CLAIM_HASH = credentials.hash_claim_code("0" * 20, "AAAAAAAA")
+
+
+class InvalidClaimCodeError(HandshakeError):
+    code = "invalid_claim_code"
+    status_code = 403
+    default_detail = "The UID or claim code is wrong."
+
+
+class AlreadyBoundError(HandshakeError):
+    code = "already_bound"
+    status_code = 409
+    default_detail = "This device belongs to someone else; its owner must unbind it first."
+
+
+class InvalidPairingTokenError(HandshakeError):
+    code = "invalid_pairing_token"
+    status_code = 403
+    default_detail = "The pairing token is unknown, used or expired."
+
+
+async def _record(
+    ctx: Context, tx: Tx, type: EventType, *, uid: str, actor_id: str, ip: str | None, **detail: Any
+) -> None:
+    actor_type = ActorType.DEVICE if actor_id == uid else ActorType.USER
+    await ctx.events.record(tx, type, actor_type=actor_type, actor_id=actor_id, device_uid=uid, ip=ip, detail=detail)
+
+
+async def bind(ctx: Context, *, uid: str, claim_code: str, user_id: str, ip: str | None) -> dict[str, str]:
+    normalized = credentials.normalize_uid(uid) or ""
+    await lockout.check(ctx, user_id, ip, scope="bind")
+    async with ctx.db.read() as tx:
+        device = await store.device(tx, uid=normalized) if normalized else None
+    stored = device.claim_code_hash if device is not None else _DUMMY_CLAIM_HASH
+    matches = await ctx.hashing.run(credentials.claim_code_matches, normalized, claim_code, stored)
+    if device is None or not matches:
+        await lockout.record_failure(ctx, user_id, ip, scope="bind")
+        raise InvalidClaimCodeError()
+    if device.disabled:
+        raise DeviceDisabledError()
+    async with ctx.db.write() as tx:
+        if not await store.claim(tx, uid=device.uid, user_id=user_id, now=now_utc()):
+            current = await store.device(tx, uid=device.uid)
+            if current is None or current.owner_id != user_id:
+                raise AlreadyBoundError()
+            return {"uid": device.uid, "role": DeviceRole.OWNER.value}  # bound to the caller already
+        await _record(ctx, tx, EventType.DEVICE_BOUND, uid=device.uid, actor_id=user_id, ip=ip, method="claim_code")
+        ctx.revocations.access_changed(tx, device.uid)
+    await lockout.record_success(ctx, user_id, ip, scope="bind")
+    return {"uid": device.uid, "role": DeviceRole.OWNER.value}
+
+
+async def new_pairing_token(ctx: Context, *, user_id: str, ip: str | None) -> dict[str, Any]:
+    token = credentials.new_pairing_token()
+    now = now_utc()
+    async with ctx.db.write() as tx:
+        await store.insert_pairing_token(
+            tx,
+            token_hash=credentials.hash_token(token),
+            user_id=user_id,
+            now=now,
+            expires_at=now + timedelta(seconds=PAIRING_TTL),
+        )
+    return {"pairing_token": token, "expires_in": PAIRING_TTL}
+
+
+async def pair(ctx: Context, *, uid: str, secret: str, pairing_token: str, ip: str | None) -> dict[str, str]:
+    device = await authenticate_device(ctx, uid=uid, secret=secret, ip=ip)
+    async with ctx.db.write() as tx:
+        user_id = await store.redeem_pairing_token(
+            tx, token_hash=credentials.hash_token(pairing_token), uid=device.uid, now=now_utc()
+        )
+        if user_id is None:
+            raise InvalidPairingTokenError()
+        if not await store.claim(tx, uid=device.uid, user_id=user_id, now=now_utc()):
+            current = await store.device(tx, uid=device.uid)
+            if current is None or current.owner_id != user_id:
+                raise AlreadyBoundError()
+        await _record(
+            ctx,
+            tx,
+            EventType.DEVICE_BOUND,
+            uid=device.uid,
+            actor_id=device.uid,
+            ip=ip,
+            method="pairing",
+            user_id=user_id,
+        )
+        ctx.revocations.access_changed(tx, device.uid)
+    return {"uid": device.uid, "owner_id": user_id, "role": DeviceRole.OWNER.value}
+
+
+async def unbind(ctx: Context, *, uid: str, user_id: str, ip: str | None) -> None:
+    async with ctx.db.write() as tx:
+        device, _ = await require(tx, uid=uid, user_id=user_id, at_least=DeviceRole.OWNER)
+        lost = await store.release(tx, uid=device.uid)
+        await _record(ctx, tx, EventType.DEVICE_UNBOUND, uid=device.uid, actor_id=user_id, ip=ip, users=lost)
+        ctx.revocations.access_changed(tx, device.uid)
+
+
+async def reset(ctx: Context, *, uid: str, secret: str, ip: str | None) -> None:
+    """Factory reset: the device releases itself, so a resold device needs nothing from its former owner."""
+    device = await authenticate_device(ctx, uid=uid, secret=secret, ip=ip)
+    async with ctx.db.write() as tx:
+        lost = await store.release(tx, uid=device.uid)
+        await _record(
+            ctx, tx, EventType.DEVICE_UNBOUND, uid=device.uid, actor_id=device.uid, ip=ip, reason="reset", users=lost
+        )
+        ctx.revocations.access_changed(tx, device.uid)

@@ -1,0 +1,48 @@
+"""The operators' view of every device: list with status, disable and enable (SPEC §5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from device_manager import store
+from device_manager.sharing import device_view
+from shared.context import Context
+from shared.errors import NotFoundError
+from shared.models import ActorType, EventType
+
+
+async def list_devices(
+    ctx: Context, *, online: bool | None, model: str | None, owner_id: str | None, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    async with ctx.db.read() as tx:
+        rows, total = await store.list_all(
+            tx, online=online, model=model, owner_id=owner_id, limit=limit, offset=offset
+        )
+    found = []
+    for row in rows:
+        view = device_view(row, role="admin")
+        del view["role"]
+        found.append(
+            {**view, "owner_username": row.owner_username, "disabled": row.disabled, "created_at": row.created_at}
+        )
+    return found, total
+
+
+async def set_disabled(ctx: Context, *, uid: str, disabled: bool, actor_id: str, ip: str | None) -> dict[str, Any]:
+    """Disabled: its tokens are refused at once and its MQTT connection closed (SPEC §5)."""
+    async with ctx.db.write() as tx:
+        device = await store.device(tx, uid=uid.upper())
+        if device is None:
+            raise NotFoundError("No such device.")
+        if device.disabled != disabled:
+            await store.update_device(tx, uid=device.uid, disabled=disabled)
+            ctx.revocations.set_device_disabled(tx, device.uid, disabled)
+            await ctx.events.record(
+                tx,
+                EventType.DEVICE_DISABLED if disabled else EventType.DEVICE_ENABLED,
+                actor_type=ActorType.USER,
+                actor_id=actor_id,
+                device_uid=device.uid,
+                ip=ip,
+            )
+    return {"uid": device.uid, "disabled": disabled}

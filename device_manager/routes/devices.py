@@ -1,0 +1,101 @@
+"""HTTP routes of /v1/devices: what users and devices do (SPEC §5). Thin: parse, call, answer."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from device_manager import binding, provisioning, sharing
+from device_manager.schemas import BindIn, DeviceCredentialsIn, PairIn, RenameIn, ShareIn, TransferIn
+from shared.bodies import body_doc, parse_body
+from shared.deps import ClientIp, CtxDep, CurrentUser
+from shared.models import DeviceRole
+
+router = APIRouter(tags=["devices"])
+Limit = Annotated[int, Query(ge=1, le=500)]
+Offset = Annotated[int, Query(ge=0)]
+
+
+@router.post("/v1/devices/token", openapi_extra=body_doc(DeviceCredentialsIn))
+async def device_token(request: Request, ctx: CtxDep, ip: ClientIp) -> JSONResponse:
+    body = await parse_body(request, DeviceCredentialsIn)
+    issued = await provisioning.issue_token(ctx, uid=body.uid, secret=body.secret, ip=ip)
+    return JSONResponse(issued, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/v1/devices/bind", status_code=201, openapi_extra=body_doc(BindIn))
+async def bind(request: Request, ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> dict[str, str]:
+    body = await parse_body(request, BindIn)
+    return await binding.bind(ctx, uid=body.uid, claim_code=body.claim_code, user_id=user.id, ip=ip)
+
+
+@router.post("/v1/devices/pairing-tokens", status_code=201)
+async def pairing_token(ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> JSONResponse:
+    issued = await binding.new_pairing_token(ctx, user_id=user.id, ip=ip)
+    return JSONResponse(issued, status_code=201, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/v1/devices/pair", status_code=201, openapi_extra=body_doc(PairIn))
+async def pair(request: Request, ctx: CtxDep, ip: ClientIp) -> dict[str, str]:
+    body = await parse_body(request, PairIn)
+    return await binding.pair(ctx, uid=body.uid, secret=body.secret, pairing_token=body.pairing_token, ip=ip)
+
+
+@router.post("/v1/devices/reset", status_code=204, openapi_extra=body_doc(DeviceCredentialsIn))
+async def reset(request: Request, ctx: CtxDep, ip: ClientIp) -> Response:
+    body = await parse_body(request, DeviceCredentialsIn)
+    await binding.reset(ctx, uid=body.uid, secret=body.secret, ip=ip)
+    return Response(status_code=204)
+
+
+@router.get("/v1/devices")
+async def list_devices(
+    ctx: CtxDep, user: CurrentUser, response: Response, limit: Limit = 50, offset: Offset = 0
+) -> list[dict[str, Any]]:
+    found, total = await sharing.list_devices(ctx, user_id=user.id, limit=limit, offset=offset)
+    response.headers["X-Total-Count"] = str(total)
+    return found
+
+
+@router.get("/v1/devices/{uid}")
+async def get_device(uid: str, ctx: CtxDep, user: CurrentUser) -> dict[str, Any]:
+    return await sharing.get_device(ctx, uid=uid, user_id=user.id)
+
+
+@router.patch("/v1/devices/{uid}", openapi_extra=body_doc(RenameIn))
+async def rename(uid: str, request: Request, ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> dict[str, Any]:
+    body = await parse_body(request, RenameIn)
+    return await sharing.rename(ctx, uid=uid, user_id=user.id, name=body.name, ip=ip)
+
+
+@router.delete("/v1/devices/{uid}/binding", status_code=204)
+async def unbind(uid: str, ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> Response:
+    await binding.unbind(ctx, uid=uid, user_id=user.id, ip=ip)
+    return Response(status_code=204)
+
+
+@router.post("/v1/devices/{uid}/shares", status_code=201, openapi_extra=body_doc(ShareIn))
+async def share(uid: str, request: Request, ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> dict[str, Any]:
+    body = await parse_body(request, ShareIn)
+    return await sharing.share(ctx, uid=uid, user_id=user.id, username=body.username, role=DeviceRole(body.role), ip=ip)
+
+
+@router.get("/v1/devices/{uid}/shares")
+async def list_shares(uid: str, ctx: CtxDep, user: CurrentUser, response: Response) -> list[dict[str, Any]]:
+    found = await sharing.list_shares(ctx, uid=uid, user_id=user.id)
+    response.headers["X-Total-Count"] = str(len(found))
+    return found
+
+
+@router.delete("/v1/devices/{uid}/shares/{user_id}", status_code=204)
+async def unshare(uid: str, user_id: str, ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> Response:
+    await sharing.unshare(ctx, uid=uid, user_id=user.id, sharee_id=user_id, ip=ip)
+    return Response(status_code=204)
+
+
+@router.post("/v1/devices/{uid}/transfer", openapi_extra=body_doc(TransferIn))
+async def transfer(uid: str, request: Request, ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> dict[str, Any]:
+    body = await parse_body(request, TransferIn)
+    return await sharing.transfer(ctx, uid=uid, user_id=user.id, username=body.username, ip=ip)

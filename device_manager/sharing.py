@@ -1,0 +1,145 @@
+"""What owners and sharees do with a bound device: see it, rename it, share, unshare, transfer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from device_manager import store
+from device_manager.access import require
+from device_manager.provisioning import now_utc
+from shared.context import Context
+from shared.db import Tx
+from shared.errors import HandshakeError, NotFoundError
+from shared.models import ActorType, DeviceRole, EventType
+
+
+class CannotShareWithOwnerError(HandshakeError):
+    code = "invalid_request"
+    status_code = 400
+    default_detail = "The owner already has every right on the device."
+
+
+def device_view(row: Any, role: str) -> dict[str, Any]:
+    return {
+        "uid": row.uid,
+        "name": row.name,
+        "model": row.model,
+        "role": role,
+        "owner_id": row.owner_id,
+        "online": bool(row.online),
+        "last_seen": row.last_seen,
+        "connected_at": row.connected_at,
+        "ip": row.ip,
+        "region": row.region,
+    }
+
+
+async def _record(
+    ctx: Context, tx: Tx, type: EventType, *, uid: str, actor_id: str, ip: str | None, **detail: Any
+) -> None:
+    await ctx.events.record(
+        tx, type, actor_type=ActorType.USER, actor_id=actor_id, device_uid=uid, ip=ip, detail=detail
+    )
+
+
+async def list_devices(ctx: Context, *, user_id: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+    async with ctx.db.read() as tx:
+        rows, total = await store.list_for_user(tx, user_id=user_id, limit=limit, offset=offset)
+    return [
+        {
+            "uid": r.uid,
+            "name": r.name,
+            "model": r.model,
+            "role": r.role,
+            "online": bool(r.online),
+            "last_seen": r.last_seen,
+        }
+        for r in rows
+    ], total
+
+
+async def get_device(ctx: Context, *, uid: str, user_id: str) -> dict[str, Any]:
+    async with ctx.db.read() as tx:
+        device, role = await require(tx, uid=uid, user_id=user_id, at_least=DeviceRole.VIEWER)
+    return device_view(device, role.value)
+
+
+async def rename(ctx: Context, *, uid: str, user_id: str, name: str, ip: str | None) -> dict[str, Any]:
+    async with ctx.db.write() as tx:
+        device, role = await require(tx, uid=uid, user_id=user_id, at_least=DeviceRole.OWNER)
+        await store.update_device(tx, uid=device.uid, name=name)
+        device = await store.device(tx, uid=device.uid)  # type: ignore[assignment]
+    return device_view(device, role.value)
+
+
+async def _target_user(tx: Tx, username: str) -> Any:
+    target = await store.user_by_username(tx, username=username)
+    if target is None:
+        raise NotFoundError("No such user.")
+    return target
+
+
+async def share(
+    ctx: Context, *, uid: str, user_id: str, username: str, role: DeviceRole, ip: str | None
+) -> dict[str, Any]:
+    async with ctx.db.write() as tx:
+        device, _ = await require(tx, uid=uid, user_id=user_id, at_least=DeviceRole.OWNER)
+        target = await _target_user(tx, username)
+        if target.id == device.owner_id:
+            raise CannotShareWithOwnerError()
+        now = now_utc()
+        await store.put_share(tx, uid=device.uid, user_id=target.id, role=role.value, now=now)
+        await _record(
+            ctx,
+            tx,
+            EventType.DEVICE_SHARED,
+            uid=device.uid,
+            actor_id=user_id,
+            ip=ip,
+            user_id=target.id,
+            role=role.value,
+        )
+        ctx.revocations.access_changed(tx, device.uid)
+    return {"uid": device.uid, "user_id": target.id, "username": target.username, "role": role.value, "created_at": now}
+
+
+async def list_shares(ctx: Context, *, uid: str, user_id: str) -> list[dict[str, Any]]:
+    async with ctx.db.read() as tx:
+        device, _ = await require(tx, uid=uid, user_id=user_id, at_least=DeviceRole.OWNER)
+        rows = await store.list_shares(tx, uid=device.uid)
+    return [{"user_id": r.user_id, "username": r.username, "role": r.role, "created_at": r.created_at} for r in rows]
+
+
+async def unshare(ctx: Context, *, uid: str, user_id: str, sharee_id: str, ip: str | None) -> None:
+    """By the owner, or by the sharee leaving; anyone else sees nothing (404)."""
+    async with ctx.db.write() as tx:
+        device, role = await require(tx, uid=uid, user_id=user_id, at_least=DeviceRole.VIEWER)
+        if role is not DeviceRole.OWNER and sharee_id != user_id:
+            raise NotFoundError("No such share.")
+        if not await store.delete_share(tx, uid=device.uid, user_id=sharee_id):
+            raise NotFoundError("No such share.")
+        await _record(ctx, tx, EventType.DEVICE_UNSHARED, uid=device.uid, actor_id=user_id, ip=ip, user_id=sharee_id)
+        ctx.revocations.access_changed(tx, device.uid)
+
+
+async def transfer(ctx: Context, *, uid: str, user_id: str, username: str, ip: str | None) -> dict[str, Any]:
+    """The named user becomes owner; the old owner loses all access. Other shares stay."""
+    async with ctx.db.write() as tx:
+        device, _ = await require(tx, uid=uid, user_id=user_id, at_least=DeviceRole.OWNER)
+        target = await _target_user(tx, username)
+        if target.id == user_id:
+            raise CannotShareWithOwnerError("The device is yours already.")
+        await store.delete_share(tx, uid=device.uid, user_id=target.id)
+        await store.set_owner(tx, uid=device.uid, user_id=target.id, now=now_utc())
+        await _record(
+            ctx,
+            tx,
+            EventType.DEVICE_TRANSFERRED,
+            uid=device.uid,
+            actor_id=user_id,
+            ip=ip,
+            from_user=user_id,
+            to_user=target.id,
+        )
+        ctx.revocations.access_changed(tx, device.uid)
+    return {"uid": device.uid, "owner_id": target.id, "owner_username": target.username}

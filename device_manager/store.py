@@ -1,0 +1,192 @@
+"""SQL of the device manager: devices, shares, pairing tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from shared import tables
+from shared.db import Tx
+
+devices, shares, pairing, users = tables.devices, tables.device_shares, tables.pairing_tokens, tables.users
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    uid: str
+    model: str
+    name: str | None
+    secret_hash: str
+    claim_code_hash: str
+    owner_id: str | None
+    disabled: bool
+    online: bool
+    last_seen: datetime | None
+    connected_at: datetime | None
+    ip: str | None
+    region: str | None
+
+
+def _device(row: Any) -> DeviceRow | None:
+    if row is None:
+        return None
+    return DeviceRow(
+        uid=row.uid,
+        model=row.model,
+        name=row.name,
+        secret_hash=row.secret_hash,
+        claim_code_hash=row.claim_code_hash,
+        owner_id=row.owner_id,
+        disabled=row.disabled,
+        online=row.online,
+        last_seen=row.last_seen,
+        connected_at=row.connected_at,
+        ip=row.ip,
+        region=row.region,
+    )
+
+
+async def insert_devices(tx: Tx, *, rows: Sequence[dict[str, Any]]) -> None:
+    await tx.execute(sa.insert(devices), list(rows))
+
+
+async def existing_uids(tx: Tx, *, uids: Sequence[str]) -> list[str]:
+    result = await tx.execute(sa.select(devices.c.uid).where(devices.c.uid.in_(list(uids))))
+    return list(result.scalars())
+
+
+async def device(tx: Tx, *, uid: str) -> DeviceRow | None:
+    return _device((await tx.execute(sa.select(devices).where(devices.c.uid == uid))).first())
+
+
+async def claim(tx: Tx, *, uid: str, user_id: str, now: datetime) -> bool:
+    """Give an unowned device an owner; False when somebody else got it first (one winner)."""
+    result = await tx.execute(
+        sa.update(devices)
+        .where(devices.c.uid == uid, devices.c.owner_id.is_(None))
+        .values(owner_id=user_id, bound_at=now)
+    )
+    return result.rowcount == 1
+
+
+async def release(tx: Tx, *, uid: str) -> list[str]:
+    """Remove the owner and every share; the user ids that lost access."""
+    row = await device(tx, uid=uid)
+    lost = [row.owner_id] if row is not None and row.owner_id else []
+    lost += await share_user_ids(tx, uid=uid)
+    await tx.execute(sa.delete(shares).where(shares.c.uid == uid))
+    await tx.execute(sa.update(devices).where(devices.c.uid == uid).values(owner_id=None, bound_at=None))
+    return lost
+
+
+async def set_owner(tx: Tx, *, uid: str, user_id: str, now: datetime) -> None:
+    await tx.execute(sa.update(devices).where(devices.c.uid == uid).values(owner_id=user_id, bound_at=now))
+
+
+async def update_device(tx: Tx, *, uid: str, **values: Any) -> None:
+    await tx.execute(sa.update(devices).where(devices.c.uid == uid).values(**values))
+
+
+async def share_role(tx: Tx, *, uid: str, user_id: str) -> str | None:
+    result = await tx.execute(sa.select(shares.c.role).where(shares.c.uid == uid, shares.c.user_id == user_id))
+    return result.scalar_one_or_none()
+
+
+async def share_user_ids(tx: Tx, *, uid: str) -> list[str]:
+    return list((await tx.execute(sa.select(shares.c.user_id).where(shares.c.uid == uid))).scalars())
+
+
+async def put_share(tx: Tx, *, uid: str, user_id: str, role: str, now: datetime) -> None:
+    await tx.execute(sa.delete(shares).where(shares.c.uid == uid, shares.c.user_id == user_id))
+    await tx.execute(sa.insert(shares).values(uid=uid, user_id=user_id, role=role, created_at=now))
+
+
+async def delete_share(tx: Tx, *, uid: str, user_id: str) -> bool:
+    result = await tx.execute(sa.delete(shares).where(shares.c.uid == uid, shares.c.user_id == user_id))
+    return result.rowcount > 0
+
+
+async def list_shares(tx: Tx, *, uid: str) -> list[Any]:
+    stmt = (
+        sa.select(shares.c.user_id, users.c.username, shares.c.role, shares.c.created_at)
+        .join(users, users.c.id == shares.c.user_id)
+        .where(shares.c.uid == uid)
+        .order_by(shares.c.created_at)
+    )
+    return list(await tx.execute(stmt))
+
+
+async def user_by_username(tx: Tx, *, username: str) -> Any:
+    stmt = sa.select(users.c.id, users.c.username).where(users.c.username_key == username.lower())
+    return (await tx.execute(stmt)).first()
+
+
+def _visible_to(user_id: str) -> Any:
+    """Devices a user owns or has been shared, with the user's role on each."""
+    owned = sa.select(devices.c.uid, sa.literal("owner").label("role")).where(devices.c.owner_id == user_id)
+    shared = sa.select(shares.c.uid, shares.c.role).where(shares.c.user_id == user_id)
+    return sa.union_all(owned, shared).subquery("visible")
+
+
+async def list_for_user(tx: Tx, *, user_id: str, limit: int, offset: int) -> tuple[list[Any], int]:
+    visible = _visible_to(user_id)
+    total = (await tx.execute(sa.select(sa.func.count()).select_from(visible))).scalar_one()
+    stmt = (
+        sa.select(devices, visible.c.role)
+        .join(visible, visible.c.uid == devices.c.uid)
+        .order_by(devices.c.uid)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(await tx.execute(stmt)), int(total)
+
+
+async def list_all(
+    tx: Tx, *, online: bool | None, model: str | None, owner_id: str | None, limit: int, offset: int
+) -> tuple[list[Any], int]:
+    where = []
+    if online is not None:
+        where.append(devices.c.online.is_(online))
+    if model:
+        where.append(devices.c.model == model)
+    if owner_id:
+        where.append(devices.c.owner_id == owner_id)
+    total = (await tx.execute(sa.select(sa.func.count()).select_from(devices).where(*where))).scalar_one()
+    stmt = (
+        sa.select(devices, users.c.username.label("owner_username"))
+        .outerjoin(users, users.c.id == devices.c.owner_id)
+        .where(*where)
+        .order_by(devices.c.created_at.desc(), devices.c.uid)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(await tx.execute(stmt)), int(total)
+
+
+async def insert_pairing_token(tx: Tx, *, token_hash: str, user_id: str, now: datetime, expires_at: datetime) -> None:
+    await tx.execute(
+        sa.insert(pairing).values(token_hash=token_hash, user_id=user_id, created_at=now, expires_at=expires_at)
+    )
+
+
+async def redeem_pairing_token(tx: Tx, *, token_hash: str, uid: str, now: datetime) -> str | None:
+    """Use a pairing token once; the user who asked for it, or None (unknown, used or expired)."""
+    row = (
+        await tx.execute(
+            sa.select(pairing.c.user_id).where(
+                pairing.c.token_hash == token_hash, pairing.c.used_at.is_(None), pairing.c.expires_at > now
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    result = await tx.execute(
+        sa.update(pairing)
+        .where(pairing.c.token_hash == token_hash, pairing.c.used_at.is_(None))
+        .values(used_at=now, uid=uid)
+    )
+    return row.user_id if result.rowcount == 1 else None
