@@ -93,7 +93,7 @@ async def _prepare(ctx: Context, services: Sequence[str]) -> None:
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    settings = load_settings()
+    settings = load_settings().model_copy(update={"mqtt_host": args.host, "mqtt_port": args.mqtt_port})
     requested = [args.service] if args.service else list(SERVICES)
     services = [name for name in requested if SERVICES[name] in {m.__name__ for m in load_services(requested)}]
     if not services:
@@ -103,8 +103,6 @@ def serve(args: argparse.Namespace) -> None:
         _check_port(args.host, args.mqtt_port, "--mqtt-port")
     run(with_context(settings, lambda ctx: _prepare(ctx, services)))
     app = create_app(settings, services=services)
-    app.state.mqtt_host = args.host
-    app.state.mqtt_port = args.mqtt_port
     config = uvicorn.Config(
         app,
         host=args.host,

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
     mqtt_max_packet: int = Field(default=256 * 1024, ge=1024)
     mqtt_max_conn_per_ip: int = Field(default=0, ge=0)
+    # Where the embedded broker listens; the command line's --host and --mqtt-port set them.
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(default=1883, ge=0, le=65535)
 
     # Operational knobs beyond SPEC §10 (documented in the README).
     leeway: int = Field(default=30, ge=0, le=30)

@@ -148,3 +148,13 @@ pairing_tokens = sa.Table(
     sa.Column("used_at", UTCDateTime),
     sa.Column("uid", sa.String(20)),
 )
+
+device_state = sa.Table(
+    "device_state",
+    metadata,
+    sa.Column("uid", sa.String(20), sa.ForeignKey("devices.uid", ondelete="CASCADE"), primary_key=True),
+    sa.Column("reported", sa.JSON),
+    sa.Column("reported_at", UTCDateTime),
+    sa.Column("desired", sa.JSON),
+    sa.Column("desired_at", UTCDateTime),
+)

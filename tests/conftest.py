@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from shared.app import create_app
 from shared.context import Context
 from shared.settings import Settings
+from shared.testing import free_port
 from tests.proxy import TcpProxy
 
 PG_ADMIN_DSN = os.environ.get("HANDSHAKE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -85,6 +86,8 @@ def make_settings(backend: Backend, tmp_path: Path, **overrides: Any) -> Setting
         "argon2_time_cost": 1,
         "argon2_memory_kib": 1024,
         "partner_audiences": ["partner.example"],
+        # Every app of the suite runs the embedded broker: on a port of its own, never 1883.
+        "mqtt_port": free_port(),
     }
     values.update(overrides)
     return Settings(**values)

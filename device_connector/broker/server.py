@@ -1,0 +1,394 @@
+"""The embedded broker: amqtt's Broker with the parts SPEC §6 needs done differently.
+
+- A CONNECT is authenticated before it touches anything: a refused one never disconnects, wipes,
+  resumes or alters the session of the client id it names, and its will is never stored.
+- Subscriptions live in an index (exact topics in a dict, wildcards grouped per device) and a
+  delivery walks a copy of the matches only: no loss when subscriptions change mid-broadcast.
+- Authorization holds at delivery time: live messages, retained messages, the queue of a persistent
+  session and wills all go only to clients whose current grants allow them.
+- The server can close a connection for a reason (token expired, revoked, disabled, shutdown), and
+  only an unexpected close publishes the will."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.broker import Broker, RetainedApplicationMessage
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.connack import NOT_AUTHORIZED, SERVER_UNAVAILABLE, ConnackPacket
+from amqtt.mqtt.constants import QOS_1, QOS_2
+from amqtt.mqtt.disconnect import DisconnectPacket
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import Session
+from amqtt.utils import gen_client_id
+
+from device_connector.acl import Grants, may_publish, may_receive, may_subscribe, valid_topic
+from device_connector.broker.index import SubscriptionIndex
+
+log = logging.getLogger("handshake.broker")
+
+CONNECT_TIMEOUT = 10.0
+DENIED = 0x80
+
+
+class Refused(Exception):
+    """A CONNECT the gate turned down, with the CONNACK return code to send."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class PacketTooLarge(Exception):
+    pass
+
+
+class LimitedReader(ReaderAdapter):
+    """Refuses any read larger than the packet limit: a client over it is disconnected (SPEC §6)."""
+
+    def __init__(self, inner: ReaderAdapter, max_packet: int) -> None:
+        self.inner = inner
+        self.max_packet = max_packet
+
+    async def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self.max_packet:
+            raise PacketTooLarge(n)
+        return await self.inner.read(n)
+
+    def feed_eof(self) -> None:
+        self.inner.feed_eof()
+
+
+class Handler(BrokerProtocolHandler):
+    """amqtt's handler, but a silent client is disconnected after 1.5 × its keep-alive (MQTT-3.1.2-24)."""
+
+    def handle_read_timeout(self) -> None:
+        if self.session is not None:
+            self.session.close_reason = "keepalive_timeout"  # type: ignore[attr-defined]
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+
+
+Gate = Callable[[Session], Awaitable[Grants]]
+Hook = Callable[..., Awaitable[None] | None]
+
+
+class HandshakeBroker(Broker):
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        gate: Gate,
+        max_packet: int,
+        max_conn_per_ip: int = 0,
+        ssl: dict[str, str] | None = None,
+    ) -> None:
+        listener: dict[str, Any] = {"type": "tcp", "bind": f"{host}:{port}"}
+        if ssl:
+            listener.update({"ssl": True, **ssl})
+        super().__init__({"listeners": {"default": listener}, "plugins": {}})
+        self.gate = gate
+        self.max_packet = max_packet
+        self.max_conn_per_ip = max_conn_per_ip
+        self.index = SubscriptionIndex()
+        self.per_ip: dict[str, int] = {}
+        # Called with (session) / (session, reason) / (session, topic, data, retain) / (session, topic).
+        self.on_connected: list[Hook] = []
+        self.on_disconnected: list[Hook] = []
+        self.on_published: list[Hook] = []
+        self.on_denied: list[Hook] = []
+        self.on_refused: list[Hook] = []
+
+    # --- connections ------------------------------------------------------------------------------
+
+    async def _client_connected(self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter) -> None:
+        server = self._servers.get(listener_name)
+        if server is None:
+            await writer.close()
+            return
+        peer = writer.get_peer_info()
+        if peer is None:
+            await writer.close()
+            return
+        ip = peer[0]
+        if self.max_conn_per_ip and self.per_ip.get(ip, 0) >= self.max_conn_per_ip:
+            await writer.close()
+            return
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        await server.acquire_connection()
+        try:
+            await self._serve(LimitedReader(reader, self.max_packet), writer)
+        except Exception as exc:  # one client's trouble never takes the broker down
+            log.info("connection from %s ended: %r", ip, exc)
+            with contextlib.suppress(Exception):
+                await writer.close()
+        finally:
+            server.release_connection()
+            self.per_ip[ip] -= 1
+            if not self.per_ip[ip]:
+                del self.per_ip[ip]
+
+    async def _serve(self, reader: ReaderAdapter, writer: WriterAdapter) -> None:
+        try:
+            handler, incoming = await asyncio.wait_for(
+                Handler.init_from_connect(reader, writer, self.plugins_manager), CONNECT_TIMEOUT
+            )
+        except (TimeoutError, AMQTTError, MQTTError, NoDataError, PacketTooLarge, ValueError, UnicodeError) as exc:
+            log.debug("no valid CONNECT: %r", exc)
+            await writer.close()
+            return
+        # Authenticate first: until this passes nothing below may touch an existing session.
+        try:
+            grants = await self.gate(incoming)
+        except Refused as refusal:
+            for hook in self.on_refused:
+                await _call(hook, incoming, refusal.reason)
+            writer.write(ConnackPacket.build(0, refusal.code).to_bytes())
+            with contextlib.suppress(Exception):
+                await writer.drain()
+            await writer.close()
+            return
+        session = await self._adopt_session(incoming, grants)
+        handler.attach(session, reader, writer)
+        self._sessions[session.client_id] = (session, handler)
+        await handler.mqtt_connack_authorize(True)
+        for hook in self.on_connected:
+            await _call(hook, session)
+        await handler.start()
+        await self._drain_session_queue(session, handler)
+        for topic_filter in self.index.filters_of(session.client_id):
+            await self._send_retained(topic_filter, QOS_1, session, handler)
+        await self._client_message_loop(session, handler)
+
+    async def _adopt_session(self, incoming: Session, grants: Grants) -> Session:
+        """Now that the client is authenticated: clean start, resume, or take over (SPEC §6)."""
+        client_id = incoming.client_id or gen_client_id()
+        incoming.client_id = client_id
+        existing = self._sessions.get(client_id)
+        if existing is not None and existing[0].transitions.is_connected():
+            await self.close_client(client_id, "duplicate_client_id")
+            await self._wait_disconnected(existing[0])
+        if incoming.clean_session or existing is None:
+            if existing is not None:
+                await self._delete_session(client_id)
+            session = incoming
+            session.parent = 0
+        else:
+            session = existing[0]
+            for name in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive"):
+                setattr(session, name, getattr(incoming, name))
+            session.username, session.password = incoming.username, None
+            session.remote_address, session.remote_port = incoming.remote_address, incoming.remote_port
+            session.parent = 1
+        session.password = None  # the token is not kept past authentication
+        session.grants = grants  # type: ignore[attr-defined]
+        session.close_reason = None  # type: ignore[attr-defined]
+        if session.keep_alive:
+            session.keep_alive = int(session.keep_alive * 1.5 + 0.5)
+        for topic_filter in self.index.filters_of(client_id):
+            # A resumed session keeps only the subscriptions its client may still hold.
+            if not may_subscribe(grants, topic_filter):
+                self.index.remove(topic_filter, client_id)
+        with contextlib.suppress(Exception):
+            session.transitions.connect()
+        return session
+
+    @staticmethod
+    async def _wait_disconnected(session: Session, timeout: float = 3.0) -> None:
+        # The old connection's own task finishes its close (will, presence, handler) first.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while session.transitions.is_connected() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if session.transitions.is_connected():
+            with contextlib.suppress(Exception):
+                session.transitions.disconnect()
+
+    async def close_client(self, client_id: str, reason: str) -> bool:
+        """Close a live connection for `reason`. A server-side close for a revocation or a disabled
+        device publishes no will; an expired token counts as an unexpected close and does."""
+        found = self._sessions.get(client_id)
+        if found is None or not found[0].transitions.is_connected():
+            return False
+        session, handler = found
+        session.close_reason = reason  # type: ignore[attr-defined]
+        if reason in ("revoked", "disabled", "server_shutdown", "duplicate_client_id"):
+            session.will_flag = False
+        await handler.handle_connection_closed()
+        return True
+
+    async def _handle_disconnect(self, client_session: Session, handler: BrokerProtocolHandler, waiter: Any) -> None:
+        result = waiter.result()
+        reason = getattr(client_session, "close_reason", None)
+        if isinstance(result, DisconnectPacket):
+            reason = reason or "client_closed"
+        else:
+            reason = reason or "client_closed_unexpectedly"
+            if client_session.will_flag and client_session.will_topic:
+                await self._broadcast_message(
+                    client_session, client_session.will_topic, client_session.will_message, client_session.will_qos
+                )
+                if client_session.will_retain:
+                    await self.retain_message(
+                        client_session, client_session.will_topic, client_session.will_message, client_session.will_qos
+                    )
+        await self._stop_handler(handler)
+        with contextlib.suppress(Exception):
+            client_session.transitions.disconnect()
+        if client_session.clean_session:
+            self.index.remove_client(client_session.client_id)
+        for hook in self.on_disconnected:
+            await _call(hook, client_session, "client_closed" if reason == "client_closed_unexpectedly" else reason)
+
+    def is_connected(self, client_id: str) -> bool:
+        found = self._sessions.get(client_id)
+        return found is not None and found[0].transitions.is_connected()
+
+    def live_sessions(self) -> list[Session]:
+        return [session for session, _ in list(self._sessions.values()) if session.transitions.is_connected()]
+
+    async def shutdown(self) -> None:
+        for session in self.live_sessions():
+            await self.close_client(session.client_id, "server_shutdown")
+        await super().shutdown()
+
+    # --- subscriptions -----------------------------------------------------------------------------
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        topic_filter, qos = subscription
+        levels = topic_filter.split("/")
+        if (
+            not valid_topic(topic_filter)
+            or any("#" in level and (level != "#" or i != len(levels) - 1) for i, level in enumerate(levels))
+            or any("+" in level and level != "+" for level in levels)
+            or not may_subscribe(session.grants, topic_filter)  # type: ignore[attr-defined]
+        ):
+            return DENIED
+        granted = min(qos, QOS_1)  # QoS 2 is granted as 1 (MQTT-3.8.4-6 allows a lower grant)
+        self.index.add(topic_filter, session.client_id, session, granted)
+        return granted
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        return int(self.index.remove(a_filter, session.client_id))
+
+    async def _del_all_subscriptions(self, session: Session) -> None:
+        self.index.remove_client(session.client_id)
+
+    async def _handle_subscription(self, client_session: Session, handler: BrokerProtocolHandler, waiter: Any) -> None:
+        subscriptions = waiter.result()
+        codes = [await self.add_subscription(sub, client_session) for sub in subscriptions.topics]
+        await handler.mqtt_acknowledge_subscription(subscriptions.packet_id, codes)
+        for (topic_filter, _), code in zip(subscriptions.topics, codes, strict=True):
+            if code != DENIED:
+                await self._send_retained(topic_filter, code, client_session, handler)
+
+    def revoke_subscriptions(self, session: Session) -> None:
+        """Drop the subscriptions a client may no longer hold (its grants just changed)."""
+        for topic_filter in self.index.filters_of(session.client_id):
+            if not may_subscribe(session.grants, topic_filter):  # type: ignore[attr-defined]
+                self.index.remove(topic_filter, session.client_id)
+
+    # --- messages ----------------------------------------------------------------------------------
+
+    async def _handle_message_delivery(
+        self, client_session: Session, handler: BrokerProtocolHandler, waiter: Any
+    ) -> bool:
+        message = waiter.result()
+        if message is None:
+            return True
+        topic = message.topic
+        if not topic or not valid_topic(topic) or "#" in topic or "+" in topic or topic.startswith("$"):
+            # Keep the loop running: it hears the close and finishes it like any other.
+            await self.close_client(client_session.client_id, "protocol_error")
+            return True
+        if not may_publish(client_session.grants, topic):  # type: ignore[attr-defined]
+            for hook in self.on_denied:
+                await _call(hook, client_session, topic)
+            return True
+        data = bytes(message.data or b"")
+        retain = bool(message.publish_packet and message.publish_packet.retain_flag)
+        await self._broadcast_message(client_session, topic, data)
+        if retain:
+            await self.retain_message(client_session, topic, data, message.qos)
+        for hook in self.on_published:
+            await _call(hook, client_session, topic, data, retain)
+        return True
+
+    async def publish_internal(self, topic: str, data: bytes, *, qos: int = QOS_1, retain: bool = False) -> None:
+        """A message from the platform itself (commands, desired state)."""
+        await self._broadcast_message(None, topic, data, qos)
+        if retain:
+            await self.retain_message(None, topic, data, qos)
+
+    async def _run_broadcast(self, running_tasks: Any) -> None:
+        broadcast = await self._broadcast_queue.get()
+        topic: str = broadcast["topic"]
+        for target, sub_qos in self.index.match(topic):
+            # Delivery-time authorization: the grants as they are now, not as they were at SUBSCRIBE.
+            if not may_receive(target.grants, topic):
+                continue
+            qos = min(broadcast.get("qos") if broadcast.get("qos") is not None else sub_qos, sub_qos)
+            if not target.transitions.is_connected():
+                if not target.clean_session and qos in (QOS_1, QOS_2):
+                    message = RetainedApplicationMessage(broadcast["session"], topic, broadcast["data"], qos)
+                    await target.retained_messages.put(message)
+                continue
+            handler = self._get_handler(target)
+            if handler is not None:
+                running_tasks.append(
+                    asyncio.ensure_future(handler.mqtt_publish(topic, broadcast["data"], qos, retain=False))
+                )
+
+    async def _drain_session_queue(self, session: Session, handler: BrokerProtocolHandler) -> None:
+        """The queue of a resumed persistent session, each message checked against today's grants."""
+        tasks = []
+        while not session.retained_messages.empty():
+            queued = session.retained_messages.get_nowait()
+            if may_receive(session.grants, queued.topic):  # type: ignore[attr-defined]
+                tasks.append(
+                    asyncio.ensure_future(handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False))
+                )
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def _send_retained(
+        self, topic_filter: str, qos: int, session: Session, handler: BrokerProtocolHandler
+    ) -> None:
+        from device_connector.broker.index import matches
+
+        tasks = []
+        for topic, retained in list(self._retained_messages.items()):
+            if matches(topic, topic_filter) and may_receive(session.grants, topic):  # type: ignore[attr-defined]
+                tasks.append(
+                    asyncio.ensure_future(
+                        handler.mqtt_publish(topic, retained.data, min(qos, retained.qos or qos), retain=True)
+                    )
+                )
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def retained(self, topic: str) -> bytes | None:
+        found = self._retained_messages.get(topic)
+        return bytes(found.data) if found is not None else None
+
+    def load_retained(self, topic: str, data: bytes, qos: int = QOS_1) -> None:
+        self._retained_messages[topic] = RetainedApplicationMessage(None, topic, data, qos)
+
+
+async def _call(hook: Hook, *args: Any) -> None:
+    try:
+        result = hook(*args)
+        if result is not None:
+            await result
+    except Exception:
+        log.exception("broker hook %r failed", hook)
+
+
+__all__ = ["NOT_AUTHORIZED", "SERVER_UNAVAILABLE", "HandshakeBroker", "Refused"]

@@ -1,0 +1,82 @@
+"""Presence (SPEC §6): online, connected_at, last_seen, IP and region of each device, with
+device_connected / device_disconnected events. The region comes from an offline GeoIP database:
+the one geoip2fast ships, or a MaxMind .mmdb named by HANDSHAKE_GEOIP_DB."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from device_connector import store
+from shared.context import Context
+from shared.models import ActorType, EventType
+
+log = logging.getLogger("handshake.presence")
+
+
+class Regions:
+    def __init__(self, mmdb: Path | None) -> None:
+        self.mmdb = mmdb
+
+    @cached_property
+    def _reader(self) -> Any:
+        if self.mmdb is not None:
+            import geoip2.database
+
+            return geoip2.database.Reader(str(self.mmdb))
+        from geoip2fast import GeoIP2Fast
+
+        return GeoIP2Fast(verbose=False)
+
+    def region(self, ip: str | None) -> str | None:
+        if not ip:
+            return None
+        try:
+            if self.mmdb is not None:
+                return str(self._reader.country(ip).country.iso_code or "") or None
+            found = self._reader.lookup(ip)
+            code = getattr(found, "country_code", "")
+            return code if code and code != "--" else None
+        except Exception:
+            return None  # private, unknown or malformed address: no region
+
+
+class Presence:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.regions = Regions(ctx.settings.geoip_db)
+
+    async def mark_all_offline(self) -> None:
+        """At start: after a crash no device may stay marked online (SPEC §11)."""
+        async with self.ctx.db.write() as tx:
+            await store.mark_all_offline(tx, now=datetime.now(UTC))
+
+    async def connected(self, uid: str, ip: str | None) -> None:
+        region = self.regions.region(ip)
+        async with self.ctx.db.write() as tx:
+            await store.set_online(tx, uid=uid, now=datetime.now(UTC), ip=ip, region=region)
+            await self.ctx.events.record(
+                tx,
+                EventType.DEVICE_CONNECTED,
+                actor_type=ActorType.DEVICE,
+                actor_id=uid,
+                device_uid=uid,
+                ip=ip,
+                detail={"region": region} if region else {},
+            )
+
+    async def disconnected(self, uid: str, ip: str | None, reason: str) -> None:
+        async with self.ctx.db.write() as tx:
+            await store.set_offline(tx, uid=uid, now=datetime.now(UTC))
+            await self.ctx.events.record(
+                tx,
+                EventType.DEVICE_DISCONNECTED,
+                actor_type=ActorType.DEVICE,
+                actor_id=uid,
+                device_uid=uid,
+                ip=ip,
+                detail={"reason": reason},
+            )

@@ -1,0 +1,70 @@
+"""HTTP routes of the connector: commands relayed to devices, reported and desired state (SPEC §6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from device_connector import store
+from device_connector.connector import Connector
+from device_connector.schemas import CommandIn
+from shared.bodies import body_doc, parse_body, raw_body
+from shared.context import Context
+from shared.deps import ClientIp, CtxDep, CurrentUser
+from shared.errors import ForbiddenError, NotFoundError
+from shared.models import DeviceRole
+
+router = APIRouter(tags=["device connector"])
+
+
+def connector(ctx: Context) -> Connector:
+    found: Connector = ctx.extras["connector"]
+    return found
+
+
+async def _require(ctx: Context, uid: str, user_id: str, at_least: DeviceRole) -> str:
+    uid = uid.upper()
+    async with ctx.db.read() as tx:
+        role = await store.role_of(tx, uid=uid, user_id=user_id)
+    if role is None:
+        raise NotFoundError("No such device.")
+    if not role.allows(at_least):
+        raise ForbiddenError(f"This needs the {at_least.value} role on the device.")
+    return uid
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+@router.post("/v1/devices/{uid}/commands", openapi_extra=body_doc(CommandIn))
+async def send_command(uid: str, request: Request, ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> dict[str, Any]:
+    uid = await _require(ctx, uid, user.id, DeviceRole.CONTROLLER)
+    body = await parse_body(request, CommandIn)
+    return await connector(ctx).send_command(
+        uid=uid, action=body.action, params=body.params, timeout=body.timeout, actor_id=user.id, ip=ip
+    )
+
+
+@router.get("/v1/devices/{uid}/state")
+async def get_state(uid: str, ctx: CtxDep, user: CurrentUser) -> dict[str, Any]:
+    uid = await _require(ctx, uid, user.id, DeviceRole.VIEWER)
+    async with ctx.db.read() as tx:
+        row = await store.get_state(tx, uid=uid)
+    if row is None:
+        return {"reported": None, "reported_at": None, "desired": None, "desired_at": None}
+    return {
+        "reported": row.reported,
+        "reported_at": _iso(row.reported_at),
+        "desired": row.desired,
+        "desired_at": _iso(row.desired_at),
+    }
+
+
+@router.put("/v1/devices/{uid}/state/desired")
+async def put_desired(uid: str, request: Request, ctx: CtxDep, user: CurrentUser) -> dict[str, Any]:
+    uid = await _require(ctx, uid, user.id, DeviceRole.CONTROLLER)
+    desired = await raw_body(request)
+    at = await connector(ctx).set_desired(uid, desired)
+    return {"desired": desired, "desired_at": _iso(at)}

@@ -1,0 +1,24 @@
+"""The device connector as a service: the embedded broker and its HTTP routes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from device_connector.connector import Connector
+from device_connector.routes import devices
+from shared.context import Context
+
+router = APIRouter()
+router.include_router(devices.router)
+
+
+async def on_start(ctx: Context) -> None:
+    connector = Connector(ctx)
+    await connector.start()
+    ctx.extras["connector"] = connector
+
+
+async def on_stop(ctx: Context) -> None:
+    connector = ctx.extras.pop("connector", None)
+    if connector is not None:
+        await connector.stop()

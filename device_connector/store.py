@@ -1,0 +1,73 @@
+"""SQL of the device connector: roles (read), presence, reported and desired state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from shared import tables
+from shared.db import Tx
+from shared.models import DeviceRole
+
+devices, shares, state = tables.devices, tables.device_shares, tables.device_state
+
+
+async def roles_of_user(tx: Tx, *, user_id: str) -> dict[str, DeviceRole]:
+    owned = await tx.execute(sa.select(devices.c.uid).where(devices.c.owner_id == user_id))
+    roles = {uid: DeviceRole.OWNER for uid in owned.scalars()}
+    shared = await tx.execute(sa.select(shares.c.uid, shares.c.role).where(shares.c.user_id == user_id))
+    for uid, role in shared:
+        roles.setdefault(uid, DeviceRole(role))
+    return roles
+
+
+async def roles_on_device(tx: Tx, *, uid: str) -> dict[str, DeviceRole]:
+    """user id -> role, for everybody with a role on the device."""
+    found: dict[str, DeviceRole] = {}
+    owner = (await tx.execute(sa.select(devices.c.owner_id).where(devices.c.uid == uid))).scalar_one_or_none()
+    for user_id, role in await tx.execute(sa.select(shares.c.user_id, shares.c.role).where(shares.c.uid == uid)):
+        found[user_id] = DeviceRole(role)
+    if owner:
+        found[owner] = DeviceRole.OWNER
+    return found
+
+
+async def role_of(tx: Tx, *, uid: str, user_id: str) -> DeviceRole | None:
+    return (await roles_on_device(tx, uid=uid)).get(user_id)
+
+
+async def device_exists(tx: Tx, *, uid: str) -> bool:
+    return (await tx.execute(sa.select(devices.c.uid).where(devices.c.uid == uid))).first() is not None
+
+
+async def set_online(tx: Tx, *, uid: str, now: datetime, ip: str | None, region: str | None) -> None:
+    await tx.execute(
+        sa.update(devices)
+        .where(devices.c.uid == uid)
+        .values(online=True, connected_at=now, last_seen=now, ip=ip, region=region)
+    )
+
+
+async def set_offline(tx: Tx, *, uid: str, now: datetime) -> None:
+    await tx.execute(sa.update(devices).where(devices.c.uid == uid).values(online=False, last_seen=now))
+
+
+async def mark_all_offline(tx: Tx, *, now: datetime) -> int:
+    result = await tx.execute(sa.update(devices).where(devices.c.online.is_(True)).values(online=False, last_seen=now))
+    return int(result.rowcount or 0)
+
+
+async def get_state(tx: Tx, *, uid: str) -> Any:
+    return (await tx.execute(sa.select(state).where(state.c.uid == uid))).first()
+
+
+async def put_state(tx: Tx, *, uid: str, **values: Any) -> None:
+    updated = await tx.execute(sa.update(state).where(state.c.uid == uid).values(**values))
+    if not updated.rowcount:
+        await tx.execute(sa.insert(state).values(uid=uid, **values))
+
+
+async def all_states(tx: Tx) -> list[Any]:
+    return list(await tx.execute(sa.select(state)))
