@@ -3,13 +3,15 @@ HANDSHAKE_CONFIG. Built once by the command line (or a test) and handed down; ne
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -36,13 +38,13 @@ class Settings(BaseSettings):
     exchanged_ttl: int = Field(default=300, ge=30, le=3600)
     refresh_reuse_grace: int = Field(default=10, ge=0, le=300)
     open_registration: bool = True
-    partner_audiences: list[str] = Field(default_factory=list)
+    partner_audiences: Annotated[list[str], NoDecode] = Field(default_factory=list)
     admin_password: str | None = None
     mqtt_hook_secret: str | None = None
     geoip_db: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    cors_origins: list[str] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     mqtt_max_packet: int = Field(default=256 * 1024, ge=1024)
     mqtt_max_conn_per_ip: int = Field(default=0, ge=0)
     # Where the embedded broker listens; the command line's --host and --mqtt-port set them.
@@ -85,7 +87,9 @@ class Settings(BaseSettings):
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         # "a,b" in the environment as well as a JSON list or a TOML array.
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
