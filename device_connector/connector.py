@@ -17,6 +17,7 @@ from amqtt.session import Session
 from device_connector import store
 from device_connector.broker.gate import Gate
 from device_connector.broker.server import HandshakeBroker
+from device_connector.external import ExternalBroker
 from device_connector.presence import Presence
 from device_connector.relay import DeviceOfflineError, DeviceTimeoutError, Relay
 from shared.context import Context
@@ -39,14 +40,18 @@ class Connector:
         ssl = None
         if settings.tls_cert and settings.tls_key:
             ssl = {"certfile": str(settings.tls_cert), "keyfile": str(settings.tls_key)}
-        self.broker = HandshakeBroker(
-            host=settings.mqtt_host,
-            port=settings.mqtt_port,
-            gate=Gate(ctx),
-            max_packet=settings.mqtt_max_packet,
-            max_conn_per_ip=settings.mqtt_max_conn_per_ip,
-            ssl=ssl,
-        )
+        self.broker: HandshakeBroker | ExternalBroker
+        if settings.mqtt_broker_url:
+            self.broker = ExternalBroker(settings.mqtt_broker_url)
+        else:
+            self.broker = HandshakeBroker(
+                host=settings.mqtt_host,
+                port=settings.mqtt_port,
+                gate=Gate(ctx),
+                max_packet=settings.mqtt_max_packet,
+                max_conn_per_ip=settings.mqtt_max_conn_per_ip,
+                ssl=ssl,
+            )
         self.presence = Presence(ctx)
         self.relay = Relay()
         self.broker.on_connected.append(self._connected)

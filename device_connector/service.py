@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from device_connector.connector import Connector
-from device_connector.routes import devices
+from device_connector.routes import devices, hooks
 from shared.context import Context
 
 router = APIRouter()
 router.include_router(devices.router)
+router.include_router(hooks.router)
 
 
 async def on_start(ctx: Context) -> None:

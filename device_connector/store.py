@@ -71,3 +71,9 @@ async def put_state(tx: Tx, *, uid: str, **values: Any) -> None:
 
 async def all_states(tx: Tx) -> list[Any]:
     return list(await tx.execute(sa.select(state)))
+
+
+async def user_role(tx: Tx, *, user_id: str) -> str | None:
+    users = tables.users
+    row = (await tx.execute(sa.select(users.c.role, users.c.disabled).where(users.c.id == user_id))).first()
+    return None if row is None or row.disabled else str(row.role)

@@ -99,7 +99,7 @@ def serve(args: argparse.Namespace) -> None:
     if not services:
         fail(f"the service {args.service} is not part of this installation")
     _check_port(args.host, args.http_port, "--http-port")
-    if "device-connector" in services:
+    if "device-connector" in services and not settings.mqtt_broker_url:
         _check_port(args.host, args.mqtt_port, "--mqtt-port")
     run(with_context(settings, lambda ctx: _prepare(ctx, services)))
     app = create_app(settings, services=services)

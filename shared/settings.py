@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # Where the embedded broker listens; the command line's --host and --mqtt-port set them.
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(default=1883, ge=0, le=65535)
+    # An external broker (mqtt://user:password@host:1883): the connector relays through it instead of
+    # embedding one, and the broker authenticates through /v1/mqtt/auth and /v1/mqtt/acl.
+    mqtt_broker_url: str | None = None
 
     # Operational knobs beyond SPEC §10 (documented in the README).
     leeway: int = Field(default=30, ge=0, le=30)

@@ -47,12 +47,18 @@ class Gate:
         self.ctx = ctx
 
     async def __call__(self, session: Session) -> Grants:
-        admission = await self.admit(session)
+        admission = await self.admit(
+            client_id=session.client_id or "",
+            username=session.username,
+            password=session.password,
+            will_topic=session.will_topic if session.will_flag else None,
+        )
         session.claims = admission.claims  # type: ignore[attr-defined]
         return admission.grants
 
-    async def admit(self, session: Session) -> Admission:
-        username, password, client_id = session.username, session.password, session.client_id or ""
+    async def admit(
+        self, *, client_id: str, username: str | None, password: str | None, will_topic: str | None = None
+    ) -> Admission:
         if not username or not password:
             raise Refused(NOT_AUTHORIZED, "no credentials")
         device = bool(DEVICE_ID.fullmatch(username))
@@ -66,15 +72,17 @@ class Gate:
             raise Refused(NOT_AUTHORIZED, "bad token") from None
         if claims.sub != username or not client_id_allowed(client_id, claims.sub, device=device):
             raise Refused(NOT_AUTHORIZED, "client id or username does not match the token")
-        if device:
-            grants = Grants.for_device(claims.sub)
-        else:
-            try:
-                async with self.ctx.db.read() as tx:
-                    roles = await store.roles_of_user(tx, user_id=claims.sub)
-            except (ServiceUnavailableError, *BACKEND_ERRORS):
-                raise Refused(SERVER_UNAVAILABLE, "database unreachable") from None
-            grants = Grants.for_user(claims.sub, roles, admin=claims.role == Role.ADMIN)
-        if session.will_flag and not may_publish(grants, session.will_topic or ""):
+        grants = await self.grants(claims)
+        if will_topic is not None and not may_publish(grants, will_topic):
             raise Refused(NOT_AUTHORIZED, "will topic not allowed")
         return Admission(grants, claims)
+
+    async def grants(self, claims: Claims) -> Grants:
+        if claims.kind is TokenKind.DEVICE:
+            return Grants.for_device(claims.sub)
+        try:
+            async with self.ctx.db.read() as tx:
+                roles = await store.roles_of_user(tx, user_id=claims.sub)
+        except (ServiceUnavailableError, *BACKEND_ERRORS):
+            raise Refused(SERVER_UNAVAILABLE, "database unreachable") from None
+        return Grants.for_user(claims.sub, roles, admin=claims.role == Role.ADMIN)
