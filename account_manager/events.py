@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 from account_manager import store
 from shared.context import Context
-from shared.events import event_from_row
+from shared.errors import HandshakeError
+from shared.events import Event, event_from_row
+from shared.tokens import Claims
 
 
 async def list_events(
@@ -33,3 +38,53 @@ async def list_events(
             offset=offset,
         )
     return [event_from_row(row).to_json() for row in rows], total
+
+
+def _matches(event: Event, *, type: str | None, user_id: str | None, device_uid: str | None) -> bool:
+    return (
+        (type is None or event.type == type)
+        and (user_id is None or event.actor_id == user_id)
+        and (device_uid is None or event.device_uid == device_uid)
+    )
+
+
+def _frame(event: Event) -> bytes:
+    return (
+        f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.to_json(), separators=(',', ':'))}\n\n".encode()
+    )
+
+
+async def stream_events(
+    ctx: Context,
+    *,
+    claims: Claims,
+    type: str | None,
+    user_id: str | None,
+    device_uid: str | None,
+    last_event_id: int | None,
+    keepalive: float = 15.0,
+) -> AsyncIterator[bytes]:
+    """Server-Sent Events: what was missed since Last-Event-ID first, then live events as they commit.
+    The stream ends when the caller's session is revoked: checked at every keep-alive."""
+    device_uid = device_uid.upper() if device_uid else None
+    async with ctx.events.listen() as queue:
+        yield b"retry: 2000\n\n"
+        if last_event_id is not None:
+            async with ctx.db.read() as tx:
+                missed = await store.events_after(tx, after=last_event_id, limit=500)
+            for row in missed:
+                event = event_from_row(row)
+                if _matches(event, type=type, user_id=user_id, device_uid=device_uid):
+                    yield _frame(event)
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), keepalive)
+            except TimeoutError:
+                try:
+                    ctx.revocations.check(claims)
+                except HandshakeError:
+                    return
+                yield b": keep-alive\n\n"
+                continue
+            if _matches(event, type=type, user_id=user_id, device_uid=device_uid):
+                yield _frame(event)

@@ -263,6 +263,11 @@ async def list_events(
     return list(rows), int(total)
 
 
+async def events_after(tx: Tx, *, after: int, limit: int) -> list[Any]:
+    stmt = sa.select(events).where(events.c.id > after).order_by(events.c.id).limit(limit)
+    return list(await tx.execute(stmt))
+
+
 async def count_events_since(tx: Tx, *, type: str, since: datetime) -> int:
     stmt = sa.select(sa.func.count()).select_from(events).where(events.c.type == type, events.c.ts >= since)
     return int((await tx.execute(stmt)).scalar_one())

@@ -111,6 +111,7 @@ def serve(args: argparse.Namespace) -> None:
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         server_header=False,
+        timeout_graceful_shutdown=5,  # open event streams must not hold a shutdown up
     )
     scheme = "https" if settings.tls_cert else "http"
     print(f"Handshake ({', '.join(services)}) on {scheme}://{args.host}:{args.http_port}  docs: /docs", flush=True)

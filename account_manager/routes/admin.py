@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from account_manager import accounts, events
 from account_manager.schemas import AdminCreateUserIn, AdminUpdateUserIn, AdminUserOut, EventOut
@@ -70,6 +71,28 @@ async def list_events(
     )
     response.headers["X-Total-Count"] = str(total)
     return found
+
+
+@router.get("/v1/admin/events/stream", response_class=StreamingResponse)
+async def stream_events(
+    request: Request,
+    ctx: CtxDep,
+    reader: Reader,
+    type: Annotated[str | None, Query(max_length=40)] = None,
+    user_id: Annotated[str | None, Query(max_length=64)] = None,
+    device_uid: Annotated[str | None, Query(max_length=20)] = None,
+) -> StreamingResponse:
+    last = request.headers.get("last-event-id", "")
+    stream = events.stream_events(
+        ctx,
+        claims=reader.claims,
+        type=type,
+        user_id=user_id,
+        device_uid=device_uid,
+        last_event_id=int(last) if last.isdigit() else None,
+    )
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
 @router.get("/v1/admin/stats")
