@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from shared.app import SERVICES, create_app, load_services
 from shared.context import Context
-from shared.errors import ConfigurationError, HandshakeError
+from shared.errors import ConfigurationError, HandshakeError, WeakPasswordError
 from shared.keys import KeyDirectory
 from shared.settings import Settings
 
@@ -82,7 +82,12 @@ async def _prepare(ctx: Context, services: Sequence[str]) -> None:
 
     await upgrade(ctx.db)
     if "account-manager" in services:
-        password = await _service("account_manager.accounts").ensure_admin(ctx, password=ctx.settings.admin_password)
+        try:
+            password = await _service("account_manager.accounts").ensure_admin(
+                ctx, password=ctx.settings.admin_password
+            )
+        except WeakPasswordError as exc:  # only a given password can be weak
+            raise ConfigurationError(f"HANDSHAKE_ADMIN_PASSWORD is refused: {exc.detail}") from exc
         if password is not None and not ctx.settings.admin_password:
             print(f"Created the user 'admin' with the password: {password}", flush=True)
             print("It is shown only this once.", flush=True)
@@ -160,6 +165,8 @@ def keys(args: argparse.Namespace) -> None:
             print(f"revoked {args.kid}: every token it signed is refused from now on")
     except OSError as exc:
         fail(f"cannot use the key directory {settings.keys_dir}: {exc.strerror}")
+    except ConfigurationError as exc:
+        fail(str(exc))
 
 
 def users(args: argparse.Namespace) -> None:

@@ -18,6 +18,8 @@ class HandshakeError(Exception):
 
     @property
     def headers(self) -> dict[str, str]:
+        if self.status_code == 401:  # SPEC §2, RFC 6750 §3: every 401 names the scheme and the error
+            return {"WWW-Authenticate": 'Bearer error="invalid_token"', **self.extra_headers}
         return self.extra_headers
 
     def body(self) -> dict[str, str]:
@@ -54,11 +56,6 @@ class InvalidTokenError(HandshakeError):
     code = "invalid_token"
     status_code = 401
     default_detail = "The access token is missing, invalid, expired or revoked."
-
-    @property
-    def headers(self) -> dict[str, str]:
-        # RFC 6750 §3.1
-        return {"WWW-Authenticate": 'Bearer error="invalid_token"', **self.extra_headers}
 
 
 class MissingTokenError(InvalidTokenError):

@@ -68,9 +68,10 @@ class Fanout:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.psubscribe(pattern)
-                self.connected = True
+                # Catch up on what passed us by (from the database) before anyone trusts us again.
                 for callback in self.on_reconnect:
                     await callback()
+                self.connected = True
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is None or message.get("type") != "pmessage":

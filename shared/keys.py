@@ -212,7 +212,12 @@ def ring_from_settings(settings: Settings, *, create: bool) -> tuple[KeyRing, Ke
         assert settings.secret is not None
         return KeyRing([hmac_key(settings.secret)]), directory
     if create:
-        directory.ensure(settings.jwt_alg)
+        try:
+            directory.ensure(settings.jwt_alg)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot use the key directory {settings.keys_dir} ({exc.strerror}): fix HANDSHAKE_KEYS_DIR"
+            ) from exc
     keys = directory.load()
     if not keys:
         raise ConfigurationError(

@@ -83,6 +83,8 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config = os.environ.get("HANDSHAKE_CONFIG")
         if config:
+            if not Path(config).is_file():
+                raise FileNotFoundError(f"HANDSHAKE_CONFIG names {config}, which is not a file")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
         return tuple(sources)
 

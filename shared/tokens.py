@@ -135,10 +135,10 @@ class Verifier:
         self._cache.clear()
 
     def verify(self, token: str, kind: TokenKind, *, audience: str | None = None) -> Claims:
-        now = int(self.clock())
+        now = self.clock()
         claims = self._cache.get(token)
         if claims is None or claims.kind is not kind:
-            claims = self._verify_signed(token, kind, audience or self.audience, now)
+            claims = self._verify_signed(token, kind, audience or self.audience, int(now))
             if self.cache_size:
                 if len(self._cache) >= self.cache_size:
                     del self._cache[next(iter(self._cache))]
@@ -149,7 +149,8 @@ class Verifier:
             raise _reject("key %s left the ring", claims.kid)
         elif claims.aud != (audience or self.audience):
             raise _reject("wrong audience")
-        if now > claims.exp + self.leeway:
+        # Refused from exp + leeway on (RFC 7519 §4.1.4), to the fraction of a second.
+        if now >= claims.exp + self.leeway:
             self._cache.pop(token, None)
             raise _reject("expired")
         return claims
@@ -189,7 +190,7 @@ class Verifier:
         iat = _int_claim(payload, "iat", required=True)
         nbf = _int_claim(payload, "nbf", required=False)
         assert exp is not None and iat is not None
-        if now > exp + self.leeway:
+        if now >= exp + self.leeway:
             raise _reject("expired")
         if iat > now + self.leeway:
             raise _reject("issued in the future")

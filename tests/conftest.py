@@ -128,7 +128,8 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     if not settings.is_sqlite:
         await _reset_postgres(settings)
     application = create_app(settings, migrate=True)
-    async with LifespanManager(application) as manager:
+    # Generous timeouts: on a loaded 2-core machine start-up and shutdown can take seconds.
+    async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30) as manager:
         application.state.lifespan_app = manager.app
         yield application
 
