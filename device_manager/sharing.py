@@ -9,7 +9,7 @@ from device_manager.access import require
 from device_manager.provisioning import now_utc
 from shared.context import Context
 from shared.db import Tx
-from shared.errors import HandshakeError, NotFoundError
+from shared.errors import ForbiddenError, HandshakeError, NotFoundError
 from shared.models import ActorType, DeviceRole, EventType
 
 
@@ -115,7 +115,8 @@ async def unshare(ctx: Context, *, uid: str, user_id: str, sharee_id: str, ip: s
     async with ctx.db.write() as tx:
         device, role = await require(tx, uid=uid, user_id=user_id, at_least=DeviceRole.VIEWER)
         if role is not DeviceRole.OWNER and sharee_id != user_id:
-            raise NotFoundError("No such share.")
+            # The caller sees the device, so this is 403, not 404 (SPEC §2).
+            raise ForbiddenError("Only the owner may remove someone else's share.")
         if not await store.delete_share(tx, uid=device.uid, user_id=sharee_id):
             raise NotFoundError("No such share.")
         await _record(ctx, tx, EventType.DEVICE_UNSHARED, uid=device.uid, actor_id=user_id, ip=ip, user_id=sharee_id)

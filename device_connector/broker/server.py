@@ -19,7 +19,12 @@ from typing import Any
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker, RetainedApplicationMessage
+from amqtt.codecs_amqtt import read_or_raise
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt import connect as amqtt_connect
+from amqtt.mqtt import publish as amqtt_publish
+from amqtt.mqtt import subscribe as amqtt_subscribe
+from amqtt.mqtt import unsubscribe as amqtt_unsubscribe
 from amqtt.mqtt.connack import NOT_AUTHORIZED, SERVER_UNAVAILABLE, ConnackPacket
 from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.disconnect import DisconnectPacket
@@ -31,6 +36,25 @@ from device_connector.acl import Grants, may_publish, may_receive, may_subscribe
 from device_connector.broker.index import SubscriptionIndex
 
 log = logging.getLogger("handshake.broker")
+
+
+class NotUtf8Error(UnicodeError):
+    """A string field (topic, client id...) that is not UTF-8: the connection is closed (MQTT-1.5.3-1).
+    Not an MQTTError: amqtt's reader loop discards those and reads on."""
+
+
+async def _strict_decode_string(reader: ReaderAdapter) -> str:
+    # amqtt's decode_string turns invalid UTF-8 into str(bytes), "b'...'", and carries on.
+    length = int.from_bytes(await read_or_raise(reader, 2), "big")
+    data = await read_or_raise(reader, length) if length else b""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise NotUtf8Error("an MQTT string that is not UTF-8") from None
+
+
+for _module in (amqtt_connect, amqtt_publish, amqtt_subscribe, amqtt_unsubscribe):
+    _module.decode_string = _strict_decode_string  # type: ignore[attr-defined]
 
 CONNECT_TIMEOUT = 10.0
 DENIED = 0x80
@@ -50,16 +74,37 @@ class PacketTooLarge(Exception):
 
 
 class LimitedReader(ReaderAdapter):
-    """Refuses any read larger than the packet limit: a client over it is disconnected (SPEC §6)."""
+    """Refuses any packet larger than the limit: a client over it is disconnected (SPEC §6). amqtt
+    parses a CONNECT (and SUBSCRIBE, UNSUBSCRIBE) field by field and never compares it with the
+    remaining length its fixed header announced, so that length is checked here, for every packet."""
 
     def __init__(self, inner: ReaderAdapter, max_packet: int) -> None:
         self.inner = inner
         self.max_packet = max_packet
+        self.session: Session | None = None  # set once the CONNECT is accepted
+        self._left = 0  # bytes of the current packet's body not read yet
+        self._header = bytearray()  # the fixed header being read
+
+    def _too_large(self, n: int) -> PacketTooLarge:
+        if self.session is not None:
+            self.session.close_reason = "protocol_error"  # type: ignore[attr-defined]
+        return PacketTooLarge(n)
 
     async def read(self, n: int = -1) -> bytes:
         if n < 0 or n > self.max_packet:
-            raise PacketTooLarge(n)
-        return await self.inner.read(n)
+            raise self._too_large(n)
+        data = await self.inner.read(n)
+        if self._left:
+            self._left = max(0, self._left - len(data))
+            return data
+        self._header += data
+        if len(self._header) >= 2 and not self._header[-1] & 0x80:
+            length = sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(self._header[1:]))
+            self._header.clear()
+            if length > self.max_packet:
+                raise self._too_large(length)
+            self._left = length
+        return data
 
     def feed_eof(self) -> None:
         self.inner.feed_eof()
@@ -156,6 +201,8 @@ class HandshakeBroker(Broker):
             await writer.close()
             return
         session = await self._adopt_session(incoming, grants)
+        if isinstance(reader, LimitedReader):
+            reader.session = session
         handler.attach(session, reader, writer)
         self._sessions[session.client_id] = (session, handler)
         await handler.mqtt_connack_authorize(True)

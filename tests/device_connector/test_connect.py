@@ -1,0 +1,279 @@
+"""CONNECT authentication of the embedded broker (SPEC §6, SECURITY "amqtt touches sessions before it
+authenticates"): bad, expired, revoked and wrong-kind tokens and client ids that break the rules get
+CONNACK 5; a refused CONNECT never disconnects, wipes, resumes or alters the session of the client id
+it names, and its will is never stored; each refusal is an `mqtt_auth_failed` event."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import jwt
+
+from shared.context import Context
+from shared.settings import Settings
+from shared.testing import forge
+from tests.conftest import Users, bearer
+from tests.device_connector.helpers import (  # noqa: F401  (mqtt_fixture is the `mqtt` fixture)
+    Clients,
+    events,
+    eventually,
+    get_device_token,
+    make_world,
+    mqtt_fixture,
+    owned_device,
+)
+from tests.device_manager import person, provision, staff
+
+REFUSED = 5
+
+
+def expired(settings: Settings, token: str, typ: str) -> str:
+    """The same token, re-signed with the deployment's key, expired two minutes ago (leeway ≤ 30 s)."""
+    claims = jwt.decode(token, options={"verify_signature": False})
+    now = int(time.time())
+    claims.update(iat=now - 600, exp=now - 120, jti=f"expired-{now}-{claims['jti']}")
+    return forge(settings.keys_dir, claims=claims, typ=typ, issuer=settings.issuer, audience=settings.audience)
+
+
+def with_typ(settings: Settings, token: str, typ: str) -> str:
+    """The same claims, valid in time, under another token kind's `typ`."""
+    claims = jwt.decode(token, options={"verify_signature": False})
+    now = int(time.time())
+    claims.update(iat=now, exp=now + 300, jti=f"retyped-{now}-{claims['jti']}")
+    return forge(settings.keys_dir, claims=claims, typ=typ, issuer=settings.issuer, audience=settings.audience)
+
+
+async def auth_failures(client: httpx.AsyncClient, admin: Any, at_least: int) -> list[dict[str, Any]]:
+    async def enough() -> list[dict[str, Any]]:
+        found = await events(client, admin, type="mqtt_auth_failed")
+        return found if len(found) >= at_least else []
+
+    found: list[dict[str, Any]] = await eventually(enough)
+    return found or await events(client, admin, type="mqtt_auth_failed")
+
+
+async def test_bad_tokens_are_refused(
+    client: httpx.AsyncClient, users: Users, ctx: Context, settings: Settings, mqtt: Clients
+) -> None:
+    admin = await staff(users, ctx)
+    user = await person(users)
+    device, other_device = await provision(client, admin, count=2)
+    device_token = await get_device_token(client, device)
+    other_token = await get_device_token(client, other_device)
+    uid, me = device.uid, user.id
+
+    # A second session of the same user, logged out: its access token is revoked.
+    revoked = await users.login(user.username)
+    assert (await client.post("/v1/auth/logout", headers=bearer(revoked))).status_code == 204
+    exchanged = await client.post("/v1/auth/exchange", json={"audience": "partner.example"}, headers=user.headers)
+    assert exchanged.status_code == 200, exchanged.text
+    access = user.tokens["access_token"]
+
+    # The genuine credentials work: every refusal below is down to the one thing changed.
+    assert await mqtt.attempt(uid, uid, device_token) == 0
+    assert await mqtt.attempt(me, me, access) == 0
+
+    cases: dict[str, tuple[str, str, str | None]] = {
+        "device: garbage": (uid, uid, "garbage"),
+        "device: no password": (uid, uid, None),
+        "device: empty password": (uid, uid, ""),
+        "device: expired": (uid, uid, expired(settings, device_token, "device+jwt")),
+        "device: a user token": (uid, uid, access),
+        "device: its claims as a user token": (uid, uid, with_typ(settings, device_token, "at+jwt")),
+        "device: another device's token": (uid, uid, other_token),
+        "user: garbage": (me, me, "garbage"),
+        "user: expired": (me, me, expired(settings, access, "at+jwt")),
+        "user: revoked (logged out)": (me, me, revoked["access_token"]),
+        "user: refresh token": (me, me, user.tokens["refresh_token"]),
+        "user: exchanged token": (me, me, exchanged.json()["access_token"]),
+        "user: a device token": (me, me, device_token),
+        "user: its claims as a device token": (me, me, with_typ(settings, access, "device+jwt")),
+    }
+    answers = {name: await mqtt.attempt(*case) for name, case in cases.items()}
+    assert answers == dict.fromkeys(cases, REFUSED)
+
+    found = await auth_failures(client, admin, len(cases))
+    assert len(found) == len(cases), found
+    assert all(e["type"] == "mqtt_auth_failed" for e in found)
+    # The genuine credentials still work afterwards.
+    assert await mqtt.attempt(uid, uid, device_token) == 0
+    assert await mqtt.attempt(me, me, access) == 0
+
+
+async def test_a_device_connects_only_under_its_uid(
+    client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients
+) -> None:
+    admin = await staff(users, ctx)
+    device, other = await provision(client, admin, count=2)
+    token = await get_device_token(client, device)
+    uid = device.uid
+    for client_id, username in [
+        (other.uid, uid),  # another device's client id
+        (other.uid, other.uid),  # another device altogether, with this device's token
+        (uid, other.uid),
+        (uid.lower(), uid),
+        (uid + "-x", uid),
+        ("", uid),
+        ("anything", uid),
+    ]:
+        assert await mqtt.attempt(client_id, username, token) == REFUSED, (client_id, username)
+    assert await mqtt.attempt(uid, uid, token) == 0
+
+
+async def test_user_client_id_rules(client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients) -> None:
+    admin = await staff(users, ctx)
+    user, other = await person(users), await person(users)
+    (device,) = await provision(client, admin)
+    me, token = user.id, user.tokens["access_token"]
+    assert "-" not in me  # SPEC §2: the client-id rule depends on it
+
+    for client_id in [me, f"{me}-a", f"{me}-phone-1", f"{me}-{'x' * 40}", f"{me}--"]:
+        assert await mqtt.attempt(client_id, me, token) == 0, client_id
+    for client_id in [
+        f"{me}-{'x' * 41}",
+        f"{me}-",
+        f"{me}x",
+        f"x{me}",
+        me.upper(),
+        me[:-1],
+        device.uid,
+        other.id,
+        f"{other.id}-app",
+        "",
+    ]:
+        assert await mqtt.attempt(client_id, me, token) == REFUSED, client_id
+    # Another user's id as username, with one's own token: refused whatever the client id.
+    assert await mqtt.attempt(other.id, other.id, token) == REFUSED
+    assert await mqtt.attempt(me, other.id, token) == REFUSED
+
+
+async def test_a_refused_connect_does_not_disconnect_the_live_client(
+    client: httpx.AsyncClient, users: Users, ctx: Context, settings: Settings, mqtt: Clients
+) -> None:
+    world = await make_world(client, users, ctx)
+    uid, owner, stranger = world.uid, world.owner, world.stranger
+    device = await mqtt.connect(uid, uid, world.device_token)
+    assert await device.subscribe(f"devices/{uid}/commands") == [1]
+    app_id = f"{owner.id}-app"
+    app = await mqtt.connect(app_id, owner.id, owner.tokens["access_token"])
+    assert await app.subscribe(f"devices/{uid}/state") == [1]
+
+    stale = expired(settings, world.device_token, "device+jwt")
+    attacks = [
+        (uid, uid, "garbage"),
+        (uid, uid, stale),
+        (uid, stranger.id, stranger.tokens["access_token"]),
+        (app_id, owner.id, "garbage"),
+        (app_id, owner.id, expired(settings, owner.tokens["access_token"], "at+jwt")),
+        (app_id, stranger.id, stranger.tokens["access_token"]),
+        (app_id, uid, world.device_token),
+    ]
+    for attack in attacks:
+        assert await mqtt.attempt(*attack) == REFUSED, attack[:2]
+        # An attempt with a persistent session and a will changes nothing either.
+        assert await mqtt.attempt(*attack, clean_session=False, will=(f"devices/{uid}/state", b"will", 1, False)) == 5
+
+    # Both victims are still connected and still get their messages, both ways.
+    assert device.is_connected and app.is_connected
+    await app.publish(f"devices/{uid}/commands", b'{"id":"1","action":"ping","params":{}}')
+    assert await device.wait_for(f"devices/{uid}/commands", b'{"id":"1","action":"ping","params":{}}')
+    await device.publish(f"devices/{uid}/state", b'{"on":true}')
+    assert await app.wait_for(f"devices/{uid}/state", b'{"on":true}')
+    assert b"will" not in app.payloads(f"devices/{uid}/state")
+    assert device.is_connected and app.is_connected
+    assert await events(client, world.admin, type="device_disconnected", device_uid=uid) == []
+    found = await auth_failures(client, world.admin, 2 * len(attacks))
+    assert len(found) == 2 * len(attacks)
+
+
+async def test_a_refused_connect_leaves_a_persistent_session_alone(
+    client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients
+) -> None:
+    admin, owner, stranger = await staff(users, ctx), await person(users), await person(users)
+    device = await owned_device(client, admin, owner)
+    uid, token = device.uid, await get_device_token(client, device)
+    events_topic = f"devices/{uid}/events"
+    session_id = f"{owner.id}-persistent"
+
+    persistent = await mqtt.connect(session_id, owner.id, owner.tokens["access_token"], clean_session=False)
+    assert await persistent.subscribe(events_topic) == [1]
+    await persistent.close()
+    watcher = await mqtt.connect(f"{owner.id}-watch", owner.id, owner.tokens["access_token"])
+    assert await watcher.subscribe(events_topic) == [1]
+    publisher = await mqtt.connect(uid, uid, token)
+    await publisher.publish(events_topic, b"e1")
+    assert await watcher.wait_for(events_topic, b"e1")  # so e1 is queued for the offline session
+
+    planted = (events_topic, b"planted", 1, False)
+    attacks: list[tuple[str, str, str, dict[str, Any]]] = [
+        (session_id, owner.id, "garbage", {"clean_session": True}),  # stock amqtt: deletes the session
+        (session_id, owner.id, "garbage", {"clean_session": False, "will": planted}),  # stock: merges it
+        (session_id, stranger.id, stranger.tokens["access_token"], {"clean_session": False, "will": planted}),
+        (session_id, stranger.id, stranger.tokens["access_token"], {"clean_session": True}),
+    ]
+    for client_id, username, password, options in attacks:
+        assert await mqtt.attempt(client_id, username, password, **options) == REFUSED, (username, options)
+    await publisher.publish(events_topic, b"e2")
+    assert await watcher.wait_for(events_topic, b"e2")
+
+    resumed = mqtt.new(session_id, owner.id, owner.tokens["access_token"], clean_session=False)
+    assert await resumed.connect() == 0
+    assert resumed.session_present is True
+    assert await eventually(lambda: {b"e1", b"e2"} <= set(resumed.payloads(events_topic)))
+    # The subscription survived too: a live message arrives.
+    await publisher.publish(events_topic, b"e3")
+    assert await resumed.wait_for(events_topic, b"e3")
+
+    # A will planted by a refused CONNECT would be published on an unexpected close: drop the line.
+    await resumed.drop()
+    broker = ctx.extras["connector"].broker
+    assert await eventually(lambda: not broker.is_connected(session_id))
+    await publisher.publish(events_topic, b"after")
+    assert await watcher.wait_for(events_topic, b"after")
+    assert b"planted" not in watcher.payloads(events_topic)
+    assert b"planted" not in resumed.payloads(events_topic)
+    found = await auth_failures(client, admin, len(attacks))
+    assert len(found) == len(attacks)
+
+
+async def test_a_will_only_on_a_topic_the_client_may_publish_to(
+    client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients
+) -> None:
+    world = await make_world(client, users, ctx)
+    uid, viewer = world.uid, world.viewer
+    (other,) = await provision(client, world.admin)
+    watcher = await mqtt.connect(world.owner.id, world.owner.id, world.owner.tokens["access_token"])
+    assert await watcher.subscribe(f"devices/{uid}/#") == [1]
+    device_sees = await mqtt.connect(uid, uid, world.device_token)
+    assert await device_sees.subscribe(f"devices/{uid}/commands") == [1]
+
+    # A will the client may not publish: the CONNECT is refused, or the will is never published.
+    broker = ctx.extras["connector"].broker
+    bad_wills = [
+        (viewer.id, viewer.id, viewer.tokens["access_token"], f"devices/{uid}/commands"),  # a viewer commanding
+        (viewer.id, viewer.id, viewer.tokens["access_token"], f"devices/{uid}/state"),  # posing as the device
+        (other.uid, other.uid, await get_device_token(client, other), f"devices/{uid}/events"),  # another device
+    ]
+    for client_id, username, password, topic in bad_wills:
+        conn = mqtt.new(client_id, username, password, will=(topic, b"bad-will", 1, True))
+        if await conn.connect() == 0:
+            await conn.drop()  # an unexpected close: a stored will would be published now
+
+            def gone(client_id: str = client_id) -> bool:
+                return not broker.is_connected(client_id)
+
+            assert await eventually(gone)
+        else:
+            assert conn.connack == REFUSED
+            await conn.close()
+    desired = await client.put(f"/v1/devices/{uid}/state/desired", json={"n": 1}, headers=world.owner.headers)
+    assert desired.status_code == 200
+    assert await watcher.wait_for(f"devices/{uid}/desired", b'{"n":1}')
+    assert b"bad-will" not in watcher.payloads() + device_sees.payloads()
+    # Nor is any of them retained for a later subscriber.
+    late = await mqtt.connect(f"{world.owner.id}-late", world.owner.id, world.owner.tokens["access_token"])
+    assert await late.subscribe(f"devices/{uid}/#") == [1]
+    assert await late.subscribe(f"devices/{uid}/events") == [1]
+    assert b"bad-will" not in late.payloads()
