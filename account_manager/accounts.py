@@ -214,3 +214,25 @@ async def stats(ctx: Context) -> dict[str, int]:
                 tx, type=EventType.DEVICE_CONNECTED, since=day_ago
             ),
         }
+
+
+# The series of the dashboard's chart (SPEC §8), by the event type each counts.
+HOURLY_SERIES = {
+    EventType.LOGIN_SUCCEEDED: "logins",
+    EventType.LOGIN_FAILED: "login_failures",
+    EventType.DEVICE_CONNECTED: "device_connections",
+}
+
+
+async def hourly_stats(ctx: Context, *, hours: int) -> list[dict[str, Any]]:
+    """Logins, failures and device connections per UTC hour, oldest first: the current (partial) hour
+    and the `hours - 1` before it, hours without events included as zeros so a chart needs no gaps."""
+    current = now_utc().replace(minute=0, second=0, microsecond=0)
+    first = current - timedelta(hours=hours - 1)
+    buckets = {first + timedelta(hours=i): dict.fromkeys(HOURLY_SERIES.values(), 0) for i in range(hours)}
+    async with ctx.db.read() as tx:
+        counts = await store.count_events_by_hour(tx, types=[str(t) for t in HOURLY_SERIES], since=first)
+    for type_, hour, count in counts:
+        if hour in buckets:
+            buckets[hour][HOURLY_SERIES[EventType(type_)]] = count
+    return [{"hour": hour, **series} for hour, series in buckets.items()]

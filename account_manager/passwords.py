@@ -41,14 +41,19 @@ class Passwords:
             parallelism=settings.argon2_parallelism,
             type=Type.ID,
         )
-        # Unknown users are checked against this, so they take as long as known ones.
-        self.dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
+        # Unknown users are checked against this, so they take as long as known ones. Made in the pool
+        # on first use: a hash on the event loop would stall every other request for ~40 ms.
+        self.dummy_hash: str | None = None
 
     async def hash(self, password: str) -> str:
         return await self.pool.run(self.hasher.hash, password)
 
     async def verify(self, stored_hash: str | None, password: str) -> bool:
-        return await self.pool.run(self._verify, stored_hash or self.dummy_hash, password) and stored_hash is not None
+        if stored_hash is None and self.dummy_hash is None:
+            self.dummy_hash = await self.pool.run(self.hasher.hash, secrets.token_urlsafe(16))
+        checked = stored_hash or self.dummy_hash
+        assert checked is not None
+        return await self.pool.run(self._verify, checked, password) and stored_hash is not None
 
     def _verify(self, stored_hash: str, password: str) -> bool:
         try:

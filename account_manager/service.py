@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from account_manager.routes import admin, auth, users
+from account_manager.routes import admin, auth, dashboard, users
 
 router = APIRouter()
 router.include_router(auth.router)
 router.include_router(users.router)
 router.include_router(admin.router)
+router.include_router(dashboard.router)

@@ -288,3 +288,27 @@ async def count_devices(tx: Tx) -> tuple[int, int]:
         await tx.execute(sa.select(sa.func.count()).select_from(devices).where(devices.c.online.is_(True)))
     ).scalar_one()
     return int(total), int(online)
+
+
+def _hour_of(column: Any, dialect: str) -> Any:
+    """The UTC hour an instant falls in, read back as an aware datetime. No SQL function does this on
+    both databases, so each gets its own; the constants are literal SQL because PostgreSQL wants the
+    grouped expression to be identical in SELECT and GROUP BY, which two bind parameters are not."""
+    if dialect == "postgresql":
+        hour = sa.func.date_trunc(sa.literal_column("'hour'"), sa.func.timezone(sa.literal_column("'UTC'"), column))
+    else:
+        hour = sa.func.strftime(sa.literal_column("'%Y-%m-%d %H:00:00'"), column)  # SQLite keeps UTC text
+    return sa.type_coerce(hour, tables.UTCDateTime())
+
+
+async def count_events_by_hour(tx: Tx, *, types: list[str], since: datetime) -> list[tuple[str, datetime, int]]:
+    """(type, UTC hour, count) of the events of these types since `since`: at most one row per type
+    and hour, however busy the hour was."""
+    hour = _hour_of(events.c.ts, tx.conn.dialect.name)
+    stmt = (
+        sa.select(events.c.type, hour.label("hour"), sa.func.count().label("events"))
+        .where(events.c.type.in_(types), events.c.ts >= since)
+        .group_by(events.c.type, hour)
+    )
+    rows: list[Any] = list(await tx.execute(stmt))
+    return [(row.type, row.hour, int(row.events)) for row in rows]

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.context import Context
@@ -87,9 +88,8 @@ def create_app(
                 await context.stop()
 
     app = FastAPI(title="Handshake", version="0.1.0", lifespan=lifespan)
-    app.include_router(_common_router())
-    for module in modules:
-        app.include_router(module.router)
+    for router in (_common_router(), *(module.router for module in modules)):
+        app.router.routes.extend(_leaf_routes(router))
     _install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -102,6 +102,16 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body)
     app.add_middleware(RequestMetricsMiddleware)
     return app
+
+
+def _leaf_routes(router: APIRouter) -> list[BaseRoute]:
+    """The routes of a router and of the routers it includes, flattened. Recent FastAPI keeps included
+    routers nested and walks each level per request; flat, a request costs one scan (PERF §5)."""
+    found: list[BaseRoute] = []
+    for route in router.routes:
+        inner = getattr(route, "original_router", None)
+        found.extend(_leaf_routes(inner) if isinstance(inner, APIRouter) else [route])
+    return found
 
 
 def _common_router() -> APIRouter:

@@ -81,6 +81,7 @@ class Authenticator:
         self.revocations = revocations
         self.remote = remote
         self.metrics = metrics
+        self._counters: dict[tuple[TokenKind, str], Any] = {}
 
     async def authenticate(self, token: str, kind: TokenKind, *, audience: str | None = None) -> Claims:
         if self.remote is not None and self.remote.due:
@@ -104,8 +105,14 @@ class Authenticator:
         return self.verifier.verify(token, kind, audience=audience)
 
     def _count(self, kind: TokenKind, result: str) -> None:
-        if self.metrics is not None:
-            self.metrics.token_verifications.labels(kind=kind.value, result=result).inc()
+        if self.metrics is None:
+            return
+        counter = self._counters.get((kind, result))
+        if counter is None:  # the labelled child, looked up once (a lock and a dict otherwise)
+            counter = self._counters[(kind, result)] = self.metrics.token_verifications.labels(
+                kind=kind.value, result=result
+            )
+        counter.inc()
 
     @classmethod
     def from_jwks_url(cls, url: str, *, issuer: str, audience: str) -> Authenticator:

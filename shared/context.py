@@ -105,12 +105,8 @@ class Context:
                 ) from exc
 
     async def start(self) -> None:
+        await self.revocations.start()
         await self.fanout.start()
-        try:
-            await self.revocations.start()
-        except Exception as exc:
-            log.warning("first revocation read failed (%s); token checks answer 503 until it succeeds", exc)
-            await self.revocations.start_loop()
         self._tasks.append(asyncio.create_task(self._watch_keys(), name="handshake-keys"))
 
     async def stop(self) -> None:

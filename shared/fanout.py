@@ -50,9 +50,15 @@ class Fanout:
             except Exception:
                 log.exception("fan-out handler for %s failed", channel)
 
-    async def start(self) -> None:
+    async def start(self, *, wait: float = 5.0) -> None:
+        """Subscribe; wait (a bounded time) for the first subscription, so a process that has just
+        started does not answer 503 to its first requests while it catches up."""
         if self.redis is not None and self._task is None:
             self._task = asyncio.create_task(self._listen(), name="handshake-fanout")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            while not self.connected and loop.time() < deadline and not self._task.done():
+                await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -52,6 +52,7 @@ class Revocations:
         )
         self._since: datetime | None = None
         self._last_ok = float("-inf")
+        self._redis_ok = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[asyncio.Queue[tuple[str, str]]] = []
         fanout.subscribe(CHANNEL, self._on_message)
@@ -61,7 +62,9 @@ class Revocations:
 
     @property
     def confirmed(self) -> bool:
-        return self.fanout.connected and time.monotonic() - self._last_ok < self.settings.revocation_max_staleness
+        """The in-memory view may be trusted: fan-out connected, database (and Redis) heard from lately."""
+        last = self._last_ok if self.fanout.redis is None else min(self._last_ok, self._redis_ok)
+        return self.fanout.connected and time.monotonic() - last < self.settings.revocation_max_staleness
 
     def check(self, claims: Claims) -> None:
         if not self.confirmed:
@@ -152,7 +155,7 @@ class Revocations:
     # --- reconciliation -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.reconcile()
+        await self._pass()  # a failure here only means 503s until a later pass succeeds
         await self.start_loop()
 
     async def start_loop(self) -> None:
@@ -168,15 +171,30 @@ class Revocations:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.reconcile_interval)
+            ok = await self._pass()
+            # After a failure, try again soon: one slow pass must not leave the view stale for long.
+            await asyncio.sleep(self.settings.reconcile_interval if ok else min(0.25, self.settings.reconcile_interval))
+
+    async def _pass(self) -> bool:
+        ok = True
+        try:
+            await self.reconcile()
+        except Exception as exc:
+            ok = False
+            log.warning("revocation reconciliation failed: %r", exc)
+        if self.fanout.redis is not None:
             try:
-                await self.reconcile()
+                await self.fanout.redis.ping()
+                self._redis_ok = time.monotonic()
             except Exception as exc:
-                log.warning("revocation reconciliation failed: %s", exc)
+                ok = False
+                log.warning("Redis ping failed: %r", exc)
+        return ok
 
     async def reconcile(self) -> None:
         started = utcnow()
         since = started - self.horizon if self._since is None else self._since - _OVERLAP
+        # Only the database round trip is timed: a busy event loop is not a dead database.
         async with asyncio.timeout(self.settings.backend_timeout * 2):
             async with self.db.read() as tx:
                 sessions, revoked = tables.sessions, tables.revoked_tokens
@@ -184,8 +202,6 @@ class Revocations:
                 jtis = (await tx.execute(sa.select(revoked.c.jti).where(revoked.c.revoked_at >= since))).scalars()
                 sids, jtis = list(sids), list(jtis)
                 devices = await self._disabled_devices(tx)
-            if self.fanout.redis is not None:
-                await self.fanout.redis.ping()
         self._apply("sid", sids)
         self._apply("jti", jtis)
         if devices is not None:

@@ -98,3 +98,9 @@ async def stream_events(
 @router.get("/v1/admin/stats")
 async def stats(ctx: CtxDep, _: Reader) -> dict[str, int]:
     return await accounts.stats(ctx)
+
+
+@router.get("/v1/admin/stats/hourly")
+async def hourly_stats(ctx: CtxDep, _: Reader, hours: Annotated[int, Query(ge=1, le=168)] = 24) -> list[dict[str, Any]]:
+    """Per UTC hour, oldest first: `{hour, logins, login_failures, device_connections}` (the dashboard's chart)."""
+    return await accounts.hourly_stats(ctx, hours=hours)

@@ -1,0 +1,867 @@
+/* Handshake admin dashboard (SPEC §8).
+ *
+ * Tokens live in this closure only: never in web storage or a cookie, so no other
+ * script (there is none: the CSP allows only this file) and no other site (no cookie rides along) can use
+ * them. Everything on the page comes from the /v1/admin API of this origin. Text from the server is only
+ * ever set with textContent, never parsed as HTML: usernames in events are typed by strangers. */
+(() => {
+  'use strict';
+
+  const EVENT_TYPES = [
+    'user_registered', 'login_succeeded', 'login_failed', 'login_locked', 'token_refreshed',
+    'refresh_reuse_detected', 'logout', 'session_revoked', 'password_changed', 'user_updated',
+    'token_exchanged', 'device_provisioned', 'device_token_issued', 'device_bound', 'device_unbound',
+    'device_shared', 'device_unshared', 'device_transferred', 'device_disabled', 'device_enabled',
+    'device_connected', 'device_disconnected', 'command_sent', 'command_replied', 'command_timeout',
+    'mqtt_auth_failed', 'acl_denied', 'key_rotated', 'key_revoked',
+  ];
+  const BAD_TYPES = new Set([
+    'login_failed', 'login_locked', 'refresh_reuse_detected', 'mqtt_auth_failed', 'acl_denied',
+    'command_timeout', 'device_disabled', 'session_revoked',
+  ]);
+  const READERS = new Set(['admin', 'support']);
+  const PAGE = 20;            // rows per table page
+  const MAX_EVENTS = 200;     // events kept on screen
+  const USER_ID = /^[a-z0-9]{20}$/;
+  const SVG = 'http://www.w3.org/2000/svg';
+
+  const $ = (id) => document.getElementById(id);
+
+  /* ---- state --------------------------------------------------------------------------------- */
+
+  const session = {
+    access: null,       // the access token: in memory only
+    refresh: null,      // the refresh token: in memory only
+    refreshTimer: 0,
+    refreshing: null,   // one refresh at a time: parallel ones would trip reuse detection
+    me: null,
+    epoch: 0,           // bumped at sign-out, so late answers of an old session draw nothing
+    timers: [],
+  };
+  const feed = { controller: null, gen: 0, lastId: null, retryMs: 2000, backoff: 0, timer: 0, seen: new Set() };
+  const users = { offset: 0, total: 0, query: '' };
+  const devices = { offset: 0, total: 0, online: '' };
+  const timeline = { uid: null };
+  const names = new Map();  // user id -> username, from what the API has shown us
+  let armed = null;         // a button waiting for its confirming second click
+  let hourly = [];
+  const pending = {};       // debounce timers by name
+
+  class SessionEnded extends Error {}
+
+  /* ---- DOM helpers --------------------------------------------------------------------------- */
+
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === 'class') node.className = value;
+      else if (key === 'text') node.textContent = value;
+      else if (key === 'on') for (const [name, fn] of Object.entries(value)) node.addEventListener(name, fn);
+      else if (key === 'data') for (const [name, v] of Object.entries(value)) node.dataset[name] = v;
+      else node.setAttribute(key, value === true ? '' : String(value));
+    }
+    for (const child of children) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(typeof child === 'string' || typeof child === 'number' ? String(child) : child);
+    }
+    return node;
+  }
+
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
+    for (const child of children) node.append(child);
+    return node;
+  }
+
+  function setText(id, value) { $(id).textContent = value; }
+
+  function note(id, message) {
+    const node = $(id);
+    node.textContent = message || '';
+    node.hidden = !message;
+  }
+
+  function debounce(name, ms, fn) {
+    clearTimeout(pending[name]);
+    pending[name] = setTimeout(fn, ms);
+  }
+
+  function fmtNumber(n) { return typeof n === 'number' ? n.toLocaleString() : '–'; }
+
+  function parseTime(iso) { return iso ? new Date(iso) : null; }
+
+  function fmtClock(date) {
+    const sameDay = date.toDateString() === new Date().toDateString();
+    const time = date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+    return sameDay ? time : `${date.toLocaleDateString([], { month: 'short', day: 'numeric' })} ${time}`;
+  }
+
+  function fmtAgo(iso) {
+    const date = parseTime(iso);
+    if (!date) return 'never';
+    const s = Math.round((Date.now() - date.getTime()) / 1000);
+    if (s < 45) return 'just now';
+    if (s < 3600) return `${Math.round(s / 60)} min ago`;
+    if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+    if (s < 86400 * 30) return `${Math.round(s / 86400)} d ago`;
+    return date.toLocaleDateString();
+  }
+
+  function timeEl(iso, format) {
+    const date = parseTime(iso);
+    if (!date) return el('span', { class: 'sub', text: 'never' });
+    return el('time', { datetime: iso, title: date.toLocaleString(), text: format(date, iso) });
+  }
+
+  /* ---- tokens and the API -------------------------------------------------------------------- */
+
+  function keepTokens(pair) {
+    session.access = pair.access_token;
+    session.refresh = pair.refresh_token;
+    clearTimeout(session.refreshTimer);
+    // Refresh a minute before expiry (or at three quarters of a short lifetime).
+    const life = Number(pair.expires_in) || 900;
+    const wait = life > 240 ? life - 60 : life * 0.75;
+    session.refreshTimer = setTimeout(() => { refreshTokens().then(onRefreshResult); }, wait * 1000);
+  }
+
+  function onRefreshResult(result) {
+    if (result === 'gone') endSession('Your session has ended. Please sign in again.');
+    else if (result === 'unavailable') session.refreshTimer = setTimeout(() => refreshTokens().then(onRefreshResult), 5000);
+  }
+
+  /* 'ok', 'gone' (the session is over) or 'unavailable' (try later; the refresh token was not used). */
+  function refreshTokens() {
+    if (!session.refresh) return Promise.resolve('gone');
+    if (!session.refreshing) {
+      const epoch = session.epoch;
+      session.refreshing = (async () => {
+        try {
+          const res = await fetch('/v1/auth/refresh', {
+            method: 'POST',
+            headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+            body: JSON.stringify({ refresh_token: session.refresh }),
+            cache: 'no-store',
+            credentials: 'omit',
+          });
+          if (epoch !== session.epoch) return 'gone';
+          if (res.ok) { keepTokens(await res.json()); return 'ok'; }
+          return res.status >= 500 || res.status === 429 ? 'unavailable' : 'gone';
+        } catch (err) {
+          return 'unavailable';
+        } finally {
+          session.refreshing = null;
+        }
+      })();
+    }
+    return session.refreshing;
+  }
+
+  async function api(path, { method = 'GET', body } = {}) {
+    const epoch = session.epoch;
+    const send = () => {
+      const headers = { Accept: 'application/json', Authorization: `Bearer ${session.access}` };
+      if (body !== undefined) headers['Content-Type'] = 'application/json';
+      return fetch(path, {
+        method, headers, cache: 'no-store', credentials: 'omit',
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    };
+    if (!session.access) throw new SessionEnded();
+    let res = await send();
+    if (res.status === 401 && epoch === session.epoch) {
+      const result = await refreshTokens();
+      if (result === 'ok') res = await send();
+    }
+    if (epoch !== session.epoch) throw new SessionEnded();
+    if (res.status === 401) {
+      endSession('Your session has ended. Please sign in again.');
+      throw new SessionEnded();
+    }
+    let data = null;
+    if (res.status !== 204) {
+      try { data = await res.json(); } catch (err) { data = null; }
+    }
+    if (epoch !== session.epoch) throw new SessionEnded();
+    return { ok: res.ok, status: res.status, data, total: Number(res.headers.get('X-Total-Count') || 0) };
+  }
+
+  function refusal(result) {
+    const detail = result.data && typeof result.data.detail === 'string' ? result.data.detail : '';
+    return `${result.status}${detail ? `: ${detail}` : ''}`;
+  }
+
+  /* Run a loader; a network failure becomes a note in its section, an ended session nothing. */
+  async function guarded(noteId, fn) {
+    try {
+      await fn();
+    } catch (err) {
+      if (err instanceof SessionEnded) return;
+      if (noteId) note(noteId, 'The server cannot be reached right now; retrying.');
+    }
+  }
+
+  /* ---- signing in and out -------------------------------------------------------------------- */
+
+  function showView(name) {
+    $('login-view').hidden = name !== 'login';
+    $('dashboard-view').hidden = name !== 'dashboard';
+    $('denied-view').hidden = name !== 'denied';
+    $('whoami').hidden = name !== 'dashboard';
+  }
+
+  function loginError(message) {
+    const node = $('login-error');
+    node.textContent = message || '';
+    node.hidden = !message;
+  }
+
+  async function signIn(event) {
+    event.preventDefault();
+    loginError('');
+    const button = $('login-submit');
+    const username = $('login-username').value.trim();
+    const password = $('login-password').value;
+    if (!username || !password) { loginError('Enter your username and password.'); return; }
+    button.disabled = true;
+    try {
+      let res;
+      try {
+        res = await fetch('/v1/auth/login', {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+          body: JSON.stringify({ username, password }),
+          cache: 'no-store',
+          credentials: 'omit',
+        });
+      } catch (err) {
+        loginError('The server cannot be reached.');
+        return;
+      }
+      if (!res.ok) {
+        const retry = res.headers.get('Retry-After');
+        loginError({
+          401: 'Wrong username or password.',
+          403: 'This account is disabled.',
+          429: `Too many attempts. Try again${retry ? ` in ${retry} s` : ' later'}.`,
+          503: 'The service is busy or unavailable. Try again shortly.',
+        }[res.status] || `Sign-in failed (${res.status}).`);
+        return;
+      }
+      $('login-password').value = '';
+      keepTokens(await res.json());
+      await enter();
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function enter() {
+    let me;
+    try {
+      me = await api('/v1/users/me');
+    } catch (err) {
+      if (!(err instanceof SessionEnded)) loginError('The server cannot be reached.');
+      return;
+    }
+    if (!me.ok) { loginError(`Sign-in failed (${me.status}).`); forgetTokens(); return; }
+    session.me = me.data;
+    names.set(me.data.id, me.data.username);
+    if (!READERS.has(me.data.role)) { await deny(me.data); return; }
+    setText('me-name', me.data.username);
+    setText('me-role', me.data.role);
+    document.body.dataset.role = me.data.role;
+    showView('dashboard');
+    start();
+  }
+
+  /* A user without an admin view is told so, and the session just opened is closed again. */
+  async function deny(me) {
+    try { await api('/v1/auth/logout', { method: 'POST' }); } catch (err) { /* the tokens go anyway */ }
+    forgetTokens();
+    setText('denied-text', `You are signed in as ${me.username}, a ${me.role} account. This page is for admin and support users only, so it shows you nothing.`);
+    showView('denied');
+  }
+
+  function forgetTokens() {
+    session.epoch += 1;
+    session.access = null;
+    session.refresh = null;
+    session.me = null;
+    clearTimeout(session.refreshTimer);
+  }
+
+  function stopAll() {
+    for (const timer of session.timers) clearInterval(timer);
+    session.timers = [];
+    for (const name of Object.keys(pending)) clearTimeout(pending[name]);
+    stopStream();
+    feed.gen += 1;
+  }
+
+  /* Back to the sign-in form, with nothing of the old session left on the page. */
+  function endSession(message) {
+    if (!session.access && !session.refresh) return;
+    forgetTokens();
+    stopAll();
+    clearData();
+    delete document.body.dataset.role;
+    showView('login');
+    loginError(message || '');
+    $('login-username').focus();
+  }
+
+  async function signOut() {
+    try { await api('/v1/auth/logout', { method: 'POST' }); } catch (err) { /* signed out here anyway */ }
+    endSession('');
+  }
+
+  function clearData() {
+    for (const id of ['count-users', 'count-devices', 'count-online', 'count-sessions', 'count-logins', 'count-failures']) setText(id, '–');
+    $('chart').replaceChildren();
+    $('events').replaceChildren();
+    $('timeline').replaceChildren();
+    $('users-table').tBodies[0].replaceChildren();
+    $('devices-table').tBodies[0].replaceChildren();
+    for (const id of ['events-note', 'users-note', 'devices-note']) note(id, '');
+    feed.seen.clear();
+    feed.lastId = null;
+    timeline.uid = null;
+    names.clear();
+    hourly = [];
+    setLive('off');
+  }
+
+  function start() {
+    users.offset = 0;
+    devices.offset = 0;
+    refreshCounts();
+    loadUsers();
+    loadDevices();
+    restartEvents();
+    session.timers.push(setInterval(refreshCounts, 30000));
+    session.timers.push(setInterval(() => { if (!armed) { loadUsers(); loadDevices(); } }, 60000));
+  }
+
+  /* ---- counts and chart ---------------------------------------------------------------------- */
+
+  function refreshCounts() {
+    guarded(null, loadStats);
+    guarded(null, loadHourly);
+  }
+
+  async function loadStats() {
+    const r = await api('/v1/admin/stats');
+    if (!r.ok) return;
+    const s = r.data;
+    setText('count-users', fmtNumber(s.users));
+    setText('count-devices', fmtNumber(s.devices));
+    setText('count-online', fmtNumber(s.devices_online));
+    setText('count-sessions', fmtNumber(s.sessions_active));
+    setText('count-logins', fmtNumber(s.logins_24h));
+    setText('count-failures', fmtNumber(s.login_failures_24h));
+  }
+
+  async function loadHourly() {
+    const r = await api('/v1/admin/stats/hourly?hours=24');
+    if (!r.ok || !Array.isArray(r.data)) return;
+    hourly = r.data;
+    drawChart();
+  }
+
+  const SERIES = [
+    { key: 'logins', cls: 's-logins', label: 'logins', total: 'total-logins' },
+    { key: 'login_failures', cls: 's-failures', label: 'failures', total: 'total-failures' },
+    { key: 'device_connections', cls: 's-connections', label: 'device connections', total: 'total-connections' },
+  ];
+
+  function niceStep(raw) {
+    if (raw <= 1) return 1;
+    const power = 10 ** Math.floor(Math.log10(raw));
+    for (const m of [1, 2, 2.5, 5, 10]) if (m * power >= raw && Number.isInteger(m * power)) return m * power;
+    return 10 * power;
+  }
+
+  function hourLabel(date) {
+    return `${String(date.getHours()).padStart(2, '0')}:00`;
+  }
+
+  function drawChart() {
+    const box = $('chart');
+    const rows = hourly;
+    for (const s of SERIES) setText(s.total, fmtNumber(rows.reduce((sum, row) => sum + (row[s.key] || 0), 0)));
+    if (!rows.length) { box.replaceChildren(); return; }
+    const width = Math.max(260, Math.floor(box.clientWidth || 600));
+    const height = width < 520 ? 190 : 240;
+    const pad = { left: 36, right: 10, top: 12, bottom: 26 };
+    const plotW = width - pad.left - pad.right;
+    const plotH = height - pad.top - pad.bottom;
+    const peak = Math.max(1, ...rows.flatMap((row) => SERIES.map((s) => row[s.key] || 0)));
+    const step = niceStep(peak / 4);
+    const top = step * Math.ceil(peak / step);
+    const n = rows.length;
+    const slot = plotW / n;
+    const x = (i) => pad.left + slot * (i + 0.5);
+    const y = (v) => pad.top + plotH - (v / top) * plotH;
+
+    const chart = svg('svg', { viewBox: `0 0 ${width} ${height}`, width, height, role: 'img', 'aria-label': 'Logins, failures and device connections per hour over the last 24 hours' });
+    for (let v = 0; v <= top; v += step) {
+      chart.append(svg('line', { class: 'grid', x1: pad.left, x2: width - pad.right, y1: y(v), y2: y(v) }));
+      const label = svg('text', { class: 'axis', x: pad.left - 6, y: y(v) + 4, 'text-anchor': 'end' });
+      label.textContent = fmtNumber(v);
+      chart.append(label);
+    }
+    const every = width < 520 ? 6 : width < 800 ? 4 : 3;
+    rows.forEach((row, i) => {
+      if ((n - 1 - i) % every !== 0) return;
+      const label = svg('text', { class: 'axis', x: x(i), y: height - 8, 'text-anchor': 'middle' });
+      label.textContent = hourLabel(new Date(row.hour));
+      chart.append(label);
+    });
+    for (const s of SERIES) {
+      const points = rows.map((row, i) => [x(i), y(row[s.key] || 0)]);
+      const line = points.map(([px, py], i) => `${i ? 'L' : 'M'}${px.toFixed(1)},${py.toFixed(1)}`).join('');
+      const base = y(0).toFixed(1);
+      chart.append(svg('path', { class: `area ${s.cls}`, d: `${line}L${points[n - 1][0].toFixed(1)},${base}L${points[0][0].toFixed(1)},${base}Z` }));
+      chart.append(svg('path', { class: `line ${s.cls}`, d: line }));
+      rows.forEach((row, i) => {
+        if (row[s.key]) chart.append(svg('circle', { class: `dot ${s.cls}`, cx: points[i][0].toFixed(1), cy: points[i][1].toFixed(1), r: 3 }));
+      });
+    }
+    // One transparent column per hour, so hovering (or a long press) shows that hour's numbers.
+    rows.forEach((row, i) => {
+      const start = new Date(row.hour);
+      const title = svg('title');
+      title.textContent = `${hourLabel(start)}–${hourLabel(new Date(start.getTime() + 3600000))}: ` +
+        SERIES.map((s) => `${row[s.key] || 0} ${s.label}`).join(', ');
+      chart.append(svg('rect', { class: 'hover', x: pad.left + slot * i, y: pad.top, width: slot, height: plotH }, title));
+    });
+    box.replaceChildren(chart);
+  }
+
+  /* ---- live events ---------------------------------------------------------------------------- */
+
+  function setLive(state) {
+    const node = $('live-status');
+    node.dataset.state = state;
+    node.textContent = { on: 'live', retry: 'reconnecting…', off: 'offline' }[state];
+  }
+
+  function stopStream() {
+    clearTimeout(feed.timer);
+    if (feed.controller) feed.controller.abort();
+    feed.controller = null;
+  }
+
+  /* The filters as query parameters; null when the user named does not exist. */
+  async function eventFilters() {
+    const params = new URLSearchParams();
+    const type = $('filter-type').value;
+    const user = $('filter-user').value.trim();
+    const device = $('filter-device').value.trim().toUpperCase();
+    if (type) params.set('type', type);
+    if (device) params.set('device_uid', device);
+    if (user) {
+      const id = await resolveUser(user);
+      if (!id) return null;
+      params.set('user_id', id);
+    }
+    return params;
+  }
+
+  async function resolveUser(text) {
+    if (USER_ID.test(text)) return text;
+    const r = await api(`/v1/admin/users?${new URLSearchParams({ query: text, limit: '50' })}`);
+    if (!r.ok) return null;
+    for (const row of r.data) names.set(row.id, row.username);
+    relabel();
+    const found = r.data.find((row) => row.username.toLowerCase() === text.toLowerCase());
+    return found ? found.id : null;
+  }
+
+  /* (Re)load the recent events under the current filters, then follow the stream from there. */
+  async function restartEvents() {
+    stopStream();
+    const gen = ++feed.gen;
+    $('events').replaceChildren();
+    feed.seen.clear();
+    note('events-note', '');
+    try {
+      const params = await eventFilters();
+      if (gen !== feed.gen) return;
+      if (params === null) {
+        note('events-note', `No user named “${$('filter-user').value.trim()}”.`);
+        setLive('off');
+        return;
+      }
+      const listed = new URLSearchParams(params);
+      listed.set('limit', '50');
+      // The newest id of all events is where the stream resumes (Last-Event-ID), so nothing that
+      // happens between this list and the stream's start is lost.
+      const [recent, newest] = await Promise.all([api(`/v1/admin/events?${listed}`), api('/v1/admin/events?limit=1')]);
+      if (gen !== feed.gen) return;
+      if (!recent.ok) { note('events-note', `Events refused (${refusal(recent)}).`); return; }
+      for (const event of recent.data.slice().reverse()) showEvent(event, false);
+      const ids = [...recent.data, ...(newest.ok ? newest.data : [])].map((e) => e.id);
+      feed.lastId = ids.length ? Math.max(...ids) : 0;
+      if (!recent.data.length) showEmptyEvents();
+      feed.backoff = 0;
+      connect(gen, params.toString());
+    } catch (err) {
+      if (err instanceof SessionEnded || gen !== feed.gen) return;
+      note('events-note', 'The server cannot be reached right now; retrying.');
+      retryLater(gen, null);
+    }
+  }
+
+  function showEmptyEvents() {
+    $('events').replaceChildren(el('li', { class: 'empty', id: 'events-empty', text: 'No events yet. New ones appear here as they happen.' }));
+  }
+
+  async function connect(gen, query) {
+    if (gen !== feed.gen || !session.access) return;
+    if (query === null) { restartEvents(); return; }
+    const controller = new AbortController();
+    feed.controller = controller;
+    const headers = { Accept: 'text/event-stream', Authorization: `Bearer ${session.access}` };
+    if (feed.lastId !== null) headers['Last-Event-ID'] = String(feed.lastId);
+    try {
+      const res = await fetch(`/v1/admin/events/stream${query ? `?${query}` : ''}`, {
+        headers, signal: controller.signal, cache: 'no-store', credentials: 'omit',
+      });
+      if (res.status === 401) {
+        const result = await refreshTokens();
+        if (result === 'gone') { endSession('Your session has ended. Please sign in again.'); return; }
+        retryLater(gen, query, result === 'ok' ? 0 : undefined);
+        return;
+      }
+      if (res.status === 403) { endSession('Your account no longer has access to this page.'); return; }
+      if (!res.ok || !res.body) throw new Error(`stream answered ${res.status}`);
+      setLive('on');
+      note('events-note', '');
+      feed.backoff = 0;
+      await readFrames(res.body, gen);
+    } catch (err) {
+      if (controller.signal.aborted || gen !== feed.gen) return;
+    }
+    if (gen === feed.gen && !controller.signal.aborted) retryLater(gen, query);
+  }
+
+  function retryLater(gen, query, delay) {
+    if (gen !== feed.gen) return;
+    setLive('retry');
+    const wait = delay ?? Math.min(30000, feed.retryMs * 2 ** feed.backoff);
+    feed.backoff += 1;
+    clearTimeout(feed.timer);
+    feed.timer = setTimeout(() => connect(gen, query), wait);
+  }
+
+  /* Server-Sent Events read by hand (fetch can send the Authorization header; the browser's own SSE client cannot):
+     frames end at a blank line; fields are id, event, data, retry; lines starting with ':' are comments. */
+  async function readFrames(body, gen) {
+    const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done || gen !== feed.gen) return;
+      // CRLF and CR end lines too; a CR at the very end may be the first half of a CRLF.
+      buffer = (buffer + value).replace(/\r\n|\r(?=[^\n])/g, '\n');
+      if (buffer.length > 1048576) throw new Error('an event frame is too large');
+      let cut;
+      while ((cut = buffer.indexOf('\n\n')) >= 0) {
+        const frame = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        dispatchFrame(frame);
+      }
+    }
+  }
+
+  function dispatchFrame(frame) {
+    const data = [];
+    for (const line of frame.split('\n')) {
+      if (!line || line.startsWith(':')) continue;
+      const colon = line.indexOf(':');
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? '' : line.slice(colon + 1);
+      if (value.startsWith(' ')) value = value.slice(1);
+      if (field === 'data') data.push(value);
+      else if (field === 'retry' && /^\d+$/.test(value)) feed.retryMs = Number(value);
+    }
+    if (!data.length) return;
+    let event;
+    try { event = JSON.parse(data.join('\n')); } catch (err) { return; }
+    if (event && typeof event === 'object') onLiveEvent(event);
+  }
+
+  function onLiveEvent(event) {
+    if (event.id > 0) {
+      if (feed.seen.has(event.id)) return;
+      // Only ever forward: a batch summary carries id 0, and events of two processes may interleave.
+      feed.lastId = Math.max(feed.lastId || 0, event.id);
+    }
+    const empty = $('events-empty');
+    if (empty) empty.remove();
+    showEvent(event, true);
+    if (timeline.uid && event.device_uid === timeline.uid) $('timeline').prepend(timelineItem(event));
+    debounce('counts', 1500, refreshCounts);
+    if (String(event.type).startsWith('device_')) debounce('devices', 2000, () => { if (!armed) loadDevices(); });
+    if (/^(user_|login_|logout|session_)/.test(String(event.type))) debounce('users', 2000, () => { if (!armed) loadUsers(); });
+  }
+
+  function typeClass(type) {
+    if (BAD_TYPES.has(type)) return 't-bad';
+    if (type === 'device_connected' || type === 'device_enabled') return 't-device';
+    if (type === 'login_succeeded') return 't-good';
+    return '';
+  }
+
+  function actorText(event) {
+    if (event.actor_type === 'system') return 'system';
+    if (event.actor_type === 'device') return event.actor_id && event.actor_id !== event.device_uid ? `device ${event.actor_id}` : 'device';
+    if (!event.actor_id) return event.detail && event.detail.username ? `unknown user “${event.detail.username}”` : 'unknown user';
+    return names.get(event.actor_id) || (event.detail && event.type.startsWith('login_') && event.detail.username) || event.actor_id;
+  }
+
+  function detailText(detail) {
+    if (!detail || typeof detail !== 'object') return '';
+    const parts = Object.entries(detail).map(([key, value]) => `${key}: ${typeof value === 'object' ? JSON.stringify(value) : value}`);
+    const text = parts.join(' · ');
+    return text.length > 300 ? `${text.slice(0, 300)}…` : text;
+  }
+
+  function whoEl(event) {
+    const known = event.actor_type === 'user' && event.actor_id;
+    return el('span', { class: 'who', data: known ? { actor: event.actor_id } : {}, text: actorText(event) });
+  }
+
+  /* Events arrive before the user list that names their actors: put the names in once it has come. */
+  function relabel() {
+    for (const node of document.querySelectorAll('.who[data-actor]')) {
+      const name = names.get(node.dataset.actor);
+      if (name && node.textContent !== name) node.textContent = name;
+    }
+  }
+
+  function deviceButton(uid) {
+    return el('button', { type: 'button', class: 'link', title: 'Show this device’s timeline', text: uid, on: { click: () => showTimeline(uid, true) } });
+  }
+
+  function showEvent(event, fresh) {
+    if (event.id > 0) feed.seen.add(event.id);
+    const item = el('li', { class: `event${fresh ? ' fresh' : ''}`, data: { type: event.type, id: event.id } },
+      timeEl(event.ts, fmtClock),
+      el('div', { class: 'what' },
+        el('span', { class: `type ${typeClass(event.type)}`, text: event.type }),
+        whoEl(event),
+        event.device_uid ? deviceButton(event.device_uid) : null,
+        event.ip ? el('span', { class: 'sub', text: event.ip }) : null),
+      detailText(event.detail) ? el('div', { class: 'detail', text: detailText(event.detail) }) : null);
+    const list = $('events');
+    list.prepend(item);
+    while (list.children.length > MAX_EVENTS) {
+      const last = list.lastElementChild;
+      feed.seen.delete(Number(last.dataset.id));
+      last.remove();
+    }
+  }
+
+  /* ---- tables --------------------------------------------------------------------------------- */
+
+  function cell(label, ...children) {
+    return el('td', { data: { label } }, ...children);
+  }
+
+  function pager(id, state, load) {
+    const box = $(id);
+    const [prev, info, next] = box.children;
+    const first = state.total ? state.offset + 1 : 0;
+    const last = Math.min(state.offset + PAGE, state.total);
+    info.textContent = `${first}–${last} of ${fmtNumber(state.total)}`;
+    prev.disabled = state.offset === 0;
+    next.disabled = state.offset + PAGE >= state.total;
+    box.hidden = state.total <= PAGE;
+    box.onclick = (event) => {
+      const step = Number(event.target.dataset && event.target.dataset.step);
+      if (!step) return;
+      state.offset = Math.max(0, state.offset + step * PAGE);
+      load();
+    };
+  }
+
+  /* Disabling takes a second click within a few seconds: it ends every session of the user at once. */
+  function arm(button, text) {
+    disarm();
+    armed = button;
+    button.dataset.label = button.textContent;
+    button.textContent = text;
+    button.classList.add('confirm');
+    button.dataset.timer = String(setTimeout(disarm, 5000));
+  }
+
+  function disarm() {
+    if (!armed) return;
+    clearTimeout(Number(armed.dataset.timer));
+    armed.textContent = armed.dataset.label;
+    armed.classList.remove('confirm');
+    armed = null;
+  }
+
+  function isAdmin() { return session.me && session.me.role === 'admin'; }
+
+  function loadUsers() {
+    return guarded('users-note', async () => {
+      const params = new URLSearchParams({ limit: String(PAGE), offset: String(users.offset) });
+      if (users.query) params.set('query', users.query);
+      const r = await api(`/v1/admin/users?${params}`);
+      if (!r.ok) { note('users-note', `Users refused (${refusal(r)}).`); return; }
+      note('users-note', '');
+      users.total = r.total;
+      const rows = r.data.map((user) => {
+        names.set(user.id, user.username);
+        let action = null;
+        // Support reads everything and changes nothing: it gets no button at all (and the API says 403).
+        if (isAdmin() && user.id !== session.me.id) {
+          action = el('button', {
+            type: 'button', class: user.disabled ? 'ghost small' : 'danger small',
+            data: { action: user.disabled ? 'enable' : 'disable', user: user.username },
+            text: user.disabled ? 'Enable' : 'Disable',
+            on: { click: (event) => setUserDisabled(user, event.currentTarget) },
+          });
+        }
+        return el('tr', { data: { userId: user.id, username: user.username } },
+          cell('User', el('strong', { text: user.username }), el('span', { class: 'sub', text: user.email || user.id })),
+          cell('Role', el('span', { class: 'pill off', text: user.role })),
+          cell('Last login', timeEl(user.last_login_at, (d, iso) => fmtAgo(iso))),
+          cell('Sessions', String(user.active_sessions)),
+          cell('Status', el('span', { class: `pill ${user.disabled ? 'disabled' : 'active'}`, text: user.disabled ? 'disabled' : 'active' })),
+          el('td', { class: 'actions' }, action));
+      });
+      if (!rows.length) rows.push(el('tr', {}, el('td', { class: 'empty empty-row', colspan: 6, text: users.query ? 'No user matches.' : 'No users.' })));
+      disarm();
+      $('users-table').tBodies[0].replaceChildren(...rows);
+      pager('users-pager', users, loadUsers);
+      relabel();
+    });
+  }
+
+  async function setUserDisabled(user, button) {
+    if (!user.disabled && armed !== button) { arm(button, `Disable ${user.username}?`); return; }
+    disarm();
+    button.disabled = true;
+    await guarded('users-note', async () => {
+      const r = await api(`/v1/admin/users/${encodeURIComponent(user.id)}`, { method: 'PATCH', body: { disabled: !user.disabled } });
+      if (!r.ok) note('users-note', `Refused (${refusal(r)}).`);
+    });
+    await loadUsers();
+    refreshCounts();
+  }
+
+  function loadDevices() {
+    return guarded('devices-note', async () => {
+      const params = new URLSearchParams({ limit: String(PAGE), offset: String(devices.offset) });
+      if (devices.online) params.set('online', devices.online);
+      const r = await api(`/v1/admin/devices?${params}`);
+      if (r.status === 404) { note('devices-note', 'The device manager does not answer at this address.'); return; }
+      if (!r.ok) { note('devices-note', `Devices refused (${refusal(r)}).`); return; }
+      note('devices-note', '');
+      devices.total = r.total;
+      const rows = r.data.map((device) => {
+        let action = null;
+        if (isAdmin()) {
+          action = el('button', {
+            type: 'button', class: device.disabled ? 'ghost small' : 'danger small',
+            data: { action: device.disabled ? 'enable' : 'disable', uid: device.uid },
+            text: device.disabled ? 'Enable' : 'Disable',
+            on: { click: (event) => setDeviceDisabled(device, event.currentTarget) },
+          });
+        }
+        const owner = device.owner_username || (device.owner_id ? names.get(device.owner_id) || device.owner_id : null);
+        return el('tr', { class: device.uid === timeline.uid ? 'selected' : '', data: { uid: device.uid } },
+          cell('Device', deviceButton(device.uid), el('span', { class: 'sub', text: [device.name, device.model].filter(Boolean).join(' · ') })),
+          cell('Online', el('span', { class: `pill ${device.online ? 'on' : 'off'}`, text: device.online ? 'online' : 'offline' })),
+          cell('IP', el('span', { class: 'mono', text: device.ip || '—' })),
+          cell('Region', device.region || '—'),
+          cell('Owner', owner || el('span', { class: 'sub', text: 'unbound' })),
+          cell('Last seen', timeEl(device.last_seen, (d, iso) => fmtAgo(iso))),
+          cell('Status', el('span', { class: `pill ${device.disabled ? 'disabled' : 'active'}`, text: device.disabled ? 'disabled' : 'enabled' })),
+          el('td', { class: 'actions' }, action));
+      });
+      if (!rows.length) rows.push(el('tr', {}, el('td', { class: 'empty empty-row', colspan: 8, text: 'No devices.' })));
+      disarm();
+      $('devices-table').tBodies[0].replaceChildren(...rows);
+      pager('devices-pager', devices, loadDevices);
+    });
+  }
+
+  async function setDeviceDisabled(device, button) {
+    if (!device.disabled && armed !== button) { arm(button, `Disable ${device.uid}?`); return; }
+    disarm();
+    button.disabled = true;
+    const action = device.disabled ? 'enable' : 'disable';
+    await guarded('devices-note', async () => {
+      const r = await api(`/v1/admin/devices/${encodeURIComponent(device.uid)}/${action}`, { method: 'POST' });
+      if (!r.ok) note('devices-note', `Refused (${refusal(r)}).`);
+    });
+    await loadDevices();
+  }
+
+  /* ---- one device's timeline ------------------------------------------------------------------ */
+
+  function timelineItem(event) {
+    return el('li', { class: typeClass(event.type), data: { type: event.type } },
+      timeEl(event.ts, (d) => d.toLocaleString()),
+      el('span', { class: `type ${typeClass(event.type)}`, text: event.type }), ' ',
+      whoEl(event),
+      event.ip ? el('span', { class: 'sub', text: event.ip }) : null,
+      detailText(event.detail) ? el('div', { class: 'detail', text: detailText(event.detail) }) : null);
+  }
+
+  async function showTimeline(uid, scroll) {
+    timeline.uid = uid;
+    setText('timeline-title', `Timeline of ${uid}`);
+    $('timeline-hint').hidden = true;
+    $('timeline-refresh').hidden = false;
+    for (const row of $('devices-table').tBodies[0].rows) row.classList.toggle('selected', row.dataset.uid === uid);
+    if (scroll) $('timeline-card').scrollIntoView({ block: 'nearest' });
+    await guarded(null, async () => {
+      const r = await api(`/v1/admin/events?${new URLSearchParams({ device_uid: uid, limit: '100' })}`);
+      if (timeline.uid !== uid) return;
+      const list = $('timeline');
+      if (!r.ok) { list.replaceChildren(el('li', { class: 'empty', text: `Refused (${refusal(r)}).` })); return; }
+      const items = r.data.map(timelineItem);
+      list.replaceChildren(...(items.length ? items : [el('li', { class: 'empty', text: 'No events for this device yet.' })]));
+    });
+  }
+
+  /* ---- wiring --------------------------------------------------------------------------------- */
+
+  function init() {
+    const select = $('filter-type');
+    for (const type of EVENT_TYPES) select.append(el('option', { value: type, text: type }));
+    $('login-form').addEventListener('submit', signIn);
+    $('logout').addEventListener('click', signOut);
+    $('denied-back').addEventListener('click', () => { showView('login'); loginError(''); $('login-username').focus(); });
+    $('event-filters').addEventListener('submit', (event) => { event.preventDefault(); restartEvents(); });
+    select.addEventListener('change', restartEvents);
+    for (const id of ['filter-user', 'filter-device']) {
+      $(id).addEventListener('input', () => debounce('filters', 500, restartEvents));
+    }
+    $('events-clear').addEventListener('click', () => { $('events').replaceChildren(); });
+    $('user-search').addEventListener('input', (event) => {
+      debounce('search', 300, () => { users.query = event.target.value.trim(); users.offset = 0; loadUsers(); });
+    });
+    $('device-online').addEventListener('change', (event) => { devices.online = event.target.value; devices.offset = 0; loadDevices(); });
+    $('timeline-refresh').addEventListener('click', () => { if (timeline.uid) showTimeline(timeline.uid, false); });
+    let lastWidth = 0;
+    window.addEventListener('resize', () => debounce('resize', 150, () => {
+      const width = $('chart').clientWidth;
+      if (width !== lastWidth && hourly.length) { lastWidth = width; drawChart(); }
+    }));
+    showView('login');
+    $('login-username').focus();
+  }
+
+  init();
+})();

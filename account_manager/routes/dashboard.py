@@ -1,0 +1,62 @@
+"""The admin dashboard (SPEC §8): one page and its static files, shipped inside the package, so nothing is
+fetched from elsewhere at run time. The page is a plain client of the /v1/admin API: it keeps its tokens
+in a JavaScript variable only, so there is no cookie to ride (CSRF) and nothing in storage to steal."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from importlib import resources
+
+from fastapi import APIRouter, Request, Response
+
+from shared.errors import NotFoundError
+
+router = APIRouter(include_in_schema=False)
+
+# No inline script or style at all, so an injected <script> or style attribute never runs; every fetch,
+# image and form stays on this origin; no other site may frame the page (clickjacking the disable button).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+# The only files served under /admin/static: a fixed list, so no name from a URL ever reaches the file system.
+STATIC_TYPES = {
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",
+}
+
+
+@cache
+def _read(name: str) -> tuple[bytes, str]:
+    """A file of account_manager/dashboard and its ETag, read once per process."""
+    data = resources.files("account_manager.dashboard").joinpath(name).read_bytes()
+    return data, '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+
+
+@router.get("/admin")
+async def page() -> Response:
+    body, _ = _read("index.html")
+    headers = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
+    return Response(body, media_type="text/html; charset=utf-8", headers=headers)
+
+
+@router.get("/admin/static/{name}")
+async def static(name: str, request: Request) -> Response:
+    media_type = STATIC_TYPES.get(name)
+    if media_type is None:
+        raise NotFoundError()
+    body, etag = _read(name)
+    # Revalidated on every load, so an upgrade never leaves an old app.js talking to a new API.
+    headers = {**SECURITY_HEADERS, "Cache-Control": "no-cache", "ETag": etag}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
