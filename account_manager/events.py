@@ -49,9 +49,10 @@ def _matches(event: Event, *, type: str | None, user_id: str | None, device_uid:
 
 
 def _frame(event: Event) -> bytes:
-    return (
-        f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.to_json(), separators=(',', ':'))}\n\n".encode()
-    )
+    # A batch summary (id 0) carries no id: a client resuming from it would replay from the start.
+    head = f"id: {event.id}\n" if event.id else ""
+    data = json.dumps(event.to_json(), separators=(",", ":"))
+    return f"{head}event: {event.type}\ndata: {data}\n\n".encode()
 
 
 async def stream_events(

@@ -18,9 +18,11 @@ from device_connector import store
 from device_connector.broker.gate import Gate
 from device_connector.broker.server import HandshakeBroker
 from device_connector.external import ExternalBroker
+from device_connector.journal import Journal
 from device_connector.presence import Presence
 from device_connector.relay import DeviceOfflineError, DeviceTimeoutError, Relay
 from shared.context import Context
+from shared.db import Tx
 from shared.models import ActorType, DeviceRole, EventType
 from shared.tokens import TokenKind
 
@@ -52,7 +54,8 @@ class Connector:
                 max_conn_per_ip=settings.mqtt_max_conn_per_ip,
                 ssl=ssl,
             )
-        self.presence = Presence(ctx)
+        self.journal = Journal(ctx)
+        self.presence = Presence(ctx, self.journal)
         self.relay = Relay()
         self.broker.on_connected.append(self._connected)
         self.broker.on_disconnected.append(self._disconnected)
@@ -64,6 +67,7 @@ class Connector:
 
     async def start(self) -> None:
         await self.presence.mark_all_offline()
+        await self.journal.start()
         await self.broker.start()  # (amqtt's start clears retained messages: load them after)
         await self._load_retained_state()
         self._tasks.append(asyncio.create_task(self._sweep(), name="handshake-mqtt-sweep"))
@@ -77,6 +81,7 @@ class Connector:
         await self.broker.shutdown()
         if self._background:
             await asyncio.wait(self._background, timeout=5)
+        await self.journal.stop()
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)
@@ -88,7 +93,7 @@ class Connector:
     def _connected(self, session: Session) -> None:
         self.ctx.metrics.mqtt_connections.inc()
         if session.claims.kind is TokenKind.DEVICE:  # type: ignore[attr-defined]
-            self._spawn(self.presence.connected(session.client_id, session.remote_address))
+            self.presence.connected(session.client_id, session.remote_address)
 
     def _disconnected(self, session: Session, reason: str) -> None:
         self.ctx.metrics.mqtt_connections.dec()
@@ -96,7 +101,7 @@ class Connector:
         if claims is not None and claims.kind is TokenKind.DEVICE:
             self.relay.on_device_gone(session.client_id)
             if not self.broker.is_connected(session.client_id):  # a takeover keeps it online
-                self._spawn(self.presence.disconnected(session.client_id, session.remote_address, reason))
+                self.presence.disconnected(session.client_id, session.remote_address, reason)
 
     def _published(self, session: Session, topic: str, data: bytes, retain: bool) -> None:
         parts = topic_parts(topic)
@@ -106,37 +111,35 @@ class Connector:
         if channel == "replies":
             self.relay.on_reply(uid, data)
         elif channel == "state":
-            self._spawn(self._save_reported(uid, data))
+            self._save_reported(uid, data)
 
     def _denied(self, session: Session, topic: str) -> None:
         claims = getattr(session, "claims", None)
         actor = ActorType.DEVICE if claims is not None and claims.kind is TokenKind.DEVICE else ActorType.USER
         parts = topic_parts(topic)
-        self._spawn(
-            self._record(
-                EventType.ACL_DENIED,
-                actor_type=actor,
-                actor_id=session.client_id,
-                device_uid=parts[0][:20] if parts else None,
-                ip=session.remote_address,
-                detail={"topic": topic[:256], "action": "publish"},
-            )
+        self._record(
+            EventType.ACL_DENIED,
+            actor_type=actor,
+            actor_id=session.client_id,
+            device_uid=parts[0][:20] if parts else None,
+            ip=session.remote_address,
+            detail={"topic": topic[:256], "action": "publish"},
         )
 
     def _refused(self, session: Session, reason: str) -> None:
-        self._spawn(
-            self._record(
-                EventType.MQTT_AUTH_FAILED,
-                actor_type=ActorType.SYSTEM,
-                actor_id=(session.username or "")[:64] or None,
-                ip=session.remote_address,
-                detail={"client_id": (session.client_id or "")[:64], "reason": reason},
-            )
+        self._record(
+            EventType.MQTT_AUTH_FAILED,
+            actor_type=ActorType.SYSTEM,
+            actor_id=(session.username or "")[:64] or None,
+            ip=session.remote_address,
+            detail={"client_id": (session.client_id or "")[:64], "reason": reason},
         )
 
-    async def _record(self, type: EventType, **kwargs: Any) -> None:
-        async with self.ctx.db.write() as tx:
+    def _record(self, type: EventType, **kwargs: Any) -> None:
+        async def write(tx: Tx) -> None:
             await self.ctx.events.record(tx, type, **kwargs)
+
+        self.journal.add(write)
 
     # --- keeping connections honest ---------------------------------------------------------------
 
@@ -200,51 +203,49 @@ class Connector:
         try:
             body = orjson.dumps({"id": command_id, "action": action, "params": params})
             await self.broker.publish_internal(f"devices/{uid}/commands", body)
-            self._spawn(
-                self._record(
-                    EventType.COMMAND_SENT,
-                    actor_type=ActorType.USER,
-                    actor_id=actor_id,
-                    device_uid=uid,
-                    ip=ip,
-                    detail={"id": command_id, "action": action},
-                )
+            self._record(
+                EventType.COMMAND_SENT,
+                actor_type=ActorType.USER,
+                actor_id=actor_id,
+                device_uid=uid,
+                ip=ip,
+                detail={"id": command_id, "action": action},
             )
             try:
                 result = await asyncio.wait_for(reply, timeout)
             except TimeoutError:
                 self.ctx.metrics.commands.labels(result="timeout").inc()
-                self._spawn(
-                    self._record(
-                        EventType.COMMAND_TIMEOUT,
-                        actor_type=ActorType.SYSTEM,
-                        actor_id=None,
-                        device_uid=uid,
-                        detail={"id": command_id, "action": action},
-                    )
+                self._record(
+                    EventType.COMMAND_TIMEOUT,
+                    actor_type=ActorType.SYSTEM,
+                    actor_id=None,
+                    device_uid=uid,
+                    detail={"id": command_id, "action": action},
                 )
                 raise DeviceTimeoutError() from None
         finally:
             self.relay.forget(uid, command_id)
         self.ctx.metrics.commands.labels(result=result["status"]).inc()
-        self._spawn(
-            self._record(
-                EventType.COMMAND_REPLIED,
-                actor_type=ActorType.DEVICE,
-                actor_id=uid,
-                device_uid=uid,
-                detail={"id": command_id, "status": result["status"]},
-            )
+        self._record(
+            EventType.COMMAND_REPLIED,
+            actor_type=ActorType.DEVICE,
+            actor_id=uid,
+            device_uid=uid,
+            detail={"id": command_id, "status": result["status"]},
         )
         return result
 
-    async def _save_reported(self, uid: str, data: bytes) -> None:
+    def _save_reported(self, uid: str, data: bytes) -> None:
         try:
             reported = orjson.loads(data)
         except orjson.JSONDecodeError:
             return  # state must be JSON; anything else is passed on but not kept
-        async with self.ctx.db.write() as tx:
-            await store.put_state(tx, uid=uid, reported=reported, reported_at=datetime.now(UTC))
+        at = datetime.now(UTC)
+
+        async def write(tx: Tx) -> None:
+            await store.put_state(tx, uid=uid, reported=reported, reported_at=at)
+
+        self.journal.add(write)
 
     async def set_desired(self, uid: str, desired: dict[str, Any]) -> datetime:
         now = datetime.now(UTC)

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from device_connector import store
+from device_connector.journal import Journal
 from shared.context import Context
+from shared.db import Tx
 from shared.models import ActorType, EventType
 
 log = logging.getLogger("handshake.presence")
@@ -45,8 +47,11 @@ class Regions:
 
 
 class Presence:
-    def __init__(self, ctx: Context) -> None:
+    """Presence writes go through the journal, stamped when they happened, in order."""
+
+    def __init__(self, ctx: Context, journal: Journal) -> None:
         self.ctx = ctx
+        self.journal = journal
         self.regions = Regions(ctx.settings.geoip_db)
 
     async def mark_all_offline(self) -> None:
@@ -54,10 +59,11 @@ class Presence:
         async with self.ctx.db.write() as tx:
             await store.mark_all_offline(tx, now=datetime.now(UTC))
 
-    async def connected(self, uid: str, ip: str | None) -> None:
-        region = self.regions.region(ip)
-        async with self.ctx.db.write() as tx:
-            await store.set_online(tx, uid=uid, now=datetime.now(UTC), ip=ip, region=region)
+    def connected(self, uid: str, ip: str | None) -> None:
+        at, region = datetime.now(UTC), self.regions.region(ip)
+
+        async def write(tx: Tx) -> None:
+            await store.set_online(tx, uid=uid, now=at, ip=ip, region=region)
             await self.ctx.events.record(
                 tx,
                 EventType.DEVICE_CONNECTED,
@@ -68,9 +74,13 @@ class Presence:
                 detail={"region": region} if region else {},
             )
 
-    async def disconnected(self, uid: str, ip: str | None, reason: str) -> None:
-        async with self.ctx.db.write() as tx:
-            await store.set_offline(tx, uid=uid, now=datetime.now(UTC))
+        self.journal.add(write)
+
+    def disconnected(self, uid: str, ip: str | None, reason: str) -> None:
+        at = datetime.now(UTC)
+
+        async def write(tx: Tx) -> None:
+            await store.set_offline(tx, uid=uid, now=at)
             await self.ctx.events.record(
                 tx,
                 EventType.DEVICE_DISCONNECTED,
@@ -80,3 +90,5 @@ class Presence:
                 ip=ip,
                 detail={"reason": reason},
             )
+
+        self.journal.add(write)

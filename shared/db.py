@@ -54,6 +54,7 @@ class Database:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine: AsyncEngine = self._create_engine(settings)
+        self._write_lock = asyncio.Lock() if settings.is_sqlite else None
 
     @staticmethod
     def _create_engine(settings: Settings) -> AsyncEngine:
@@ -92,6 +93,18 @@ class Database:
 
     @asynccontextmanager
     async def _transaction(self, *, write: bool) -> AsyncIterator[Tx]:
+        if write and self._write_lock is not None:
+            # SQLite has one writer: writers of this process queue here, in order, instead of polling
+            # for the file lock with sleeps (busy_timeout), which starves everyone under a storm.
+            async with self._write_lock:
+                async with self._transaction_on_connection(write=True) as tx:
+                    yield tx
+            return
+        async with self._transaction_on_connection(write=write) as tx:
+            yield tx
+
+    @asynccontextmanager
+    async def _transaction_on_connection(self, *, write: bool) -> AsyncIterator[Tx]:
         try:
             async with self.engine.connect() as conn:
                 if write:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,11 +124,46 @@ async def _tables(conn: Any) -> list[str]:
     return [row["tablename"] for row in rows]
 
 
+@pytest.fixture(scope="session")
+def migrated(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """Migrate once per session: a template SQLite file that each test copies, or the session's
+    PostgreSQL database that each test truncates. Running Alembic per test would dominate the suite."""
+    from shared.db import Database
+    from shared.migrations import upgrade
+
+    if backend.name == "sqlite":
+        template = tmp_path_factory.mktemp("template") / "handshake.db"
+        settings = Settings(database_url=f"sqlite+aiosqlite:///{template}", keys_dir=template.parent / "keys")
+    else:
+        template = None
+        settings = Settings(database_url=backend.database_url or "", keys_dir=tmp_path_factory.mktemp("keys"))
+
+    async def run() -> None:
+        db = Database(settings)
+        try:
+            await upgrade(db)
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+    return template
+
+
+def fresh_database(settings: Settings, migrated: Path | None) -> None:
+    """Give a test a migrated, empty database of its own (SQLite)."""
+    if settings.is_sqlite and migrated is not None:
+        target = Path(settings.database_url.split(":///", 1)[1])
+        if not target.exists():
+            shutil.copyfile(migrated, target)
+
+
 @pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    if not settings.is_sqlite:
+async def app(settings: Settings, migrated: Path | None) -> AsyncIterator[FastAPI]:
+    if settings.is_sqlite:
+        fresh_database(settings, migrated)
+    else:
         await _reset_postgres(settings)
-    application = create_app(settings, migrate=True)
+    application = create_app(settings)
     # Generous timeouts: on a loaded 2-core machine start-up and shutdown can take seconds.
     async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30) as manager:
         application.state.lifespan_app = manager.app
