@@ -22,6 +22,7 @@ from shared.keys import KeyDirectory
 from shared.settings import Settings
 
 EXIT_USAGE = 2
+DEFAULT_MQTT_PORT = 1883
 
 
 def fail(message: str) -> NoReturn:
@@ -68,13 +69,34 @@ def run(coroutine: Awaitable[Any]) -> Any:
 # --- serve -------------------------------------------------------------------------------------
 
 
-def _check_port(host: str, port: int, flag: str) -> None:
+def _port_error(host: str, port: int) -> OSError | None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
-            fail(f"cannot listen on {host}:{port} ({exc.strerror}): stop what uses it or pass another {flag}")
+            return exc
+    return None
+
+
+def _check_port(host: str, port: int, flag: str) -> None:
+    error = _port_error(host, port)
+    if error is not None:
+        fail(f"cannot listen on {host}:{port} ({error.strerror}): stop what uses it or pass another {flag}")
+
+
+def _mqtt_port(host: str, asked: int | None) -> int:
+    """A port given with --mqtt-port must be free. The default 1883 is often held by a local broker
+    (Mosquitto), so without the flag the next free port up to 1893 is taken, and said."""
+    if asked is not None:
+        _check_port(host, asked, "--mqtt-port")
+        return asked
+    for port in range(DEFAULT_MQTT_PORT, DEFAULT_MQTT_PORT + 11):
+        if _port_error(host, port) is None:
+            if port != DEFAULT_MQTT_PORT:
+                print(f"MQTT port {DEFAULT_MQTT_PORT} is taken; the broker listens on {port}", flush=True)
+            return port
+    fail(f"MQTT ports {DEFAULT_MQTT_PORT}-{DEFAULT_MQTT_PORT + 10} on {host} are taken: pass --mqtt-port")
 
 
 async def _prepare(ctx: Context, services: Sequence[str]) -> None:
@@ -98,14 +120,16 @@ async def _prepare(ctx: Context, services: Sequence[str]) -> None:
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    settings = load_settings().model_copy(update={"mqtt_host": args.host, "mqtt_port": args.mqtt_port})
+    settings = load_settings()
     requested = [args.service] if args.service else list(SERVICES)
     services = [name for name in requested if SERVICES[name] in {m.__name__ for m in load_services(requested)}]
     if not services:
         fail(f"the service {args.service} is not part of this installation")
     _check_port(args.host, args.http_port, "--http-port")
+    mqtt_port = args.mqtt_port or DEFAULT_MQTT_PORT
     if "device-connector" in services and not settings.mqtt_broker_url:
-        _check_port(args.host, args.mqtt_port, "--mqtt-port")
+        mqtt_port = _mqtt_port(args.host, args.mqtt_port)
+    settings = settings.model_copy(update={"mqtt_host": args.host, "mqtt_port": mqtt_port})
     run(with_context(settings, lambda ctx: _prepare(ctx, services)))
     app = create_app(settings, services=services)
     config = uvicorn.Config(
@@ -119,7 +143,10 @@ def serve(args: argparse.Namespace) -> None:
         timeout_graceful_shutdown=5,  # open event streams must not hold a shutdown up
     )
     scheme = "https" if settings.tls_cert else "http"
-    print(f"Handshake ({', '.join(services)}) on {scheme}://{args.host}:{args.http_port}  docs: /docs", flush=True)
+    where = f"{scheme}://{args.host}:{args.http_port}"
+    print(f"Handshake ({', '.join(services)}) on {where}  docs: {where}/docs  dashboard: {where}/admin", flush=True)
+    if "device-connector" in services and not settings.mqtt_broker_url:
+        print(f"MQTT broker on {args.host}:{mqtt_port}", flush=True)
     uvicorn.Server(config).run()
 
 
@@ -204,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="run the platform (all-in-one, or one service)")
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--http-port", type=int, default=8000)
-    serve_cmd.add_argument("--mqtt-port", type=int, default=1883)
+    serve_cmd.add_argument("--mqtt-port", type=int, help=f"default {DEFAULT_MQTT_PORT} (or the next free one)")
     serve_cmd.add_argument("--service", choices=sorted(SERVICES))
     serve_cmd.set_defaults(handler=serve)
 
