@@ -134,11 +134,13 @@ class HandshakeBroker(Broker):
         max_packet: int,
         max_conn_per_ip: int = 0,
         ssl: dict[str, str] | None = None,
+        tls_port: int = 8883,
     ) -> None:
-        listener: dict[str, Any] = {"type": "tcp", "bind": f"{host}:{port}"}
+        listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": f"{host}:{port}"}}
         if ssl:
-            listener.update({"ssl": True, **ssl})
-        super().__init__({"listeners": {"default": listener}, "plugins": {}})
+            # SPEC §10: with TLS_CERT and TLS_KEY, MQTT over TLS as well, on 8883.
+            listeners["tls"] = {"type": "tcp", "bind": f"{host}:{tls_port}", "ssl": True, **ssl}
+        super().__init__({"listeners": listeners, "plugins": {}})
         self.gate = gate
         self.max_packet = max_packet
         self.max_conn_per_ip = max_conn_per_ip
