@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.auth import Authenticator
 from shared.counters import Counters, MemoryCounters, RedisCounters
@@ -54,8 +57,14 @@ class Context:
         redis = None
         if settings.redis_url:
             timeout = settings.backend_timeout
+            # A pooled connection that died with a Redis restart is retried once on a fresh one.
             redis = aioredis.Redis.from_url(
-                settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=5
+                settings.redis_url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                health_check_interval=5,
+                retry=Retry(NoBackoff(), 1),
+                retry_on_error=[RedisConnectionError],
             )
         metrics = Metrics()
         fanout = Fanout(redis, prefix=settings.redis_prefix)
