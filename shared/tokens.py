@@ -81,11 +81,15 @@ def _b64decode(segment: str) -> bytes:
         raise _reject("bad base64") from None
 
 
-def _canonical(segment: str, decoded: bytes) -> bool:
-    # Unused trailing bits must be zero: one signature has exactly one spelling (PyJWT ≥ 2.14 agrees).
-    return binascii.b2a_base64(decoded, newline=False).translate(bytes.maketrans(b"+/", b"-_")).rstrip(
-        b"="
-    ) == segment.encode("ascii")
+_B64_VALUE = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
+# For a segment of length 4n+2 the last character carries 4 unused bits; for 4n+3, 2.
+_UNUSED_BITS_MASK = {0: 0, 2: 0b1111, 3: 0b11}
+
+
+def _canonical(segment: str) -> bool:
+    """Unused trailing bits must be zero: one signature has exactly one spelling (PyJWT ≥ 2.14 agrees).
+    Only the last character can carry them, so only it is looked at."""
+    return _B64_VALUE[segment[-1]] & _UNUSED_BITS_MASK.get(len(segment) % 4, 0) == 0
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -164,7 +168,7 @@ class Verifier:
             raise _reject("forbidden header")
         kid = header.get("kid")
         key = self.ring.by_kid.get(kid) if isinstance(kid, str) else None
-        if key is None:
+        if key is None or not isinstance(kid, str):
             raise UnknownKeyError()
         if header.get("alg") != key.alg:
             raise _reject("alg %r differs from key %s", header.get("alg"), kid)
@@ -172,7 +176,7 @@ class Verifier:
         if not isinstance(typ, str) or typ.lower() != TYP[kind]:
             raise _reject("typ %r is not %s", typ, TYP[kind])
         signature = _b64decode(signature_b64)
-        if not _canonical(signature_b64, signature):
+        if not _canonical(signature_b64):
             raise _reject("non-canonical signature")
         signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
         if not _signature_ok(key.alg, key.public, key.secret, signing_input, signature):
