@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 log = logging.getLogger("handshake.client")
 
@@ -58,7 +59,7 @@ def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
 
 
 def _mqtt_client(client_id: str) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
     client.on_socket_open = _no_delay
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     return client

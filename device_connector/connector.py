@@ -92,7 +92,7 @@ class Connector:
 
     def _connected(self, session: Session) -> None:
         self.ctx.metrics.mqtt_connections.inc()
-        if session.claims.kind is TokenKind.DEVICE:  # type: ignore[attr-defined]
+        if session.claims.kind is TokenKind.DEVICE:
             self.presence.connected(session.client_id, session.remote_address)
 
     def _disconnected(self, session: Session, reason: str) -> None:

@@ -14,10 +14,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 log = logging.getLogger("handshake.external")
 
 Hook = Callable[..., Awaitable[None] | None]
+
+
+def _no_delay(client: mqtt.Client, userdata: Any, sock: mqtt.SocketLike) -> None:
+    # A TCP transport hands over a socket.socket (an ssl.SSLSocket under mqtts).
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class ExternalBroker:
@@ -29,12 +36,12 @@ class ExternalBroker:
             raise ValueError("HANDSHAKE_MQTT_BROKER_URL must look like mqtt://user:password@host:1883")
         self.host = parts.hostname
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
         if parts.username:
             self.client.username_pw_set(parts.username, parts.password)
         if parts.scheme == "mqtts":
             self.client.tls_set()
-        self.client.on_socket_open = lambda c, u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.on_socket_open = _no_delay
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.on_connected: list[Hook] = []

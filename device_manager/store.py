@@ -148,7 +148,7 @@ async def list_for_user(tx: Tx, *, user_id: str, limit: int, offset: int) -> tup
 async def list_all(
     tx: Tx, *, online: bool | None, model: str | None, owner_id: str | None, limit: int, offset: int
 ) -> tuple[list[Any], int]:
-    where = []
+    where: list[sa.ColumnElement[bool]] = []
     if online is not None:
         where.append(devices.c.online.is_(online))
     if model:

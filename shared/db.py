@@ -41,8 +41,9 @@ class Tx:
     def after_commit(self, callback: Callable[[], Awaitable[None] | None]) -> None:
         self._after_commit.append(callback)
 
-    async def execute(self, statement: Any, params: Any = None) -> sa.CursorResult[Any]:
-        return await self.conn.execute(statement, params)
+    async def execute(self, statement: Any, params: Any = None) -> sa.CursorResult[*tuple[Any, ...]]:
+        result: sa.CursorResult[*tuple[Any, ...]] = await self.conn.execute(statement, params)
+        return result
 
 
 def _sqlite_path(url: str) -> Path | None:

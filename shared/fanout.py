@@ -91,12 +91,12 @@ class Fanout:
             except asyncio.CancelledError:
                 self.connected = False
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
                 raise
             except Exception as exc:
                 if self.connected:
                     log.warning("Redis subscription lost (%s); retrying", exc)
                 self.connected = False
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
                 await asyncio.sleep(0.3)

@@ -50,10 +50,13 @@ class Key:
         """The public half as a JWK (RFC 7517); `d` and HMAC secrets never leave the server."""
         assert self.public is not None
         if self.alg == "ES256":
+            assert isinstance(self.public, ec.EllipticCurvePublicKey)
             jwk = ECAlgorithm.to_jwk(self.public, as_dict=True)
         elif self.alg == "EdDSA":
+            assert isinstance(self.public, ed25519.Ed25519PublicKey)
             jwk = OKPAlgorithm.to_jwk(self.public, as_dict=True)
         else:
+            assert isinstance(self.public, rsa.RSAPublicKey)
             jwk = RSAAlgorithm.to_jwk(self.public, as_dict=True)
         return {**jwk, "kid": self.kid, "alg": self.alg, "use": "sig"}
 

@@ -24,7 +24,8 @@ def _keys(scope: str, username_key: str, ip: str | None) -> tuple[str, str, str]
 
 
 def _block_seconds(count: int, threshold: int) -> int:
-    return min(MAX_BLOCK, FIRST_BLOCK * 2 ** max(0, count - threshold))
+    factor: int = 2 ** max(0, count - threshold)
+    return min(MAX_BLOCK, FIRST_BLOCK * factor)
 
 
 async def check(ctx: Context, username_key: str, ip: str | None, *, scope: str = "login") -> None:

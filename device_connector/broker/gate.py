@@ -25,6 +25,8 @@ from shared.tokens import Claims, TokenKind
 DEVICE_ID = re.compile(r"[A-Z0-9]{20}")
 USER_ID = re.compile(r"[a-z0-9]{20}")
 MAX_SUFFIX = 40
+# A revocation state or database that cannot be reached: the CONNECT is refused as unavailable.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (ServiceUnavailableError, *BACKEND_ERRORS)
 
 
 @dataclass
@@ -53,7 +55,7 @@ class Gate:
             password=session.password,
             will_topic=session.will_topic if session.will_flag else None,
         )
-        session.claims = admission.claims  # type: ignore[attr-defined]
+        session.claims = admission.claims
         return admission.grants
 
     async def admit(
@@ -83,6 +85,6 @@ class Gate:
         try:
             async with self.ctx.db.read() as tx:
                 roles = await store.roles_of_user(tx, user_id=claims.sub)
-        except (ServiceUnavailableError, *BACKEND_ERRORS):
+        except _UNAVAILABLE:
             raise Refused(SERVER_UNAVAILABLE, "database unreachable") from None
         return Grants.for_user(claims.sub, roles, admin=claims.role == Role.ADMIN)

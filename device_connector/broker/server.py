@@ -54,7 +54,7 @@ async def _strict_decode_string(reader: ReaderAdapter) -> str:
 
 
 for _module in (amqtt_connect, amqtt_publish, amqtt_subscribe, amqtt_unsubscribe):
-    _module.decode_string = _strict_decode_string  # type: ignore[attr-defined]
+    _module.decode_string = _strict_decode_string
 
 CONNECT_TIMEOUT = 10.0
 DENIED = 0x80
@@ -73,7 +73,7 @@ class PacketTooLarge(Exception):
     pass
 
 
-class LimitedReader(ReaderAdapter):
+class LimitedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped (no py.typed)
     """Refuses any packet larger than the limit: a client over it is disconnected (SPEC §6). amqtt
     parses a CONNECT (and SUBSCRIBE, UNSUBSCRIBE) field by field and never compares it with the
     remaining length its fixed header announced, so that length is checked here, for every packet."""
@@ -87,13 +87,13 @@ class LimitedReader(ReaderAdapter):
 
     def _too_large(self, n: int) -> PacketTooLarge:
         if self.session is not None:
-            self.session.close_reason = "protocol_error"  # type: ignore[attr-defined]
+            self.session.close_reason = "protocol_error"
         return PacketTooLarge(n)
 
     async def read(self, n: int = -1) -> bytes:
         if n < 0 or n > self.max_packet:
             raise self._too_large(n)
-        data = await self.inner.read(n)
+        data: bytes = await self.inner.read(n)
         if self._left:
             self._left = max(0, self._left - len(data))
             return data
@@ -110,12 +110,12 @@ class LimitedReader(ReaderAdapter):
         self.inner.feed_eof()
 
 
-class Handler(BrokerProtocolHandler):
+class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped (no py.typed)
     """amqtt's handler, but a silent client is disconnected after 1.5 × its keep-alive (MQTT-3.1.2-24)."""
 
     def handle_read_timeout(self) -> None:
         if self.session is not None:
-            self.session.close_reason = "keepalive_timeout"  # type: ignore[attr-defined]
+            self.session.close_reason = "keepalive_timeout"
         if self._reader_task is not None:
             self._reader_task.cancel()
 
@@ -124,7 +124,7 @@ Gate = Callable[[Session], Awaitable[Grants]]
 Hook = Callable[..., Awaitable[None] | None]
 
 
-class HandshakeBroker(Broker):
+class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.typed)
     def __init__(
         self,
         *,
@@ -237,8 +237,8 @@ class HandshakeBroker(Broker):
             session.remote_address, session.remote_port = incoming.remote_address, incoming.remote_port
             session.parent = 1
         session.password = None  # the token is not kept past authentication
-        session.grants = grants  # type: ignore[attr-defined]
-        session.close_reason = None  # type: ignore[attr-defined]
+        session.grants = grants
+        session.close_reason = None
         if session.keep_alive:
             session.keep_alive = int(session.keep_alive * 1.5 + 0.5)
         for topic_filter in self.index.filters_of(client_id):
@@ -267,7 +267,7 @@ class HandshakeBroker(Broker):
         if found is None or not found[0].transitions.is_connected():
             return False
         session, handler = found
-        session.close_reason = reason  # type: ignore[attr-defined]
+        session.close_reason = reason
         if reason in ("revoked", "disabled", "server_shutdown", "duplicate_client_id"):
             session.will_flag = False
         await handler.handle_connection_closed()
@@ -317,10 +317,10 @@ class HandshakeBroker(Broker):
             not valid_topic(topic_filter)
             or any("#" in level and (level != "#" or i != len(levels) - 1) for i, level in enumerate(levels))
             or any("+" in level and level != "+" for level in levels)
-            or not may_subscribe(session.grants, topic_filter)  # type: ignore[attr-defined]
+            or not may_subscribe(session.grants, topic_filter)
         ):
             return DENIED
-        granted = min(qos, QOS_1)  # QoS 2 is granted as 1 (MQTT-3.8.4-6 allows a lower grant)
+        granted: int = min(qos, QOS_1)  # QoS 2 is granted as 1 (MQTT-3.8.4-6 allows a lower grant)
         self.index.add(topic_filter, session.client_id, session, granted)
         return granted
 
@@ -341,7 +341,7 @@ class HandshakeBroker(Broker):
     def revoke_subscriptions(self, session: Session) -> None:
         """Drop the subscriptions a client may no longer hold (its grants just changed)."""
         for topic_filter in self.index.filters_of(session.client_id):
-            if not may_subscribe(session.grants, topic_filter):  # type: ignore[attr-defined]
+            if not may_subscribe(session.grants, topic_filter):
                 self.index.remove(topic_filter, session.client_id)
 
     # --- messages ----------------------------------------------------------------------------------
@@ -357,7 +357,7 @@ class HandshakeBroker(Broker):
             # Keep the loop running: it hears the close and finishes it like any other.
             await self.close_client(client_session.client_id, "protocol_error")
             return True
-        if not may_publish(client_session.grants, topic):  # type: ignore[attr-defined]
+        if not may_publish(client_session.grants, topic):
             for hook in self.on_denied:
                 await _call(hook, client_session, topic)
             return True
@@ -400,7 +400,7 @@ class HandshakeBroker(Broker):
         tasks = []
         while not session.retained_messages.empty():
             queued = session.retained_messages.get_nowait()
-            if may_receive(session.grants, queued.topic):  # type: ignore[attr-defined]
+            if may_receive(session.grants, queued.topic):
                 tasks.append(
                     asyncio.ensure_future(handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False))
                 )
@@ -414,7 +414,7 @@ class HandshakeBroker(Broker):
 
         tasks = []
         for topic, retained in list(self._retained_messages.items()):
-            if matches(topic, topic_filter) and may_receive(session.grants, topic):  # type: ignore[attr-defined]
+            if matches(topic, topic_filter) and may_receive(session.grants, topic):
                 tasks.append(
                     asyncio.ensure_future(
                         handler.mqtt_publish(topic, retained.data, min(qos, retained.qos or qos), retain=True)
