@@ -73,6 +73,12 @@ class Connector:
         self._tasks.append(asyncio.create_task(self._sweep(), name="handshake-mqtt-sweep"))
         self._tasks.append(asyncio.create_task(self._follow_access(), name="handshake-mqtt-access"))
 
+    def ready(self) -> bool:
+        """For /readyz: the embedded broker is serving, or the external one is connected."""
+        if isinstance(self.broker, ExternalBroker):
+            return self.broker.client.is_connected()
+        return str(self.broker.transitions.state) == "started"
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()

@@ -17,9 +17,11 @@ async def on_start(ctx: Context) -> None:
     connector = Connector(ctx)
     await connector.start()
     ctx.extras["connector"] = connector
+    ctx.extras.setdefault("readiness", {})["broker"] = connector.ready
 
 
 async def on_stop(ctx: Context) -> None:
+    ctx.extras.get("readiness", {}).pop("broker", None)
     connector = ctx.extras.pop("connector", None)
     if connector is not None:
         await connector.stop()

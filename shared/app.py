@@ -131,7 +131,8 @@ def _common_router() -> APIRouter:
             except Exception:
                 checks["redis"] = "unreachable"
         checks["revocation"] = "ok" if ctx.revocations.confirmed else "unconfirmed"
-        for name, probe in getattr(ctx, "readiness_probes", {}).items():
+        # Services add their own, e.g. the device connector's broker (SPEC §2: "broker reachable").
+        for name, probe in ctx.extras.get("readiness", {}).items():
             checks[name] = "ok" if probe() else "unreachable"
         ready = all(value == "ok" for value in checks.values())
         if ready:
