@@ -29,6 +29,10 @@ class Counters(Protocol):
         """Seconds left on a block of `key`, 0 when not blocked."""
         ...
 
+    async def status(self, blocked: list[str], counted: str) -> tuple[int, int]:
+        """The longest block left among `blocked` and the count of `counted`, in one round trip."""
+        ...
+
 
 class MemoryCounters:
     """Bounded: past `capacity` keys the oldest are forgotten (a limit resets; nothing else breaks)."""
@@ -70,6 +74,9 @@ class MemoryCounters:
     async def blocked_for(self, key: str) -> int:
         left = self._blocks.get(key, 0.0) - time.monotonic()
         return max(0, int(left + 0.999))
+
+    async def status(self, blocked: list[str], counted: str) -> tuple[int, int]:
+        return max([await self.blocked_for(key) for key in blocked] or [0]), await self.count(counted)
 
 
 class RedisCounters:
@@ -113,3 +120,14 @@ class RedisCounters:
         except aioredis.RedisError as exc:
             raise ServiceUnavailableError() from exc
         return max(0, int(left))
+
+    async def status(self, blocked: list[str], counted: str) -> tuple[int, int]:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in blocked:
+                    pipe.ttl(self.prefix + "block:" + key)
+                pipe.get(self.prefix + counted)
+                *ttls, count = await pipe.execute()
+        except aioredis.RedisError as exc:
+            raise ServiceUnavailableError() from exc
+        return max([max(0, int(ttl)) for ttl in ttls] or [0]), int(count or 0)

@@ -88,7 +88,9 @@ class Database:
             pool_size=10,
             max_overflow=20,
             pool_timeout=timeout,
-            pool_pre_ping=True,
+            # No pre-ping (a round trip per checkout): a connection that died answers this request
+            # with 503 and is thrown away; the next checkout opens a fresh one.
+            pool_pre_ping=False,
             connect_args={"timeout": timeout, "command_timeout": max(timeout, 1.0) * 5},
         )
 

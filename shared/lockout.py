@@ -31,11 +31,10 @@ def _block_seconds(count: int, threshold: int) -> int:
 async def check(ctx: Context, username_key: str, ip: str | None, *, scope: str = "login") -> None:
     """Raise 429 while blocked; slow down an account under spread-out guessing."""
     user_ip, per_ip, account = _keys(scope, username_key, ip)
-    for key in (user_ip, per_ip):
-        left = await ctx.counters.blocked_for(key)
-        if left:
-            raise TooManyAttemptsError(left)
-    if await ctx.counters.count(account) > PER_ACCOUNT_SLOWDOWN:
+    left, failures = await ctx.counters.status([user_ip, per_ip], account)
+    if left:
+        raise TooManyAttemptsError(left)
+    if failures > PER_ACCOUNT_SLOWDOWN:
         await asyncio.sleep(SLOWDOWN_SECONDS)
 
 
