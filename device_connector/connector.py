@@ -52,6 +52,8 @@ class Connector:
                 gate=Gate(ctx),
                 max_packet=settings.mqtt_max_packet,
                 max_conn_per_ip=settings.mqtt_max_conn_per_ip,
+                max_inflight=settings.mqtt_max_inflight,
+                max_queued=settings.mqtt_max_queued,
                 ssl=ssl,
             )
         self.journal = Journal(ctx)

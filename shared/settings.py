@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     mqtt_max_packet: int = Field(default=256 * 1024, ge=1024)
     mqtt_max_conn_per_ip: int = Field(default=0, ge=0)
+    # Deliveries a client may have outstanding before it is disconnected (protocol_error), and the
+    # messages kept for an offline persistent session (past it the oldest go).
+    mqtt_max_inflight: int = Field(default=1000, ge=1)
+    mqtt_max_queued: int = Field(default=10_000, ge=1)
     # Where the embedded broker listens; the command line's --host and --mqtt-port set them.
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(default=1883, ge=0, le=65535)

@@ -133,6 +133,8 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         gate: Gate,
         max_packet: int,
         max_conn_per_ip: int = 0,
+        max_inflight: int = 1000,
+        max_queued: int = 10_000,
         ssl: dict[str, str] | None = None,
         tls_port: int = 8883,
     ) -> None:
@@ -144,6 +146,8 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         self.gate = gate
         self.max_packet = max_packet
         self.max_conn_per_ip = max_conn_per_ip
+        self.max_inflight = max_inflight
+        self.max_queued = max_queued
         self.index = SubscriptionIndex()
         self.per_ip: dict[str, int] = {}
         # Called with (session) / (session, reason) / (session, topic, data, retain) / (session, topic).
@@ -387,13 +391,24 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
             if not target.transitions.is_connected():
                 if not target.clean_session and qos in (QOS_1, QOS_2):
                     message = RetainedApplicationMessage(broadcast["session"], topic, broadcast["data"], qos)
+                    if target.retained_messages.qsize() >= self.max_queued:
+                        target.retained_messages.get_nowait()  # bounded: the oldest queued message goes
                     await target.retained_messages.put(message)
                 continue
             handler = self._get_handler(target)
-            if handler is not None:
-                running_tasks.append(
-                    asyncio.ensure_future(handler.mqtt_publish(topic, broadcast["data"], qos, retain=False))
-                )
+            if handler is None:
+                continue
+            # A bounded window per client (SPEC §6): a subscriber that stops reading is disconnected
+            # instead of piling up deliveries without end.
+            pending: int = getattr(target, "pending_deliveries", 0)
+            if pending >= self.max_inflight:
+                if getattr(target, "close_reason", None) is None:
+                    await self.close_client(target.client_id, "protocol_error")
+                continue
+            target.pending_deliveries = pending + 1
+            task = asyncio.ensure_future(handler.mqtt_publish(topic, broadcast["data"], qos, retain=False))
+            task.add_done_callback(lambda _, session=target: _delivered(session))
+            running_tasks.append(task)
 
     async def _drain_session_queue(self, session: Session, handler: BrokerProtocolHandler) -> None:
         """The queue of a resumed persistent session, each message checked against today's grants."""
@@ -429,6 +444,10 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
 
     def load_retained(self, topic: str, data: bytes, qos: int = QOS_1) -> None:
         self._retained_messages[topic] = RetainedApplicationMessage(None, topic, data, qos)
+
+
+def _delivered(session: Session) -> None:
+    session.pending_deliveries = max(0, getattr(session, "pending_deliveries", 1) - 1)
 
 
 async def _call(hook: Hook, *args: Any) -> None:
