@@ -229,3 +229,13 @@ def users(client: httpx.AsyncClient) -> Users:
 def bearer(tokens: dict[str, Any] | str) -> dict[str, str]:
     token = tokens if isinstance(tokens, str) else tokens["access_token"]
     return {"Authorization": f"Bearer {token}"}
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
+    """The status, SPEC §2's exact error shape, and the code where SPEC names one."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "detail"}, body
+    assert isinstance(body["error"], str) and isinstance(body["detail"], str), body
+    if code is not None:
+        assert body["error"] == code, body

@@ -14,20 +14,10 @@ import pytest
 from account_manager.accounts import create_user
 from shared.context import Context
 from shared.models import Role
-from tests.conftest import Users, bearer
+from tests.conftest import Users, assert_error, bearer
 
 PASSWORD = "correct horse battery"
 IP = "203.0.113.7"
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
-    """The status, SPEC §2's exact error shape, and the code where SPEC names one."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "detail"}, body
-    assert isinstance(body["error"], str) and isinstance(body["detail"], str), body
-    if code is not None:
-        assert body["error"] == code, body
 
 
 async def list_users(client: httpx.AsyncClient, tokens: dict[str, Any], **params: Any) -> httpx.Response:

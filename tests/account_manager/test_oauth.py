@@ -16,19 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from shared.settings import Settings
 from shared.testing import forge
-from tests.conftest import Users, bearer
+from tests.conftest import Users, assert_error, bearer
 
 INACTIVE = {"active": False}
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
-    """The status, SPEC §2's exact error shape, and the code where SPEC names one."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "detail"}, body
-    assert isinstance(body["error"], str) and isinstance(body["detail"], str), body
-    if code is not None:
-        assert body["error"] == code, body
 
 
 def claims_of(token: str) -> dict[str, Any]:

@@ -8,19 +8,9 @@ import re
 import httpx
 import pytest
 
-from tests.conftest import Users, bearer
+from tests.conftest import Users, assert_error, bearer
 
 STRONG = "correct horse battery"
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
-    """The status, SPEC §2's exact error shape, and the code where SPEC names one."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "detail"}, body
-    assert isinstance(body["error"], str) and isinstance(body["detail"], str), body
-    if code is not None:
-        assert body["error"] == code, body
 
 
 async def register(client: httpx.AsyncClient, username: str, password: str = STRONG) -> httpx.Response:

@@ -11,21 +11,11 @@ import jwt
 import pytest
 
 from shared.settings import Settings
-from tests.conftest import Users, bearer
+from tests.conftest import Users, assert_error, bearer
 
 PASSWORD = "correct horse battery"
 PAIR_KEYS = {"access_token", "token_type", "expires_in", "refresh_token", "refresh_expires_in"}
 no_grace = pytest.mark.parametrize("settings_overrides", [pytest.param({"refresh_reuse_grace": 0}, id="grace0")])
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
-    """The status, SPEC §2's exact error shape, and the code where SPEC names one."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "detail"}, body
-    assert isinstance(body["error"], str) and isinstance(body["detail"], str), body
-    if code is not None:
-        assert body["error"] == code, body
 
 
 def assert_invalid_token(response: httpx.Response) -> None:
