@@ -279,10 +279,8 @@ async def count_active_sessions(tx: Tx, *, now: datetime) -> int:
 
 
 async def count_devices(tx: Tx) -> tuple[int, int]:
-    """(devices, devices online); zero until the device manager's table exists."""
-    devices = tables.metadata.tables.get("devices")
-    if devices is None:
-        return 0, 0
+    """(devices, devices online)."""
+    devices = tables.devices
     total = (await tx.execute(sa.select(sa.func.count()).select_from(devices))).scalar_one()
     online = (
         await tx.execute(sa.select(sa.func.count()).select_from(devices).where(devices.c.online.is_(True)))

@@ -65,7 +65,6 @@ class Connector:
         self.broker.on_denied.append(self._denied)
         self.broker.on_refused.append(self._refused)
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         await self.presence.mark_all_offline()
@@ -87,14 +86,7 @@ class Connector:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.broker.shutdown()
-        if self._background:
-            await asyncio.wait(self._background, timeout=5)
         await self.journal.stop()
-
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.create_task(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     # --- hooks from the broker ---------------------------------------------------------------------
 

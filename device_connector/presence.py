@@ -60,35 +60,28 @@ class Presence:
             await store.mark_all_offline(tx, now=datetime.now(UTC))
 
     def connected(self, uid: str, ip: str | None) -> None:
-        at, region = datetime.now(UTC), self.regions.region(ip)
-
-        async def write(tx: Tx) -> None:
-            await store.set_online(tx, uid=uid, now=at, ip=ip, region=region)
-            await self.ctx.events.record(
-                tx,
-                EventType.DEVICE_CONNECTED,
-                actor_type=ActorType.DEVICE,
-                actor_id=uid,
-                device_uid=uid,
-                ip=ip,
-                detail={"region": region} if region else {},
-            )
-
-        self.journal.add(write)
+        region = self.regions.region(ip)
+        self._record(uid, ip, online=True, region=region, detail={"region": region} if region else {})
 
     def disconnected(self, uid: str, ip: str | None, reason: str) -> None:
-        at = datetime.now(UTC)
+        self._record(uid, ip, online=False, region=None, detail={"reason": reason})
+
+    def _record(self, uid: str, ip: str | None, *, online: bool, region: str | None, detail: dict[str, str]) -> None:
+        at = datetime.now(UTC)  # stamped when it happened, written when the journal gets to it
 
         async def write(tx: Tx) -> None:
-            await store.set_offline(tx, uid=uid, now=at)
+            if online:
+                await store.set_online(tx, uid=uid, now=at, ip=ip, region=region)
+            else:
+                await store.set_offline(tx, uid=uid, now=at)
             await self.ctx.events.record(
                 tx,
-                EventType.DEVICE_DISCONNECTED,
+                EventType.DEVICE_CONNECTED if online else EventType.DEVICE_DISCONNECTED,
                 actor_type=ActorType.DEVICE,
                 actor_id=uid,
                 device_uid=uid,
                 ip=ip,
-                detail={"reason": reason},
+                detail=detail,
             )
 
         self.journal.add(write)

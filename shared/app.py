@@ -20,6 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.bodies import describe
 from shared.context import Context
 from shared.db import BACKEND_ERRORS
 from shared.deps import CtxDep
@@ -164,12 +165,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        first = errors[0] if errors else {}
-        if first.get("type") == "json_invalid":
+        if errors and errors[0].get("type") == "json_invalid":
             return error_response(InvalidRequestError("The body is not valid JSON."))
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        message = first.get("msg", "invalid value")
-        return error_response(ValidationFailedError(f"{where}: {message}" if where else message))
+        return error_response(ValidationFailedError(describe(errors)))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
@@ -29,14 +30,23 @@ async def raw_body(request: Request) -> dict[str, object]:
     return data
 
 
-async def parse_body(request: Request, model: type[M]) -> M:
-    data = await raw_body(request)
+def describe(errors: Sequence[Any]) -> str:
+    """The first validation error as one sentence for `detail`: where, and what is wrong."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    message = first.get("msg", "invalid value")
+    return f"{where}: {message}" if where else str(message)
+
+
+def validate_body(model: type[M], data: dict[str, object]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        raise ValidationFailedError(f"{where}: {first.get('msg', 'invalid value')}") from None
+        raise ValidationFailedError(describe(exc.errors())) from None
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    return validate_body(model, await raw_body(request))
 
 
 def body_doc(model: type[BaseModel]) -> dict[str, object]:

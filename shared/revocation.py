@@ -204,10 +204,9 @@ class Revocations:
                 devices = await self._disabled_devices(tx)
         self._apply("sid", sids)
         self._apply("jti", jtis)
-        if devices is not None:
-            self._apply("device", sorted(devices - self.devices.keys()))
-            for uid in self.devices.keys() - devices:
-                del self.devices[uid]
+        self._apply("device", sorted(devices - self.devices.keys()))
+        for uid in self.devices.keys() - devices:
+            del self.devices[uid]
         self._prune()
         self._since = started
         self._last_ok = time.monotonic()
@@ -219,10 +218,7 @@ class Revocations:
             for stale in [i for i, learnt in ids.items() if learnt < cutoff]:
                 del ids[stale]
 
-    async def _disabled_devices(self, tx: Tx) -> set[str] | None:
-        # The device table arrives with the device manager; until then nothing is disabled.
-        devices = tables.metadata.tables.get("devices")
-        if devices is None:
-            return None
+    async def _disabled_devices(self, tx: Tx) -> set[str]:
+        devices = tables.devices
         rows = await tx.execute(sa.select(devices.c.uid).where(devices.c.disabled.is_(True)))
         return set(rows.scalars().all())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -18,7 +16,7 @@ from account_manager.schemas import (
     TokenIn,
     TokenPairOut,
 )
-from shared.bodies import body_doc, parse_body, raw_body
+from shared.bodies import body_doc, parse_body, raw_body, validate_body
 from shared.deps import ClientIp, CtxDep, CurrentUser
 from shared.errors import (
     AccountDisabledError,
@@ -66,12 +64,12 @@ async def token(request: Request, ctx: CtxDep, ip: ClientIp) -> JSONResponse:
     grant = data.get("grant_type")
     try:
         if grant == "password":
-            body = await _validated(LoginIn, data)
+            body = validate_body(LoginIn, data)
             pair = await sessions.login(
                 ctx, username=body.username, password=body.password, ip=ip, user_agent=_user_agent(request)
             )
         elif grant == "refresh_token":
-            refresh_body = await _validated(RefreshIn, data)
+            refresh_body = validate_body(RefreshIn, data)
             pair = await sessions.refresh(
                 ctx, refresh_token=refresh_body.refresh_token, ip=ip, user_agent=_user_agent(request)
             )
@@ -84,16 +82,6 @@ async def token(request: Request, ctx: CtxDep, ip: ClientIp) -> JSONResponse:
     except ValidationFailedError as exc:
         raise InvalidRequestError(exc.detail) from None
     return _pair(pair)
-
-
-async def _validated(model: Any, data: dict[str, object]) -> Any:
-    from pydantic import ValidationError
-
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        field = ".".join(str(part) for part in exc.errors()[0].get("loc", ()))
-        raise ValidationFailedError(f"{field} is missing or invalid.") from None
 
 
 @router.post("/v1/auth/refresh", response_model=TokenPairOut, openapi_extra=body_doc(RefreshIn))

@@ -33,7 +33,7 @@ from amqtt.session import Session
 from amqtt.utils import gen_client_id
 
 from device_connector.acl import Grants, may_publish, may_receive, may_subscribe, valid_topic
-from device_connector.broker.index import SubscriptionIndex
+from device_connector.broker.index import SubscriptionIndex, matches
 
 log = logging.getLogger("handshake.broker")
 
@@ -425,8 +425,6 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
     async def _send_retained(
         self, topic_filter: str, qos: int, session: Session, handler: BrokerProtocolHandler
     ) -> None:
-        from device_connector.broker.index import matches
-
         tasks = []
         for topic, retained in list(self._retained_messages.items()):
             if matches(topic, topic_filter) and may_receive(session.grants, topic):
