@@ -14,10 +14,12 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from shared import sqlite
 from shared.errors import ServiceUnavailableError
 from shared.settings import Settings
 
 _WRITE = "handshake_write"
+_AUTOCOMMIT = "handshake_autocommit"
 
 # Errors that mean "the database is not there right now": answered with 503, never 500.
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (
@@ -64,7 +66,9 @@ class Database:
             path = _sqlite_path(settings.database_url)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(settings.database_url, connect_args={"timeout": 5})
+            engine = create_async_engine(
+                settings.database_url, async_creator=sqlite.connector(path or ":memory:", timeout=5)
+            )
 
             @event.listens_for(engine.sync_engine, "connect")
             def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -79,8 +83,10 @@ class Database:
 
             @event.listens_for(engine.sync_engine, "begin")
             def _on_begin(conn: sa.Connection) -> None:
-                write = conn.get_execution_options().get(_WRITE, False)
-                conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+                options = conn.get_execution_options()
+                if options.get(_AUTOCOMMIT, False):
+                    return  # Database.query: the statement runs in SQLite's own implicit transaction
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE, False) else "BEGIN")
 
             return engine
         return create_async_engine(
@@ -123,6 +129,23 @@ class Database:
             result = callback()
             if result is not None:
                 await result
+
+    @asynccontextmanager
+    async def _single(self) -> AsyncIterator[Tx]:
+        try:
+            async with self.engine.connect() as conn:
+                # SQLite: our begin hook sends no BEGIN. PostgreSQL: the driver sends no BEGIN and
+                # no COMMIT (asyncpg's autocommit is a client-side flag: no round trip to set it).
+                options = {_AUTOCOMMIT: True} if self.settings.is_sqlite else {"isolation_level": "AUTOCOMMIT"}
+                yield Tx(await conn.execution_options(**options))
+        except BACKEND_ERRORS as exc:
+            raise ServiceUnavailableError() from exc
+
+    def query(self) -> Any:
+        """`async with db.query() as tx:` — one read statement outside a transaction: no BEGIN and no
+        COMMIT, two round trips (PostgreSQL) or thread hops (SQLite) fewer than `read()`. Several
+        statements would each see their own snapshot: use `read()` when they must agree."""
+        return self._single()
 
     def write(self) -> Any:
         """`async with db.write() as tx:` — one atomic change and its events."""
