@@ -107,7 +107,7 @@ async def register(ctx: Context, *, username: str, password: str, email: str | N
 
 
 async def get_user(ctx: Context, *, user_id: str) -> store.UserRow:
-    async with ctx.db.read() as tx:
+    async with ctx.db.query() as tx:
         user = await store.user_by_id(tx, user_id=user_id)
     if user is None:
         raise NotFoundError("No such user.")

@@ -103,8 +103,8 @@ async def issue_session(
 
 async def login(ctx: Context, *, username: str, password: str, ip: str | None, user_agent: str | None) -> TokenPair:
     key = username.lower()
-    await lockout.check(ctx, key, ip)
-    async with ctx.db.read() as tx:
+    failures = await lockout.check(ctx, key, ip)
+    async with ctx.db.query() as tx:
         user = await store.user_by_username(tx, username=username)
     ok = await passwords(ctx).verify(user.password_hash if user else None, password)
     if not ok or user is None:
@@ -133,10 +133,10 @@ async def login(ctx: Context, *, username: str, password: str, ip: str | None, u
     # Told only to someone who knows the password: a disabled account is no secret to its owner.
     if user.disabled:
         raise AccountDisabledError()
-    await lockout.record_success(ctx, key, ip)
+    await lockout.record_success(ctx, key, ip, failures=failures)
     async with ctx.db.write() as tx:
         pair = await issue_session(ctx, tx, user_id=user.id, role=user.role, ip=ip, user_agent=user_agent)
-        await store.update_user(tx, user_id=user.id, now=now_utc(), last_login_at=now_utc())
+        await store.record_login(tx, user_id=user.id, now=now_utc())
         await ctx.events.record(tx, EventType.LOGIN_SUCCEEDED, actor_type=ActorType.USER, actor_id=user.id, ip=ip)
     ctx.metrics.logins.labels(result="succeeded").inc()
     return pair

@@ -56,13 +56,26 @@ def _user(row: Any) -> UserRow | None:
     )
 
 
+# The statements of a login and of GET /v1/users/me, built once: building a statement and its cache key costs more CPU than
+# SQLite takes to run it; executed with a dict of parameters they are compiled once per process too.
+_USER_BY_NAME = sa.select(users).where(users.c.username_key == sa.bindparam("username_key"))
+_USER_BY_ID = sa.select(users).where(users.c.id == sa.bindparam("user_id"))
+_INSERT_SESSION = sa.insert(sessions)
+_INSERT_REFRESH = sa.insert(refresh_tokens)
+_RECORD_LOGIN = (
+    sa.update(users)
+    .where(users.c.id == sa.bindparam("user_id"))
+    .values(last_login_at=sa.bindparam("now"), updated_at=sa.bindparam("now"))
+)
+
+
 async def user_by_username(tx: Tx, *, username: str) -> UserRow | None:
-    result = await tx.execute(sa.select(users).where(users.c.username_key == username.lower()))
+    result = await tx.execute(_USER_BY_NAME, {"username_key": username.lower()})
     return _user(result.first())
 
 
 async def user_by_id(tx: Tx, *, user_id: str) -> UserRow | None:
-    return _user((await tx.execute(sa.select(users).where(users.c.id == user_id))).first())
+    return _user((await tx.execute(_USER_BY_ID, {"user_id": user_id})).first())
 
 
 async def insert_user(
@@ -150,16 +163,21 @@ async def insert_session(
     user_agent: str | None,
 ) -> None:
     await tx.execute(
-        sa.insert(sessions).values(
-            id=sid,
-            user_id=user_id,
-            created_at=now,
-            last_used_at=now,
-            expires_at=expires_at,
-            ip=ip,
-            user_agent=(user_agent or "")[:512] or None,
-        )
+        _INSERT_SESSION,
+        {
+            "id": sid,
+            "user_id": user_id,
+            "created_at": now,
+            "last_used_at": now,
+            "expires_at": expires_at,
+            "ip": ip,
+            "user_agent": (user_agent or "")[:512] or None,
+        },
     )
+
+
+async def record_login(tx: Tx, *, user_id: str, now: datetime) -> None:
+    await tx.execute(_RECORD_LOGIN, {"user_id": user_id, "now": now})
 
 
 async def touch_session(
@@ -194,7 +212,7 @@ async def session_owner(tx: Tx, *, sid: str) -> str | None:
 
 async def insert_refresh(tx: Tx, *, token_hash: str, sid: str, now: datetime, expires_at: datetime) -> None:
     await tx.execute(
-        sa.insert(refresh_tokens).values(token_hash=token_hash, session_id=sid, created_at=now, expires_at=expires_at)
+        _INSERT_REFRESH, {"token_hash": token_hash, "session_id": sid, "created_at": now, "expires_at": expires_at}
     )
 
 

@@ -50,7 +50,7 @@ async def _record(
 
 async def bind(ctx: Context, *, uid: str, claim_code: str, user_id: str, ip: str | None) -> dict[str, str]:
     normalized = credentials.normalize_uid(uid) or ""
-    await lockout.check(ctx, user_id, ip, scope="bind")
+    failures = await lockout.check(ctx, user_id, ip, scope="bind")
     async with ctx.db.read() as tx:
         device = await store.device(tx, uid=normalized) if normalized else None
     stored = device.claim_code_hash if device is not None else _DUMMY_CLAIM_HASH
@@ -68,7 +68,7 @@ async def bind(ctx: Context, *, uid: str, claim_code: str, user_id: str, ip: str
             return {"uid": device.uid, "role": DeviceRole.OWNER.value}  # bound to the caller already
         await _record(ctx, tx, EventType.DEVICE_BOUND, uid=device.uid, actor_id=user_id, ip=ip, method="claim_code")
         ctx.revocations.access_changed(tx, device.uid)
-    await lockout.record_success(ctx, user_id, ip, scope="bind")
+    await lockout.record_success(ctx, user_id, ip, failures=failures, scope="bind")
     return {"uid": device.uid, "role": DeviceRole.OWNER.value}
 
 

@@ -29,8 +29,8 @@ class Counters(Protocol):
         """Seconds left on a block of `key`, 0 when not blocked."""
         ...
 
-    async def status(self, blocked: list[str], counted: str) -> tuple[int, int]:
-        """The longest block left among `blocked` and the count of `counted`, in one round trip."""
+    async def status(self, blocked: list[str], counted: list[str]) -> tuple[int, list[int]]:
+        """The longest block left among `blocked` and the count of each of `counted`, in one round trip."""
         ...
 
 
@@ -75,8 +75,8 @@ class MemoryCounters:
         left = self._blocks.get(key, 0.0) - time.monotonic()
         return max(0, int(left + 0.999))
 
-    async def status(self, blocked: list[str], counted: str) -> tuple[int, int]:
-        return max([await self.blocked_for(key) for key in blocked] or [0]), await self.count(counted)
+    async def status(self, blocked: list[str], counted: list[str]) -> tuple[int, list[int]]:
+        return max([await self.blocked_for(key) for key in blocked] or [0]), [await self.count(key) for key in counted]
 
 
 class RedisCounters:
@@ -121,13 +121,15 @@ class RedisCounters:
             raise ServiceUnavailableError() from exc
         return max(0, int(left))
 
-    async def status(self, blocked: list[str], counted: str) -> tuple[int, int]:
+    async def status(self, blocked: list[str], counted: list[str]) -> tuple[int, list[int]]:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key in blocked:
                     pipe.ttl(self.prefix + "block:" + key)
-                pipe.get(self.prefix + counted)
-                *ttls, count = await pipe.execute()
+                for key in counted:
+                    pipe.get(self.prefix + key)
+                replies = await pipe.execute()
         except aioredis.RedisError as exc:
             raise ServiceUnavailableError() from exc
-        return max([max(0, int(ttl)) for ttl in ttls] or [0]), int(count or 0)
+        ttls, counts = replies[: len(blocked)], replies[len(blocked) :]
+        return max([max(0, int(ttl)) for ttl in ttls] or [0]), [int(count or 0) for count in counts]

@@ -28,14 +28,16 @@ def _block_seconds(count: int, threshold: int) -> int:
     return min(MAX_BLOCK, FIRST_BLOCK * factor)
 
 
-async def check(ctx: Context, username_key: str, ip: str | None, *, scope: str = "login") -> None:
-    """Raise 429 while blocked; slow down an account under spread-out guessing."""
+async def check(ctx: Context, username_key: str, ip: str | None, *, scope: str = "login") -> int:
+    """Raise 429 while blocked; slow down an account under spread-out guessing. Returns the failures
+    counted for this (username, IP): a success with none before it has nothing to reset."""
     user_ip, per_ip, account = _keys(scope, username_key, ip)
-    left, failures = await ctx.counters.status([user_ip, per_ip], account)
+    left, (failures_here, failures) = await ctx.counters.status([user_ip, per_ip], [user_ip, account])
     if left:
         raise TooManyAttemptsError(left)
     if failures > PER_ACCOUNT_SLOWDOWN:
         await asyncio.sleep(SLOWDOWN_SECONDS)
+    return failures_here
 
 
 async def record_failure(ctx: Context, username_key: str, ip: str | None, *, scope: str = "login") -> int:
@@ -52,6 +54,12 @@ async def record_failure(ctx: Context, username_key: str, ip: str | None, *, sco
     return blocked
 
 
-async def record_success(ctx: Context, username_key: str, ip: str | None, *, scope: str = "login") -> None:
-    user_ip, _, _ = _keys(scope, username_key, ip)
-    await ctx.counters.reset(user_ip)
+async def record_success(
+    ctx: Context, username_key: str, ip: str | None, *, failures: int, scope: str = "login"
+) -> None:
+    """Forget this (username, IP)'s failures. `failures` is what `check` returned: with none, a
+    round trip to Redis on every login would reset nothing (a block implies failures, and `check`
+    refused the attempt while one was set)."""
+    if failures:
+        user_ip, _, _ = _keys(scope, username_key, ip)
+        await ctx.counters.reset(user_ip)

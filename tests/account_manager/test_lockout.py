@@ -78,6 +78,19 @@ async def test_five_failures_for_one_username_from_one_ip_block_it_even_with_the
     assert any(event["ip"] == "203.0.113.7" and event["detail"].get("username") == user["username"] for event in locked)
 
 
+async def test_a_successful_login_forgets_the_failures_before_it(client: httpx.AsyncClient, users: Users) -> None:
+    # A typo or two, then the right password: the count for this username and address starts again,
+    # so four more typos later the owner still gets in (without the reset that would be 8 of 5).
+    user = await users.register()
+    for _ in range(4):
+        assert_invalid_credentials(await login(client, user["username"], "wrong password guess"))
+    assert (await login(client, user["username"], user["password"])).status_code == 200
+    for _ in range(4):
+        assert_invalid_credentials(await login(client, user["username"], "wrong password guess"))
+    response = await login(client, user["username"], user["password"])
+    assert response.status_code == 200, response.text
+
+
 async def test_a_block_of_one_username_does_not_block_other_usernames_from_that_ip(
     client: httpx.AsyncClient, users: Users
 ) -> None:
