@@ -91,12 +91,17 @@ async def issue_session(
     settings = ctx.settings
     now = now_utc()
     sid = secrets.token_hex(16)
-    expires_at = now + timedelta(seconds=settings.refresh_ttl)
-    await store.insert_session(
-        tx, sid=sid, user_id=user_id, now=now, expires_at=expires_at, ip=ip, user_agent=user_agent
-    )
     refresh_token = new_refresh_token()
-    await store.insert_refresh(tx, token_hash=hash_refresh(refresh_token), sid=sid, now=now, expires_at=expires_at)
+    await store.open_session(
+        tx,
+        sid=sid,
+        user_id=user_id,
+        refresh_hash=hash_refresh(refresh_token),
+        now=now,
+        expires_at=now + timedelta(seconds=settings.refresh_ttl),
+        ip=ip,
+        user_agent=user_agent,
+    )
     access, _ = ctx.issuer.access(user_id=user_id, sid=sid, role=role, ttl=settings.access_ttl)
     return TokenPair(access, settings.access_ttl, refresh_token, settings.refresh_ttl)
 
@@ -136,7 +141,6 @@ async def login(ctx: Context, *, username: str, password: str, ip: str | None, u
     await lockout.record_success(ctx, key, ip, failures=failures)
     async with ctx.db.write() as tx:
         pair = await issue_session(ctx, tx, user_id=user.id, role=user.role, ip=ip, user_agent=user_agent)
-        await store.record_login(tx, user_id=user.id, now=now_utc())
         await ctx.events.record(tx, EventType.LOGIN_SUCCEEDED, actor_type=ActorType.USER, actor_id=user.id, ip=ip)
     ctx.metrics.logins.labels(result="succeeded").inc()
     return pair

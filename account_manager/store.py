@@ -56,17 +56,33 @@ def _user(row: Any) -> UserRow | None:
     )
 
 
-# The statements of a login and of GET /v1/users/me, built once: building a statement and its cache key costs more CPU than
-# SQLite takes to run it; executed with a dict of parameters they are compiled once per process too.
-_USER_BY_NAME = sa.select(users).where(users.c.username_key == sa.bindparam("username_key"))
-_USER_BY_ID = sa.select(users).where(users.c.id == sa.bindparam("user_id"))
-_INSERT_SESSION = sa.insert(sessions)
-_INSERT_REFRESH = sa.insert(refresh_tokens)
-_RECORD_LOGIN = (
-    sa.update(users)
-    .where(users.c.id == sa.bindparam("user_id"))
-    .values(last_login_at=sa.bindparam("now"), updated_at=sa.bindparam("now"))
+# The statements of a login and of GET /v1/users/me, built once: building a statement and its cache
+# key cost more CPU than SQLite takes to run it. Executed with a dict of parameters, they are compiled
+# once per process too.
+_b = sa.bindparam
+_USER_BY_NAME = sa.select(users).where(users.c.username_key == _b("username_key"))
+_USER_BY_ID = sa.select(users).where(users.c.id == _b("user_id"))
+_INSERT_SESSION = sa.insert(sessions).values(
+    id=_b("sid"),
+    user_id=_b("user_id"),
+    created_at=_b("now"),
+    last_used_at=_b("now"),
+    expires_at=_b("expires_at"),
+    ip=_b("ip"),
+    user_agent=_b("user_agent"),
 )
+_INSERT_FIRST_REFRESH = sa.insert(refresh_tokens).values(
+    token_hash=_b("refresh_hash"), session_id=_b("sid"), created_at=_b("now"), expires_at=_b("expires_at")
+)
+_RECORD_LOGIN = (
+    sa.update(users).where(users.c.id == _b("user_id")).values(last_login_at=_b("now"), updated_at=_b("now"))
+)
+# PostgreSQL takes the three as one statement: data-modifying CTEs commit or fail together, and the
+# refresh token's foreign key is checked at the end of the statement, when the session is there.
+_OPEN_SESSION_IN_ONE = _RECORD_LOGIN.add_cte(_INSERT_SESSION.cte("new_session")).add_cte(
+    _INSERT_FIRST_REFRESH.cte("first_refresh")
+)
+_INSERT_REFRESH = sa.insert(refresh_tokens)
 
 
 async def user_by_username(tx: Tx, *, username: str) -> UserRow | None:
@@ -152,32 +168,33 @@ async def list_users(
     return [dict(row._mapping) for row in rows], int(total)
 
 
-async def insert_session(
+async def open_session(
     tx: Tx,
     *,
     sid: str,
     user_id: str,
+    refresh_hash: str,
     now: datetime,
     expires_at: datetime,
     ip: str | None,
     user_agent: str | None,
 ) -> None:
-    await tx.execute(
-        _INSERT_SESSION,
-        {
-            "id": sid,
-            "user_id": user_id,
-            "created_at": now,
-            "last_used_at": now,
-            "expires_at": expires_at,
-            "ip": ip,
-            "user_agent": (user_agent or "")[:512] or None,
-        },
-    )
-
-
-async def record_login(tx: Tx, *, user_id: str, now: datetime) -> None:
-    await tx.execute(_RECORD_LOGIN, {"user_id": user_id, "now": now})
+    """A login's rows: the session, its first refresh token and the user's last login time. One round
+    trip on PostgreSQL, three statements (in one transaction) on SQLite, which has no DML in CTEs."""
+    params = {
+        "sid": sid,
+        "user_id": user_id,
+        "refresh_hash": refresh_hash,
+        "now": now,
+        "expires_at": expires_at,
+        "ip": ip,
+        "user_agent": (user_agent or "")[:512] or None,
+    }
+    if tx.conn.dialect.name == "postgresql":
+        await tx.execute(_OPEN_SESSION_IN_ONE, params)
+        return
+    for statement in (_INSERT_SESSION, _INSERT_FIRST_REFRESH, _RECORD_LOGIN):
+        await tx.execute(statement, params)
 
 
 async def touch_session(

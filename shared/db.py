@@ -66,8 +66,13 @@ class Database:
             path = _sqlite_path(settings.database_url)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
+            # A file database gets a fixed pool like PostgreSQL (each connection is a thread and a file
+            # handle, opened once); an in-memory one keeps SQLAlchemy's single shared connection.
+            pool: dict[str, Any] = {}
+            if path is not None:
+                pool = {"pool_size": settings.db_pool_size, "max_overflow": 0, "pool_timeout": timeout}
             engine = create_async_engine(
-                settings.database_url, async_creator=sqlite.connector(path or ":memory:", timeout=5)
+                settings.database_url, async_creator=sqlite.connector(path or ":memory:", timeout=5), **pool
             )
 
             @event.listens_for(engine.sync_engine, "connect")
@@ -91,8 +96,8 @@ class Database:
             return engine
         return create_async_engine(
             settings.database_url,
-            pool_size=10,
-            max_overflow=20,
+            pool_size=settings.db_pool_size,
+            max_overflow=0,
             pool_timeout=timeout,
             # No pre-ping (a round trip per checkout): a connection that died answers this request
             # with 503 and is thrown away; the next checkout opens a fresh one.

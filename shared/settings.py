@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # Operational knobs beyond SPEC §10 (documented in the README).
     leeway: int = Field(default=30, ge=0, le=30)
     backend_timeout: float = Field(default=1.0, gt=0, le=10)
+    # Database connections a process keeps open. No overflow beyond it: a request waits (up to
+    # backend_timeout) for a pooled connection rather than opening one that is closed right after,
+    # which under load cost more than the query (a PostgreSQL backend forked per request).
+    db_pool_size: int = Field(default=20, ge=1, le=500)
     # How stale the revocation view may be before token checks fail closed (SPEC §11).
     revocation_max_staleness: float = Field(default=4.0, gt=0)
     reconcile_interval: float = Field(default=1.0, gt=0)

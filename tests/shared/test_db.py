@@ -4,9 +4,11 @@ event loop's own thread."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
@@ -15,7 +17,8 @@ import sqlalchemy as sa
 
 from shared import tables
 from shared.context import Context
-from shared.db import Tx
+from shared.db import Database, Tx
+from tests.conftest import Backend, make_settings
 
 revoked = tables.revoked_tokens
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -145,3 +148,24 @@ async def test_sqlite_costs_one_thread_hop_per_statement(ctx: Context, hops: lis
         assert await jtis(tx) == ["a", "b", "c"]
         driver = await driver_of(tx)
     assert [name for conn, name in hops if conn is driver] == ["_run"], hops
+
+
+async def test_requests_beyond_the_pool_wait_for_a_connection_instead_of_opening_more(
+    backend: Backend, tmp_path: Path
+) -> None:
+    # Two pooled connections, ten readers that each hold one a while: all ten get their answer, and
+    # no eleventh, short-lived connection is ever opened beside the pool.
+    db = Database(make_settings(backend, tmp_path, db_pool_size=2))
+    held: list[int] = []
+
+    async def reader() -> int:
+        async with db.query() as tx:
+            held.append(db.engine.pool.checkedout())  # type: ignore[attr-defined]
+            await asyncio.sleep(0.05)
+            return int((await tx.execute(sa.text("SELECT 1"))).scalar_one())
+
+    try:
+        assert await asyncio.gather(*(reader() for _ in range(10))) == [1] * 10
+    finally:
+        await db.close()
+    assert max(held) == 2, held
