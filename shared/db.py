@@ -136,7 +136,7 @@ class Database:
                 await result
 
     @asynccontextmanager
-    async def _single(self) -> AsyncIterator[Tx]:
+    async def _outside_transaction(self) -> AsyncIterator[Tx]:
         try:
             async with self.engine.connect() as conn:
                 # SQLite: our begin hook sends no BEGIN. PostgreSQL: the driver sends no BEGIN and
@@ -150,7 +150,7 @@ class Database:
         """`async with db.query() as tx:` — one read statement outside a transaction: no BEGIN and no
         COMMIT, two round trips (PostgreSQL) or thread hops (SQLite) fewer than `read()`. Several
         statements would each see their own snapshot: use `read()` when they must agree."""
-        return self._single()
+        return self._outside_transaction()
 
     def write(self) -> Any:
         """`async with db.write() as tx:` — one atomic change and its events."""
