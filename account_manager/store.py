@@ -71,7 +71,7 @@ _INSERT_SESSION = sa.insert(sessions).values(
     ip=_b("ip"),
     user_agent=_b("user_agent"),
 )
-_INSERT_FIRST_REFRESH = sa.insert(refresh_tokens).values(
+_INSERT_REFRESH = sa.insert(refresh_tokens).values(
     token_hash=_b("refresh_hash"), session_id=_b("sid"), created_at=_b("now"), expires_at=_b("expires_at")
 )
 _RECORD_LOGIN = (
@@ -80,9 +80,8 @@ _RECORD_LOGIN = (
 # PostgreSQL takes the three as one statement: data-modifying CTEs commit or fail together, and the
 # refresh token's foreign key is checked at the end of the statement, when the session is there.
 _OPEN_SESSION_IN_ONE = _RECORD_LOGIN.add_cte(_INSERT_SESSION.cte("new_session")).add_cte(
-    _INSERT_FIRST_REFRESH.cte("first_refresh")
+    _INSERT_REFRESH.cte("first_refresh")
 )
-_INSERT_REFRESH = sa.insert(refresh_tokens)
 
 
 async def user_by_username(tx: Tx, *, username: str) -> UserRow | None:
@@ -193,7 +192,7 @@ async def open_session(
     if tx.conn.dialect.name == "postgresql":
         await tx.execute(_OPEN_SESSION_IN_ONE, params)
         return
-    for statement in (_INSERT_SESSION, _INSERT_FIRST_REFRESH, _RECORD_LOGIN):
+    for statement in (_INSERT_SESSION, _INSERT_REFRESH, _RECORD_LOGIN):
         await tx.execute(statement, params)
 
 
@@ -228,9 +227,7 @@ async def session_owner(tx: Tx, *, sid: str) -> str | None:
 
 
 async def insert_refresh(tx: Tx, *, token_hash: str, sid: str, now: datetime, expires_at: datetime) -> None:
-    await tx.execute(
-        _INSERT_REFRESH, {"token_hash": token_hash, "session_id": sid, "created_at": now, "expires_at": expires_at}
-    )
+    await tx.execute(_INSERT_REFRESH, {"refresh_hash": token_hash, "sid": sid, "now": now, "expires_at": expires_at})
 
 
 async def refresh_by_hash(tx: Tx, *, token_hash: str) -> RefreshRow | None:

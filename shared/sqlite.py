@@ -9,13 +9,14 @@ Every sqlite3 call still runs on the connection's thread, never on the event loo
 from __future__ import annotations
 
 import sqlite3
+from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-_Rows = list[Any]
+_Rows = deque[Any]
 
 
 class _Outcome:
@@ -26,7 +27,7 @@ class _Outcome:
     def __init__(self, cursor: sqlite3.Cursor) -> None:
         self.description = cursor.description
         # Only a statement that yields rows has a description; an INSERT's fetchall would be empty.
-        self.rows: _Rows = cursor.fetchall() if cursor.description else []
+        self.rows: _Rows = deque(cursor.fetchall() if cursor.description else ())
         self.rowcount = cursor.rowcount
         self.lastrowid = cursor.lastrowid
 
@@ -40,7 +41,7 @@ class Cursor(aiosqlite.Cursor):
         self.iter_chunk_size = conn._iter_chunk_size
         self._arraysize = 1
         self._outcome: _Outcome | None = None
-        self._rows: _Rows = []
+        self._rows: _Rows = deque()
 
     def _run(self, method: str, sql: str, parameters: Any) -> _Outcome:
         cursor = self._conn._conn.cursor()
@@ -63,19 +64,18 @@ class Cursor(aiosqlite.Cursor):
         return self
 
     async def fetchone(self) -> Any:
-        return self._rows.pop(0) if self._rows else None
+        return self._rows.popleft() if self._rows else None
 
     async def fetchmany(self, size: int | None = None) -> Sequence[Any]:
-        count = self._arraysize if size is None else size
-        taken, self._rows = self._rows[:count], self._rows[count:]
-        return taken
+        count = min(len(self._rows), self._arraysize if size is None else size)
+        return [self._rows.popleft() for _ in range(count)]
 
     async def fetchall(self) -> Sequence[Any]:
-        taken, self._rows = self._rows, []
+        taken, self._rows = list(self._rows), deque()
         return taken
 
     async def close(self) -> None:
-        self._rows = []
+        self._rows.clear()
 
     @property
     def rowcount(self) -> int:
