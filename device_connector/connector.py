@@ -1,24 +1,23 @@
-"""The device connector's runtime: the embedded broker and what keeps it in step with the platform —
-presence, the command relay, persisted state, and closing connections whose token expired or whose
-session, token or device was revoked, and re-reading grants when roles on a device change."""
+"""The device connector's runtime: an MQTT broker behind the broker port (device_connector.port) and
+what keeps it in step with the platform: presence, the command relay, persisted state, closing
+connections whose token expired or whose session, token or device was revoked, and narrowing live
+grants when roles on a device change. Nothing here knows which broker runs."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from amqtt.session import Session
 
 from device_connector import store
-from device_connector.broker.gate import Gate
-from device_connector.broker.server import HandshakeBroker
-from device_connector.external import ExternalBroker
 from device_connector.journal import Journal
+from device_connector.port import Broker, CloseReason, Connection
 from device_connector.presence import Presence
 from device_connector.relay import DeviceOfflineError, DeviceTimeoutError, Relay
 from shared.context import Context
@@ -28,6 +27,13 @@ from shared.tokens import TokenKind
 
 log = logging.getLogger("handshake.connector")
 SWEEP_INTERVAL = 0.5
+# MQTT_BROKER -> the adapter implementing the port (imported only when chosen: an embedded broker
+# patches amqtt, a clustered one does not load it).
+ADAPTERS = {
+    "embedded": "device_connector.broker.embedded:EmbeddedBroker",
+    "rabbitmq": "device_connector.rabbitmq:RabbitBroker",
+    "emqx": "device_connector.emqx:EmqxBroker",
+}
 
 
 def topic_parts(topic: str) -> tuple[str, str] | None:
@@ -35,75 +41,76 @@ def topic_parts(topic: str) -> tuple[str, str] | None:
     return (parts[1], parts[2]) if len(parts) == 3 and parts[0] == "devices" else None
 
 
+def build_broker(ctx: Context) -> Broker:
+    module, name = ADAPTERS[ctx.settings.mqtt_broker].split(":")
+    broker: Broker = getattr(importlib.import_module(module), name)(ctx)
+    return broker
+
+
 class Connector:
-    def __init__(self, ctx: Context) -> None:
-        settings = ctx.settings
+    def __init__(self, ctx: Context, broker: Broker | None = None) -> None:
         self.ctx = ctx
-        ssl = None
-        if settings.tls_cert and settings.tls_key:
-            ssl = {"certfile": str(settings.tls_cert), "keyfile": str(settings.tls_key)}
-        self.broker: HandshakeBroker | ExternalBroker
-        if settings.mqtt_broker_url:
-            self.broker = ExternalBroker(settings.mqtt_broker_url)
-        else:
-            self.broker = HandshakeBroker(
-                host=settings.mqtt_host,
-                port=settings.mqtt_port,
-                gate=Gate(ctx),
-                max_packet=settings.mqtt_max_packet,
-                max_conn_per_ip=settings.mqtt_max_conn_per_ip,
-                max_inflight=settings.mqtt_max_inflight,
-                max_queued=settings.mqtt_max_queued,
-                ssl=ssl,
-            )
+        self.broker = broker if broker is not None else build_broker(ctx)
         self.journal = Journal(ctx)
         self.presence = Presence(ctx, self.journal)
         self.relay = Relay()
-        self.broker.on_connected.append(self._connected)
-        self.broker.on_disconnected.append(self._disconnected)
-        self.broker.on_published.append(self._published)
-        self.broker.on_denied.append(self._denied)
-        self.broker.on_refused.append(self._refused)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        await self.presence.mark_all_offline()
+        if self.ctx.settings.mqtt_broker == "embedded":
+            # After a crash no device stays marked online (SPEC §11). A clustered broker outlives this
+            # process (and its replicas): its adapter reconciles presence with the broker instead.
+            await self.presence.mark_all_offline()
         await self.journal.start()
-        await self.broker.start()  # (amqtt's start clears retained messages: load them after)
+        await self.broker.start(self)  # (amqtt's start clears retained messages: load them after)
         await self._load_retained_state()
         self._tasks.append(asyncio.create_task(self._sweep(), name="handshake-mqtt-sweep"))
         self._tasks.append(asyncio.create_task(self._follow_access(), name="handshake-mqtt-access"))
 
     def ready(self) -> bool:
-        """For /readyz: the embedded broker is serving, or the external one is connected."""
-        if isinstance(self.broker, ExternalBroker):
-            return self.broker.client.is_connected()
-        return str(self.broker.transitions.state) == "started"
+        """For /readyz: the embedded broker is serving, or the clustered one is reachable."""
+        return self.broker.ready()
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.broker.shutdown()
+        await self.broker.stop()
         await self.journal.stop()
 
-    # --- hooks from the broker ---------------------------------------------------------------------
+    # --- events from the broker (device_connector.port.BrokerEvents) -------------------------------
 
-    def _connected(self, session: Session) -> None:
+    def connected(self, conn: Connection) -> None:
         self.ctx.metrics.mqtt_connections.inc()
-        if session.claims.kind is TokenKind.DEVICE:
-            self.presence.connected(session.client_id, session.remote_address)
+        if conn.is_device and conn.recorder:
+            self.presence.connected(conn.client_id, conn.ip)
 
-    def _disconnected(self, session: Session, reason: str) -> None:
+    def disconnected(self, conn: Connection, reason: CloseReason) -> None:
         self.ctx.metrics.mqtt_connections.dec()
-        claims = getattr(session, "claims", None)
-        if claims is not None and claims.kind is TokenKind.DEVICE:
-            self.relay.on_device_gone(session.client_id)
-            if not self.broker.is_connected(session.client_id):  # a takeover keeps it online
-                self.presence.disconnected(session.client_id, session.remote_address, reason)
+        if conn.is_device:
+            self.relay.on_device_gone(conn.client_id)
+            if conn.recorder and not self.broker.is_online(conn.client_id):  # a takeover keeps it online
+                self.presence.disconnected(conn.client_id, conn.ip, reason)
 
-    def _published(self, session: Session, topic: str, data: bytes, retain: bool) -> None:
+    def subscribed(self, client_id: str, topic: str) -> None:
+        """A broker that keeps retained messages on one node only: a device subscribing to its desired
+        state gets it from the database now (SPEC §6, "On a clustered broker")."""
+        parts = topic_parts(topic)
+        if parts is not None and parts == (client_id, "desired"):
+            self._tasks.append(asyncio.create_task(self._send_desired(client_id)))
+            self._tasks = [task for task in self._tasks if not task.done()]
+
+    async def _send_desired(self, uid: str) -> None:
+        try:
+            async with self.ctx.db.read() as tx:
+                row = await store.get_state(tx, uid=uid)
+            if row is not None and row.desired is not None:
+                await self.broker.publish(f"devices/{uid}/desired", orjson.dumps(row.desired), retain=True)
+        except Exception as exc:
+            log.warning("could not send %s its desired state: %r", uid, exc)
+
+    def published(self, conn: Connection | None, topic: str, data: bytes) -> None:
         parts = topic_parts(topic)
         if parts is None:
             return
@@ -113,26 +120,24 @@ class Connector:
         elif channel == "state":
             self._save_reported(uid, data)
 
-    def _denied(self, session: Session, topic: str) -> None:
-        claims = getattr(session, "claims", None)
-        actor = ActorType.DEVICE if claims is not None and claims.kind is TokenKind.DEVICE else ActorType.USER
+    def denied(self, conn: Connection, topic: str) -> None:
         parts = topic_parts(topic)
         self._record(
             EventType.ACL_DENIED,
-            actor_type=actor,
-            actor_id=session.client_id,
+            actor_type=ActorType.DEVICE if conn.is_device else ActorType.USER,
+            actor_id=conn.client_id,
             device_uid=parts[0][:20] if parts else None,
-            ip=session.remote_address,
+            ip=conn.ip,
             detail={"topic": topic[:256], "action": "publish"},
         )
 
-    def _refused(self, session: Session, reason: str) -> None:
+    def refused(self, *, client_id: str, username: str | None, ip: str | None, reason: str) -> None:
         self._record(
             EventType.MQTT_AUTH_FAILED,
             actor_type=ActorType.SYSTEM,
-            actor_id=(session.username or "")[:64] or None,
-            ip=session.remote_address,
-            detail={"client_id": (session.client_id or "")[:64], "reason": reason},
+            actor_id=(username or "")[:64] or None,
+            ip=ip,
+            detail={"client_id": client_id[:64], "reason": reason},
         )
 
     def _record(self, type: EventType, **kwargs: Any) -> None:
@@ -150,19 +155,22 @@ class Connector:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = time.time()
-            for session in self.broker.live_sessions():
-                claims = getattr(session, "claims", None)
-                if claims is None:
-                    continue
+            for conn in list(self.broker.connections()):
+                if conn.close_reason is not None:
+                    continue  # being closed already
+                claims = conn.claims
                 reason = None
                 if now > claims.exp:
-                    reason = "token_expired"
+                    reason = CloseReason.TOKEN_EXPIRED
                 elif claims.kind is TokenKind.DEVICE and claims.sub in revocations.devices:
-                    reason = "disabled"
+                    reason = CloseReason.DISABLED
                 elif claims.sid in revocations.sids or claims.jti in revocations.jtis:
-                    reason = "revoked"
+                    reason = CloseReason.REVOKED
                 if reason is not None:
-                    await self.broker.close_client(session.client_id, reason)
+                    try:
+                        await self.broker.close(conn, reason)
+                    except Exception as exc:  # the adapter retries what it could not do
+                        log.warning("closing %s (%s) failed: %r", conn.client_id, reason, exc)
 
     async def _follow_access(self) -> None:
         """Roles on a device changed: re-read who holds which role and fix live grants at once."""
@@ -177,32 +185,36 @@ class Connector:
             except Exception as exc:
                 log.warning("could not re-read roles on %s: %s", uid, exc)
                 continue
-            self.apply_roles(uid, roles)
+            await self.apply_roles(uid, roles)
 
-    def apply_roles(self, uid: str, roles: dict[str, DeviceRole]) -> None:
-        for session, _ in list(self.broker.sessions.values()):
-            grants = getattr(session, "grants", None)
-            if grants is None or grants.user_id is None:
+    async def apply_roles(self, uid: str, roles: dict[str, DeviceRole]) -> None:
+        for conn in list(self.broker.connections()):
+            grants = conn.grants
+            if grants.user_id is None:
                 continue
-            role = roles.get(grants.user_id)
+            before, role = grants.roles.get(uid), roles.get(grants.user_id)
             if role is None:
                 grants.roles.pop(uid, None)
             else:
                 grants.roles[uid] = role
-            self.broker.revoke_subscriptions(session)
+            if before is not None and (role is None or role.rank < before.rank):
+                try:
+                    await self.broker.narrow(conn)
+                except Exception as exc:
+                    log.warning("narrowing %s after a role change failed: %r", conn.client_id, exc)
 
     # --- commands and state ------------------------------------------------------------------------
 
     async def send_command(
         self, *, uid: str, action: str, params: dict[str, Any], timeout: float, actor_id: str, ip: str | None
     ) -> dict[str, Any]:
-        if not self.broker.is_connected(uid):
+        if not self.broker.is_online(uid):
             self.ctx.metrics.commands.labels(result="offline").inc()
             raise DeviceOfflineError()
         command_id, reply = self.relay.expect(uid)
         try:
             body = orjson.dumps({"id": command_id, "action": action, "params": params})
-            await self.broker.publish_internal(f"devices/{uid}/commands", body)
+            await self.broker.publish(f"devices/{uid}/commands", body)
             self._record(
                 EventType.COMMAND_SENT,
                 actor_type=ActorType.USER,
@@ -251,7 +263,7 @@ class Connector:
         now = datetime.now(UTC)
         async with self.ctx.db.write() as tx:
             await store.put_state(tx, uid=uid, desired=desired, desired_at=now)
-        await self.broker.publish_internal(f"devices/{uid}/desired", orjson.dumps(desired), retain=True)
+        await self.broker.publish(f"devices/{uid}/desired", orjson.dumps(desired), retain=True)
         return now
 
     async def _load_retained_state(self) -> None:

@@ -1,16 +1,17 @@
-"""The device connector as a service: the embedded broker and its HTTP routes."""
+"""The device connector as a service: its broker (embedded or clustered) and its HTTP routes."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from device_connector.connector import Connector
-from device_connector.routes import devices, hooks
+from device_connector.routes import devices, hooks, rabbitmq
 from shared.context import Context
 
 router = APIRouter()
 router.include_router(devices.router)
 router.include_router(hooks.router)
+router.include_router(rabbitmq.router)
 
 
 async def on_start(ctx: Context) -> None:

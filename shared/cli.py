@@ -127,7 +127,7 @@ def serve(args: argparse.Namespace) -> None:
         fail(f"the service {args.service} is not part of this installation")
     _check_port(args.host, args.http_port, "--http-port")
     mqtt_port = args.mqtt_port or DEFAULT_MQTT_PORT
-    if "device-connector" in services and not settings.mqtt_broker_url:
+    if "device-connector" in services and not settings.clustered_broker:
         mqtt_port = _mqtt_port(args.host, args.mqtt_port)
     settings = settings.model_copy(update={"mqtt_host": args.host, "mqtt_port": mqtt_port})
     run(with_context(settings, lambda ctx: _prepare(ctx, services)))
@@ -145,7 +145,7 @@ def serve(args: argparse.Namespace) -> None:
     scheme = "https" if settings.tls_cert else "http"
     where = f"{scheme}://{args.host}:{args.http_port}"
     print(f"Handshake ({', '.join(services)}) on {where}  docs: {where}/docs  dashboard: {where}/admin", flush=True)
-    if "device-connector" in services and not settings.mqtt_broker_url:
+    if "device-connector" in services and not settings.clustered_broker:
         print(f"MQTT broker on {args.host}:{mqtt_port}", flush=True)
     uvicorn.Server(config).run()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -54,9 +54,17 @@ class Settings(BaseSettings):
     # Where the embedded broker listens; the command line's --host and --mqtt-port set them.
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(default=1883, ge=0, le=65535)
-    # An external broker (mqtt://user:password@host:1883): the connector relays through it instead of
-    # embedding one, and the broker authenticates through /v1/mqtt/auth and /v1/mqtt/acl.
+    # SPEC §6 "On a clustered broker": `embedded` (amqtt in this process), or RabbitMQ / EMQX with the
+    # connector as their identity backend. Then MQTT_BROKER_URL is where the connector connects as an
+    # MQTT client (mqtt://user:password@host:1883), MQTT_BROKER_API_URL the broker's management API
+    # with admin credentials (http://user:password@host:15672 or :18083), for kicks and presence.
+    mqtt_broker: Literal["embedded", "rabbitmq", "emqx"] = "embedded"
     mqtt_broker_url: str | None = None
+    mqtt_broker_api_url: str | None = None
+    # RabbitMQ: the AMQP URL for presence events (default: MQTT_BROKER_URL's host and credentials on
+    # 5672) and the vhost its MQTT plugin serves (`mqtt.vhost`).
+    mqtt_broker_amqp_url: str | None = None
+    mqtt_vhost: str = "/"
 
     # Operational knobs beyond SPEC §10 (documented in the README).
     leeway: int = Field(default=30, ge=0, le=30)
@@ -128,7 +136,20 @@ class Settings(BaseSettings):
             raise ValueError("HANDSHAKE_PARTNER_AUDIENCES must not contain HANDSHAKE_AUDIENCE")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("HANDSHAKE_TLS_CERT and HANDSHAKE_TLS_KEY go together")
+        if self.mqtt_broker == "embedded":
+            if self.mqtt_broker_url:
+                raise ValueError("HANDSHAKE_MQTT_BROKER_URL needs HANDSHAKE_MQTT_BROKER=rabbitmq or emqx")
+        else:
+            for name in ("mqtt_broker_url", "mqtt_broker_api_url", "mqtt_hook_secret"):
+                if not getattr(self, name):
+                    raise ValueError(f"HANDSHAKE_MQTT_BROKER={self.mqtt_broker} needs HANDSHAKE_{name.upper()}")
+            if not self.mqtt_broker_url.startswith(("mqtt://", "mqtts://")):  # type: ignore[union-attr]
+                raise ValueError("HANDSHAKE_MQTT_BROKER_URL must look like mqtt://user:password@host:1883")
         return self
+
+    @property
+    def clustered_broker(self) -> bool:
+        return self.mqtt_broker != "embedded"
 
     @property
     def is_sqlite(self) -> bool:

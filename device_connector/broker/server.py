@@ -7,7 +7,11 @@
 - Authorization holds at delivery time: live messages, retained messages, the queue of a persistent
   session and wills all go only to clients whose current grants allow them.
 - The server can close a connection for a reason (token expired, revoked, disabled, shutdown), and
-  only an unexpected close publishes the will."""
+  only an unexpected close publishes the will.
+
+This is the one module that touches amqtt's private methods and attributes (amqtt is pinned to the
+minor series the tests prove); the rest of the connector sees the broker port (device_connector.port)
+through device_connector.broker.embedded."""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from amqtt.mqtt import connect as amqtt_connect
 from amqtt.mqtt import publish as amqtt_publish
 from amqtt.mqtt import subscribe as amqtt_subscribe
 from amqtt.mqtt import unsubscribe as amqtt_unsubscribe
-from amqtt.mqtt.connack import NOT_AUTHORIZED, SERVER_UNAVAILABLE, ConnackPacket
+from amqtt.mqtt.connack import ConnackPacket
 from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
@@ -34,6 +38,7 @@ from amqtt.utils import gen_client_id
 
 from device_connector.acl import Grants, may_publish, may_receive, may_subscribe, valid_topic
 from device_connector.broker.index import SubscriptionIndex, matches
+from device_connector.port import NO_WILL, BrokerEvents, CloseReason, Connection, Refused
 
 log = logging.getLogger("handshake.broker")
 
@@ -53,20 +58,14 @@ async def _strict_decode_string(reader: ReaderAdapter) -> str:
         raise NotUtf8Error("an MQTT string that is not UTF-8") from None
 
 
-for _module in (amqtt_connect, amqtt_publish, amqtt_subscribe, amqtt_unsubscribe):
-    _module.decode_string = _strict_decode_string
+def _install_strict_strings() -> None:
+    """Only when an embedded broker is built: importing this module changes nothing in amqtt."""
+    for module in (amqtt_connect, amqtt_publish, amqtt_subscribe, amqtt_unsubscribe):
+        module.decode_string = _strict_decode_string
+
 
 CONNECT_TIMEOUT = 10.0
 DENIED = 0x80
-
-
-class Refused(Exception):
-    """A CONNECT the gate turned down, with the CONNACK return code to send."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 class PacketTooLarge(Exception):
@@ -81,13 +80,13 @@ class LimitedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped (n
     def __init__(self, inner: ReaderAdapter, max_packet: int) -> None:
         self.inner = inner
         self.max_packet = max_packet
-        self.session: Session | None = None  # set once the CONNECT is accepted
+        self.conn: Connection | None = None  # set once the CONNECT is accepted
         self._left = 0  # bytes of the current packet's body not read yet
         self._header = bytearray()  # the fixed header being read
 
     def _too_large(self, n: int) -> PacketTooLarge:
-        if self.session is not None:
-            self.session.close_reason = "protocol_error"
+        if self.conn is not None:
+            self.conn.close_reason = CloseReason.PROTOCOL_ERROR
         return PacketTooLarge(n)
 
     async def read(self, n: int = -1) -> bytes:
@@ -113,15 +112,17 @@ class LimitedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped (n
 class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped (no py.typed)
     """amqtt's handler, but a silent client is disconnected after 1.5 × its keep-alive (MQTT-3.1.2-24)."""
 
+    conn: Connection | None = None
+
     def handle_read_timeout(self) -> None:
-        if self.session is not None:
-            self.session.close_reason = "keepalive_timeout"
+        if self.conn is not None:
+            self.conn.close_reason = CloseReason.KEEPALIVE_TIMEOUT
         if self._reader_task is not None:
             self._reader_task.cancel()
 
 
-Gate = Callable[[Session], Awaitable[Grants]]
-Hook = Callable[..., Awaitable[None] | None]
+# Authenticates a CONNECT from its fields (client id, username, password, will topic, peer address).
+Admit = Callable[[Session], Awaitable[Connection]]
 
 
 class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.typed)
@@ -130,7 +131,7 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         *,
         host: str,
         port: int,
-        gate: Gate,
+        admit: Admit,
         max_packet: int,
         max_conn_per_ip: int = 0,
         max_inflight: int = 1000,
@@ -142,20 +143,18 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         if ssl:
             # SPEC §10: with TLS_CERT and TLS_KEY, MQTT over TLS as well, on 8883.
             listeners["tls"] = {"type": "tcp", "bind": f"{host}:{tls_port}", "ssl": True, **ssl}
+        _install_strict_strings()
         super().__init__({"listeners": listeners, "plugins": {}})
-        self.gate = gate
+        self.admit = admit
         self.max_packet = max_packet
         self.max_conn_per_ip = max_conn_per_ip
         self.max_inflight = max_inflight
         self.max_queued = max_queued
         self.index = SubscriptionIndex()
         self.per_ip: dict[str, int] = {}
-        # Called with (session) / (session, reason) / (session, topic, data, retain) / (session, topic).
-        self.on_connected: list[Hook] = []
-        self.on_disconnected: list[Hook] = []
-        self.on_published: list[Hook] = []
-        self.on_denied: list[Hook] = []
-        self.on_refused: list[Hook] = []
+        # The connection record of each client id, live or a persistent session's last one.
+        self.records: dict[str, Connection] = {}
+        self.events: BrokerEvents | None = None
 
     # --- connections ------------------------------------------------------------------------------
 
@@ -197,36 +196,43 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
             return
         # Authenticate first: until this passes nothing below may touch an existing session.
         try:
-            grants = await self.gate(incoming)
+            conn = await self.admit(incoming)
         except Refused as refusal:
-            for hook in self.on_refused:
-                await _call(hook, incoming, refusal.reason)
-            writer.write(ConnackPacket.build(0, refusal.code).to_bytes())
+            if self.events is not None:
+                _safely(
+                    self.events.refused,
+                    client_id=incoming.client_id or "",
+                    username=incoming.username,
+                    ip=incoming.remote_address,
+                    reason=refusal.reason,
+                )
+            writer.write(ConnackPacket.build(0, int(refusal.code)).to_bytes())
             with contextlib.suppress(Exception):
                 await writer.drain()
             await writer.close()
             return
-        session = await self._adopt_session(incoming, grants)
+        session = await self._adopt_session(incoming, conn)
         if isinstance(reader, LimitedReader):
-            reader.session = session
+            reader.conn = conn
+        handler.conn = conn
         handler.attach(session, reader, writer)
         self._sessions[session.client_id] = (session, handler)
         await handler.mqtt_connack_authorize(True)
-        for hook in self.on_connected:
-            await _call(hook, session)
+        if self.events is not None:
+            _safely(self.events.connected, conn)
         await handler.start()
         await self._drain_session_queue(session, handler)
         for topic_filter in self.index.filters_of(session.client_id):
             await self._send_retained(topic_filter, QOS_1, session, handler)
         await self._client_message_loop(session, handler)
 
-    async def _adopt_session(self, incoming: Session, grants: Grants) -> Session:
+    async def _adopt_session(self, incoming: Session, conn: Connection) -> Session:
         """Now that the client is authenticated: clean start, resume, or take over (SPEC §6)."""
         client_id = incoming.client_id or gen_client_id()
         incoming.client_id = client_id
         existing = self._sessions.get(client_id)
         if existing is not None and existing[0].transitions.is_connected():
-            await self.close_client(client_id, "duplicate_client_id")
+            await self.close_client(client_id, CloseReason.DUPLICATE_CLIENT_ID)
             await self._wait_disconnected(existing[0])
         if incoming.clean_session or existing is None:
             if existing is not None:
@@ -241,13 +247,12 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
             session.remote_address, session.remote_port = incoming.remote_address, incoming.remote_port
             session.parent = 1
         session.password = None  # the token is not kept past authentication
-        session.grants = grants
-        session.close_reason = None
+        self.records[client_id] = conn
         if session.keep_alive:
             session.keep_alive = int(session.keep_alive * 1.5 + 0.5)
         for topic_filter in self.index.filters_of(client_id):
             # A resumed session keeps only the subscriptions its client may still hold.
-            if not may_subscribe(grants, topic_filter):
+            if not may_subscribe(conn.grants, topic_filter):
                 self.index.remove(topic_filter, client_id)
         with contextlib.suppress(Exception):
             session.transitions.connect()
@@ -264,26 +269,26 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
             with contextlib.suppress(Exception):
                 session.transitions.disconnect()
 
-    async def close_client(self, client_id: str, reason: str) -> bool:
+    async def close_client(self, client_id: str, reason: CloseReason) -> bool:
         """Close a live connection for `reason`. A server-side close for a revocation or a disabled
         device publishes no will; an expired token counts as an unexpected close and does."""
         found = self._sessions.get(client_id)
         if found is None or not found[0].transitions.is_connected():
             return False
         session, handler = found
-        session.close_reason = reason
-        if reason in ("revoked", "disabled", "server_shutdown", "duplicate_client_id"):
+        conn = self.records.get(client_id)
+        if conn is not None:
+            conn.close_reason = reason
+        if reason in NO_WILL or reason is CloseReason.DUPLICATE_CLIENT_ID:
             session.will_flag = False
         await handler.handle_connection_closed()
         return True
 
     async def _handle_disconnect(self, client_session: Session, handler: BrokerProtocolHandler, waiter: Any) -> None:
         result = waiter.result()
-        reason = getattr(client_session, "close_reason", None)
-        if isinstance(result, DisconnectPacket):
-            reason = reason or "client_closed"
-        else:
-            reason = reason or "client_closed_unexpectedly"
+        conn = self.records.get(client_session.client_id)
+        reason = conn.close_reason if conn is not None else None
+        if not isinstance(result, DisconnectPacket):
             if client_session.will_flag and client_session.will_topic:
                 await self._broadcast_message(
                     client_session, client_session.will_topic, client_session.will_message, client_session.will_qos
@@ -297,19 +302,28 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
             client_session.transitions.disconnect()
         if client_session.clean_session:
             self.index.remove_client(client_session.client_id)
-        for hook in self.on_disconnected:
-            await _call(hook, client_session, "client_closed" if reason == "client_closed_unexpectedly" else reason)
+            if self.records.get(client_session.client_id) is conn:
+                self.records.pop(client_session.client_id, None)
+        if conn is not None and self.events is not None:
+            _safely(self.events.disconnected, conn, reason or CloseReason.CLIENT_CLOSED)
 
     def is_connected(self, client_id: str) -> bool:
         found = self._sessions.get(client_id)
         return found is not None and found[0].transitions.is_connected()
 
-    def live_sessions(self) -> list[Session]:
-        return [session for session, _ in list(self._sessions.values()) if session.transitions.is_connected()]
+    def live(self) -> list[Connection]:
+        return [
+            conn
+            for client_id, (session, _) in list(self._sessions.items())
+            if session.transitions.is_connected() and (conn := self.records.get(client_id)) is not None
+        ]
+
+    def serving(self) -> bool:
+        return str(self.transitions.state) == "started"
 
     async def shutdown(self) -> None:
-        for session in self.live_sessions():
-            await self.close_client(session.client_id, "server_shutdown")
+        for conn in self.live():
+            await self.close_client(conn.client_id, CloseReason.SERVER_SHUTDOWN)
         await super().shutdown()
 
     # --- subscriptions -----------------------------------------------------------------------------
@@ -321,7 +335,7 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
             not valid_topic(topic_filter)
             or any("#" in level and (level != "#" or i != len(levels) - 1) for i, level in enumerate(levels))
             or any("+" in level and level != "+" for level in levels)
-            or not may_subscribe(session.grants, topic_filter)
+            or not may_subscribe(self._grants(session), topic_filter)
         ):
             return DENIED
         granted: int = min(qos, QOS_1)  # QoS 2 is granted as 1 (MQTT-3.8.4-6 allows a lower grant)
@@ -342,11 +356,15 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
             if code != DENIED:
                 await self._send_retained(topic_filter, code, client_session, handler)
 
-    def revoke_subscriptions(self, session: Session) -> None:
+    def revoke_subscriptions(self, conn: Connection) -> None:
         """Drop the subscriptions a client may no longer hold (its grants just changed)."""
-        for topic_filter in self.index.filters_of(session.client_id):
-            if not may_subscribe(session.grants, topic_filter):
-                self.index.remove(topic_filter, session.client_id)
+        for topic_filter in self.index.filters_of(conn.client_id):
+            if not may_subscribe(conn.grants, topic_filter):
+                self.index.remove(topic_filter, conn.client_id)
+
+    def _grants(self, session: Session) -> Grants:
+        conn = self.records.get(session.client_id)
+        return conn.grants if conn is not None else Grants()  # no record: nothing is allowed
 
     # --- messages ----------------------------------------------------------------------------------
 
@@ -359,19 +377,22 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         topic = message.topic
         if not topic or not valid_topic(topic) or "#" in topic or "+" in topic or topic.startswith("$"):
             # Keep the loop running: it hears the close and finishes it like any other.
-            await self.close_client(client_session.client_id, "protocol_error")
+            await self.close_client(client_session.client_id, CloseReason.PROTOCOL_ERROR)
             return True
-        if not may_publish(client_session.grants, topic):
-            for hook in self.on_denied:
-                await _call(hook, client_session, topic)
+        conn = self.records.get(client_session.client_id)
+        if conn is None:
+            return True
+        if not may_publish(conn.grants, topic):
+            if self.events is not None:
+                _safely(self.events.denied, conn, topic)
             return True
         data = bytes(message.data or b"")
         retain = bool(message.publish_packet and message.publish_packet.retain_flag)
         await self._broadcast_message(client_session, topic, data)
         if retain:
             await self.retain_message(client_session, topic, data, message.qos)
-        for hook in self.on_published:
-            await _call(hook, client_session, topic, data, retain)
+        if self.events is not None:
+            _safely(self.events.published, conn, topic, data)
         return True
 
     async def publish_internal(self, topic: str, data: bytes, *, qos: int = QOS_1, retain: bool = False) -> None:
@@ -385,7 +406,8 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         topic: str = broadcast["topic"]
         for target, sub_qos in self.index.match(topic):
             # Delivery-time authorization: the grants as they are now, not as they were at SUBSCRIBE.
-            if not may_receive(target.grants, topic):
+            conn = self.records.get(target.client_id)
+            if conn is None or not may_receive(conn.grants, topic):
                 continue
             qos = min(broadcast.get("qos") if broadcast.get("qos") is not None else sub_qos, sub_qos)
             if not target.transitions.is_connected():
@@ -400,14 +422,13 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
                 continue
             # A bounded window per client (SPEC §6): a subscriber that stops reading is disconnected
             # instead of piling up deliveries without end.
-            pending: int = getattr(target, "pending_deliveries", 0)
-            if pending >= self.max_inflight:
-                if getattr(target, "close_reason", None) is None:
-                    await self.close_client(target.client_id, "protocol_error")
+            if conn.pending_deliveries >= self.max_inflight:
+                if conn.close_reason is None:
+                    await self.close_client(target.client_id, CloseReason.PROTOCOL_ERROR)
                 continue
-            target.pending_deliveries = pending + 1
+            conn.pending_deliveries += 1
             task = asyncio.ensure_future(handler.mqtt_publish(topic, broadcast["data"], qos, retain=False))
-            task.add_done_callback(lambda _, session=target: _delivered(session))
+            task.add_done_callback(lambda _, record=conn: _delivered(record))
             running_tasks.append(task)
 
     async def _drain_session_queue(self, session: Session, handler: BrokerProtocolHandler) -> None:
@@ -415,7 +436,7 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         tasks = []
         while not session.retained_messages.empty():
             queued = session.retained_messages.get_nowait()
-            if may_receive(session.grants, queued.topic):
+            if may_receive(self._grants(session), queued.topic):
                 tasks.append(
                     asyncio.ensure_future(handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False))
                 )
@@ -427,7 +448,7 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
     ) -> None:
         tasks = []
         for topic, retained in list(self._retained_messages.items()):
-            if matches(topic, topic_filter) and may_receive(session.grants, topic):
+            if matches(topic, topic_filter) and may_receive(self._grants(session), topic):
                 tasks.append(
                     asyncio.ensure_future(
                         handler.mqtt_publish(topic, retained.data, min(qos, retained.qos or qos), retain=True)
@@ -444,17 +465,12 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         self._retained_messages[topic] = RetainedApplicationMessage(None, topic, data, qos)
 
 
-def _delivered(session: Session) -> None:
-    session.pending_deliveries = max(0, getattr(session, "pending_deliveries", 1) - 1)
+def _delivered(conn: Connection) -> None:
+    conn.pending_deliveries = max(0, conn.pending_deliveries - 1)
 
 
-async def _call(hook: Hook, *args: Any) -> None:
+def _safely(hook: Callable[..., None], *args: Any, **kwargs: Any) -> None:
     try:
-        result = hook(*args)
-        if result is not None:
-            await result
+        hook(*args, **kwargs)
     except Exception:
-        log.exception("broker hook %r failed", hook)
-
-
-__all__ = ["NOT_AUTHORIZED", "SERVER_UNAVAILABLE", "HandshakeBroker", "Refused"]
+        log.exception("broker event %r failed", hook)

@@ -1,6 +1,6 @@
-"""EMQX 5 HTTP authentication and authorization hooks (SPEC §6), for an external broker. Same rules as
-the embedded broker. They always answer 200 {"result": "allow"|"deny"}; an allowed CONNECT also
-carries `expire_at` and the connection's `acl`, so the broker enforces expiry and topics itself."""
+"""EMQX 5 HTTP authentication and authorization hooks (SPEC §6), and what every broker's hooks share.
+Same rules as the embedded broker. They always answer 200 {"result": "allow"|"deny"}; an allowed
+CONNECT also carries `expire_at` and the connection's `acl`, so EMQX enforces expiry and topics too."""
 
 from __future__ import annotations
 
@@ -11,47 +11,55 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from device_connector import store
 from device_connector.acl import Action, Grants, acl_rules, may_publish, may_subscribe
-from device_connector.broker.gate import DEVICE_ID, Gate
-from device_connector.broker.server import Refused
+from device_connector.clustered import Admissions
+from device_connector.gate import Admission, Gate
+from device_connector.port import BrokerEvents, Refused
 from shared.bodies import raw_body
 from shared.context import Context
 from shared.deps import CtxDep
-from shared.errors import HandshakeError
-from shared.models import Role
-from shared.tokens import Claims, TokenKind
+from shared.errors import HandshakeError, InvalidRequestError, NotFoundError
 
 router = APIRouter(tags=["broker hooks"])
-GRANTS_TTL = 5.0  # role changes reach an external broker's ACL checks within this many seconds
+GRANTS_TTL = 5.0  # role changes reach a clustered broker's ACL checks within this many seconds
 
 DENY = {"result": "deny"}
 
 
-def _secret_ok(ctx: Context, request: Request) -> bool:
+class UnauthorizedHookError(HandshakeError):
+    code = "invalid_hook_secret"
+    status_code = 401
+    default_detail = "The hook secret is missing or wrong."
+
+
+def secret_ok(ctx: Context, offered: str) -> bool:
     secret = ctx.settings.mqtt_hook_secret
     if not secret:
         return False  # hooks are off until a secret is configured
+    return hmac.compare_digest(offered.encode(), secret.encode())
+
+
+def header_secret(request: Request) -> str:
     offered = request.headers.get("x-hook-secret") or ""
     authorization = request.headers.get("authorization", "")
     if authorization.lower().startswith("bearer "):
         offered = offered or authorization[7:].strip()
-    return hmac.compare_digest(offered.encode(), secret.encode())
+    return offered
 
 
-def _text(body: dict[str, object], name: str) -> str:
+def text(body: dict[str, object], name: str) -> str:
     value = body.get(name)
     return value if isinstance(value, str) else ""
 
 
-async def _body(request: Request) -> dict[str, object] | None:
+async def body_of(request: Request) -> dict[str, object] | None:
     try:
         return await raw_body(request)
     except HandshakeError:
         return None
 
 
-class _GrantsCache:
+class GrantsCache:
     """Grants by client id, from the last allowed CONNECT, re-read from the database when stale."""
 
     def __init__(self) -> None:
@@ -69,25 +77,62 @@ class _GrantsCache:
         self.entries[client_id] = (time.monotonic(), username, grants)
 
 
-def _cache(ctx: Context) -> _GrantsCache:
-    cache = ctx.extras.get("hook_grants")
-    if cache is None:
-        cache = ctx.extras["hook_grants"] = _GrantsCache()
-    assert isinstance(cache, _GrantsCache)
+def _extra(ctx: Context, name: str, factory: Any) -> Any:
+    found = ctx.extras.get(name)
+    if found is None:
+        found = ctx.extras[name] = factory()
+    return found
+
+
+def grants_cache(ctx: Context) -> GrantsCache:
+    cache: GrantsCache = _extra(ctx, "hook_grants", GrantsCache)
     return cache
+
+
+def admissions(ctx: Context) -> Admissions:
+    found: Admissions = _extra(ctx, "admissions", lambda: Admissions(ctx))
+    return found
+
+
+async def admit(ctx: Context, *, client_id: str, username: str, password: str, ip: str | None) -> Admission | None:
+    """A CONNECT asked of a hook: the gate's answer, remembered for the connection's later checks."""
+    try:
+        admission = await Gate(ctx).admit(client_id=client_id, username=username, password=password)
+    except Refused as refusal:
+        events: BrokerEvents | None = ctx.extras.get("connector")
+        if events is not None:
+            events.refused(client_id=client_id, username=username, ip=ip, reason=refusal.reason)
+        return None
+    try:
+        await admissions(ctx).put(client_id, username, admission)
+    except Exception:
+        return None  # a connection no replica could keep honest is not let in
+    grants_cache(ctx).put(client_id, username, admission.grants)
+    return admission
+
+
+async def grants_for(ctx: Context, client_id: str, username: str) -> Grants | None:
+    """The connection's grants: from a recent CONNECT here, else rebuilt from the database (another
+    replica answered the CONNECT, or it is older than GRANTS_TTL)."""
+    grants = grants_cache(ctx).get(client_id, username)
+    if grants is None:
+        grants = await Gate(ctx).grants_of(client_id, username)
+        if grants is not None:
+            grants_cache(ctx).put(client_id, username, grants)
+    return grants
 
 
 @router.post("/v1/mqtt/auth")
 async def authenticate(request: Request, ctx: CtxDep) -> JSONResponse:
-    body = await _body(request)
-    if body is None or not _secret_ok(ctx, request):
+    body = await body_of(request)
+    if body is None or not secret_ok(ctx, header_secret(request)):
         return JSONResponse(DENY)
-    client_id, username = _text(body, "clientid"), _text(body, "username")
-    try:
-        admission = await Gate(ctx).admit(client_id=client_id, username=username, password=_text(body, "password"))
-    except Refused:
+    client_id, username = text(body, "clientid"), text(body, "username")
+    admission = await admit(
+        ctx, client_id=client_id, username=username, password=text(body, "password"), ip=text(body, "peerhost") or None
+    )
+    if admission is None:
         return JSONResponse(DENY)
-    _cache(ctx).put(client_id, username, admission.grants)
     answer: dict[str, Any] = {
         "result": "allow",
         "is_superuser": False,
@@ -99,12 +144,12 @@ async def authenticate(request: Request, ctx: CtxDep) -> JSONResponse:
 
 @router.post("/v1/mqtt/acl")
 async def authorize(request: Request, ctx: CtxDep) -> JSONResponse:
-    body = await _body(request)
-    if body is None or not _secret_ok(ctx, request):
+    body = await body_of(request)
+    if body is None or not secret_ok(ctx, header_secret(request)):
         return JSONResponse(DENY)
-    client_id, username, topic = _text(body, "clientid"), _text(body, "username"), _text(body, "topic")
-    action = _text(body, "action").lower()
-    grants = _cache(ctx).get(client_id, username) or await _grants_for(ctx, client_id, username)
+    client_id, username, topic = text(body, "clientid"), text(body, "username"), text(body, "topic")
+    action = text(body, "action").lower()
+    grants = await grants_for(ctx, client_id, username)
     if grants is None:
         return JSONResponse(DENY)
     if action == Action.PUBLISH:
@@ -116,30 +161,18 @@ async def authorize(request: Request, ctx: CtxDep) -> JSONResponse:
     return JSONResponse({"result": "allow" if allowed else "deny"})
 
 
-async def _grants_for(ctx: Context, client_id: str, username: str) -> Grants | None:
-    """No recent CONNECT here (another replica answered it, or it is stale): rebuild from the database."""
-    device = bool(DEVICE_ID.fullmatch(username))
-    if device and client_id != username:
-        return None
-    claims = Claims(
-        kind=TokenKind.DEVICE if device else TokenKind.ACCESS,
-        sub=username,
-        exp=0,
-        iat=0,
-        jti="",
-        kid="",
-        aud="",
-        role=await _role_of(ctx, username) if not device else None,
-    )
-    try:
-        grants = await Gate(ctx).grants(claims)
-    except Refused:
-        return None
-    _cache(ctx).put(client_id, username, grants)
-    return grants
+@router.post("/v1/mqtt/emqx/events")
+async def emqx_events(request: Request, ctx: CtxDep) -> JSONResponse:
+    """EMQX's rule engine posting `client.connected` / `client.disconnected` (SPEC §6): presence."""
+    from device_connector.emqx import EmqxBroker
 
-
-async def _role_of(ctx: Context, user_id: str) -> str | None:
-    async with ctx.db.read() as tx:
-        role = await store.user_role(tx, user_id=user_id)
-    return role if role == Role.ADMIN else None
+    body = await body_of(request)
+    if not secret_ok(ctx, header_secret(request)):
+        raise UnauthorizedHookError()
+    connector = ctx.extras.get("connector")
+    broker = getattr(connector, "broker", None)
+    if not isinstance(broker, EmqxBroker):
+        raise NotFoundError("This connector does not run with HANDSHAKE_MQTT_BROKER=emqx.")
+    if body is None or not await broker.webhook(body):
+        raise InvalidRequestError("Expected an EMQX client.connected or client.disconnected event.")
+    return JSONResponse({"result": "ok"})

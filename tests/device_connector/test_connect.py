@@ -229,7 +229,7 @@ async def test_a_refused_connect_leaves_a_persistent_session_alone(
     # A will planted by a refused CONNECT would be published on an unexpected close: drop the line.
     await resumed.drop()
     broker = ctx.extras["connector"].broker
-    assert await eventually(lambda: not broker.is_connected(session_id))
+    assert await eventually(lambda: not broker.is_online(session_id))
     await publisher.publish(events_topic, b"after")
     assert await watcher.wait_for(events_topic, b"after")
     assert b"planted" not in watcher.payloads(events_topic)
@@ -262,7 +262,7 @@ async def test_a_will_only_on_a_topic_the_client_may_publish_to(
             await conn.drop()  # an unexpected close: a stored will would be published now
 
             def gone(client_id: str = client_id) -> bool:
-                return not broker.is_connected(client_id)
+                return not broker.is_online(client_id)
 
             assert await eventually(gone)
         else:

@@ -83,7 +83,9 @@ async def test_acl_hook_follows_roles(client: httpx.AsyncClient, users: Users, c
     owner, owner_tokens = await users.new()
     viewer, viewer_tokens = await users.new()
     bound = await client.post(
-        "/v1/devices/bind", json={"uid": device["uid"], "claim_code": device["claim_code"]}, headers=bearer(owner_tokens)
+        "/v1/devices/bind",
+        json={"uid": device["uid"], "claim_code": device["claim_code"]},
+        headers=bearer(owner_tokens),
     )
     assert bound.status_code == 201
     shared = await client.post(

@@ -153,7 +153,7 @@ async def test_offline_device_and_timeout(client: httpx.AsyncClient, users: User
     assert response.json() == {"id": second["id"], "status": "ok", "result": "fresh"}
 
     await silent.close()
-    assert await eventually(lambda: not ctx.extras["connector"].broker.is_connected(uid))
+    assert await eventually(lambda: not ctx.extras["connector"].broker.is_online(uid))
     assert_error(await command(client, world.owner, uid, "echo", {}), 409, "device_offline")
 
 

@@ -1,0 +1,80 @@
+"""The embedded broker behind the broker port: amqtt (device_connector.broker.server) in this process.
+It knows every connection itself, closes one by client id, and enforces a lost role by dropping the
+subscriptions no longer allowed; delivery-time checks do the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from amqtt.session import Session
+
+from device_connector.broker.server import HandshakeBroker
+from device_connector.gate import Gate
+from device_connector.port import BrokerEvents, CloseReason, Connection
+from shared.context import Context
+
+
+class EmbeddedBroker:
+    keeps_retained = True
+
+    def __init__(self, ctx: Context) -> None:
+        settings = ctx.settings
+        ssl = None
+        if settings.tls_cert and settings.tls_key:
+            ssl = {"certfile": str(settings.tls_cert), "keyfile": str(settings.tls_key)}
+        self.gate = Gate(ctx)
+        self.server = HandshakeBroker(
+            host=settings.mqtt_host,
+            port=settings.mqtt_port,
+            admit=self._admit,
+            max_packet=settings.mqtt_max_packet,
+            max_conn_per_ip=settings.mqtt_max_conn_per_ip,
+            max_inflight=settings.mqtt_max_inflight,
+            max_queued=settings.mqtt_max_queued,
+            ssl=ssl,
+        )
+
+    async def _admit(self, session: Session) -> Connection:
+        client_id = session.client_id or ""
+        admission = await self.gate.admit(
+            client_id=client_id,
+            username=session.username,
+            password=session.password,
+            will_topic=session.will_topic if session.will_flag else None,
+        )
+        return Connection(
+            client_id=client_id,
+            username=session.username or "",
+            claims=admission.claims,
+            grants=admission.grants,
+            ip=session.remote_address,
+        )
+
+    async def start(self, events: BrokerEvents) -> None:
+        self.server.events = events
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.shutdown()
+
+    def ready(self) -> bool:
+        return self.server.serving()
+
+    async def publish(self, topic: str, data: bytes, *, retain: bool = False) -> None:
+        await self.server.publish_internal(topic, data, retain=retain)
+
+    def is_online(self, client_id: str) -> bool:
+        return self.server.is_connected(client_id)
+
+    def connections(self) -> Iterable[Connection]:
+        return self.server.live()
+
+    async def close(self, conn: Connection, reason: CloseReason) -> None:
+        if self.server.records.get(conn.client_id) is conn:
+            await self.server.close_client(conn.client_id, reason)
+
+    async def narrow(self, conn: Connection) -> None:
+        self.server.revoke_subscriptions(conn)
+
+    def load_retained(self, topic: str, data: bytes) -> None:
+        self.server.load_retained(topic, data)
