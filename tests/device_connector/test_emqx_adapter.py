@@ -23,11 +23,12 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 from asgi_lifespan import LifespanManager
+from paho.mqtt.enums import CallbackAPIVersion
 
 from shared.app import create_app
 from shared.testing import forge
 from tests.conftest import Backend, Users, _reset_postgres, make_settings
-from tests.device_connector.helpers import World, eventually, events, make_world
+from tests.device_connector.helpers import World, events, eventually, make_world
 
 MOSQUITTO = ("127.0.0.1", 1883)
 SECRET = "emqx-hook-secret-" + "z" * 24
@@ -194,7 +195,7 @@ class Firmware:
         self.uid = uid
         self.desired: list[Any] = []
         self.ready = threading.Event()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"fw-{uid}")
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"fw-{uid}")
         self.client.on_connect = lambda c, u, f, r, p=None: c.subscribe(
             [(f"devices/{uid}/commands", 1), (f"devices/{uid}/desired", 1)]
         )
