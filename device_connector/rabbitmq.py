@@ -36,7 +36,9 @@ from shared.context import Context
 log = logging.getLogger("handshake.rabbitmq")
 EVENTS = "amq.rabbitmq.event"
 ADMISSION_WAIT = 3.0  # how long a connection.created may wait for its admission to reach us
-KICK_RETRY = (0.2, 0.5, 1.0, 2.0)
+KICK_RETRY = (0.2, 0.3, 0.5, 1.0, 2.0)
+MAX_ATTEMPTS = 300  # about 10 minutes: a kick outlives a management API restart
+NAME_ATTEMPTS = 4  # about 1 s of asking for a connection by name before closing its username's
 _ERLANG_TUPLE = re.compile(r"^\{(\d+(?:,\d+){3}|\d+(?:,\d+){7})\}$")
 
 
@@ -64,19 +66,16 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
+_CLIENT_ID = re.compile(r'<<"client_id">>\s*=>\s*<<"([^"\\]*)"(?:/utf8)?>>')
+
+
 def client_id_of(headers: Mapping[str, Any]) -> str:
-    props = headers.get("client_properties")
-    if isinstance(props, Mapping):
-        return _text(props.get("client_id"))
-    if isinstance(props, list | tuple):  # an AMQP array of tables or of "{client_id,...}" strings
-        for item in props:
-            if isinstance(item, Mapping) and "client_id" in item:
-                return _text(item["client_id"])
-            match = re.match(r'^\{client_id,\s*longstr,\s*<<"(.*)">>\}$', _text(item))
-            if match:
-                return match.group(1)
-    text = _text(props)
-    match = re.search(r'\{client_id,\s*longstr,\s*<<"([^"]*)">>\}', text)
+    """The MQTT client id: in `variable_map`, which the event exchange sends as an Erlang map
+    (`#{<<"client_id">> => <<"ABC">>}`) and the management API as JSON. Empty if it cannot be read."""
+    found = headers.get("variable_map")
+    if isinstance(found, Mapping):
+        return _text(found.get("client_id"))
+    match = _CLIENT_ID.search(_text(found))
     return match.group(1) if match else ""
 
 
@@ -90,15 +89,21 @@ class ManagementApi:
         self.http = httpx.AsyncClient(base_url=base, auth=auth, timeout=5.0)
 
     async def close_connection(self, name: str, reason: str) -> bool:
-        """True once the connection is closed or gone."""
+        """False if the API does not know the connection (yet: it learns of connections on other nodes
+        from their statistics, a moment after they open)."""
         response = await self.http.delete(f"/api/connections/{quote(name, safe='')}", headers={"X-Reason": reason})
-        return response.status_code in (204, 404)
+        if response.status_code == 404:
+            return False
+        response.raise_for_status()
+        return True
 
-    async def close_username(self, username: str, reason: str) -> bool:
+    async def close_username(self, username: str, reason: str) -> None:
+        """Every connection of `username`, found through the broker's connection tracking at once."""
         response = await self.http.delete(
             f"/api/connections/username/{quote(username, safe='')}", headers={"X-Reason": reason}
         )
-        return response.status_code in (204, 404)
+        if response.status_code != 404:
+            response.raise_for_status()
 
     async def connections(self) -> list[dict[str, Any]]:
         response = await self.http.get(
@@ -128,7 +133,7 @@ class RabbitBroker:
         self.amqp_url = settings.mqtt_broker_amqp_url or _amqp_from(settings.mqtt_broker_url)
         self.events: BrokerEvents | None = None
         self._amqp: aio_pika.abc.AbstractRobustConnection | None = None
-        self._kicks: dict[int, asyncio.Task[None]] = {}
+        self._kicks: dict[str, asyncio.Task[None]] = {}  # by connection name, until connection.closed
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -150,9 +155,10 @@ class RabbitBroker:
         await self._catch_up()
 
     async def stop(self) -> None:
-        for task in [*self._kicks.values(), *self._tasks]:
+        tasks = [*self._kicks.values(), *self._tasks]
+        for task in tasks:
             task.cancel()
-        for task in [*self._kicks.values(), *self._tasks]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._amqp is not None:
@@ -184,6 +190,7 @@ class RabbitBroker:
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
         async with message.process(ignore_processed=True):
             headers = message.headers or {}
+            log.debug("event %s: %r", message.routing_key, headers)
             try:
                 if message.routing_key == "connection.created":
                     await self._created(headers)
@@ -195,12 +202,16 @@ class RabbitBroker:
                 log.exception("RabbitMQ event %s failed", message.routing_key)
 
     async def _created(self, headers: Mapping[str, Any]) -> None:
-        if "mqtt" not in _text(headers.get("protocol")).lower() and not headers.get("client_properties"):
+        if "mqtt" not in _text(headers.get("protocol")).lower():
             return
         name, username = _text(headers.get("name")), _text(headers.get("user"))
-        client_id = client_id_of(headers)
-        if not name or not client_id or not _ours(username):
+        if not name or not _ours(username):
             return  # the connector's own connections, and other internal users
+        client_id = client_id_of(headers)
+        if not client_id:  # ours, but not one we can keep honest: fail closed
+            log.warning("closing MQTT connection %s of %s: its client id cannot be read", name, username)
+            await self._start_kick(name, username, CloseReason.REVOKED)
+            return
         await self._adopt(name, client_id, username, peer_ip(headers.get("peer_host")), recorded=False)
 
     async def _adopt(self, name: str, client_id: str, username: str, ip: str | None, *, recorded: bool) -> None:
@@ -208,8 +219,7 @@ class RabbitBroker:
         if admitted is None:
             # No replica can vouch for this connection's token (its expiry, its session): fail closed.
             log.warning("closing MQTT connection %s of %s: no admission known for it", name, client_id)
-            if await self.once.claim(f"kick:{name}", CloseReason.REVOKED.value):
-                self._spawn(self._kick(name, username, CloseReason.REVOKED))
+            await self._start_kick(name, username, CloseReason.REVOKED)
             return
         claims = admitted.claims()
         grants = await self.gate.grants(claims.sub, device=is_device_name(username), admin=claims.role == "admin")
@@ -230,12 +240,12 @@ class RabbitBroker:
 
     async def _closed(self, headers: Mapping[str, Any]) -> None:
         name = _text(headers.get("name"))
+        kick = self._kicks.pop(name, None)
+        if kick is not None:
+            kick.cancel()
         conn = self.book.pop(name)
         if conn is None:
             return
-        kick = self._kicks.pop(id(conn), None)
-        if kick is not None:
-            kick.cancel()
         reason = conn.close_reason or close_reason(await self.once.value(f"kick:{name}"))
         conn.recorder = await self.once.claim(f"closed:{name}")
         if self.events is not None:
@@ -273,8 +283,7 @@ class RabbitBroker:
         if name is None or conn.close_reason is not None:
             return
         conn.close_reason = reason
-        if await self.once.claim(f"kick:{name}", reason.value):
-            self._kicks[id(conn)] = asyncio.create_task(self._kick(name, conn.username, reason))
+        await self._start_kick(name, conn.username, reason)
 
     async def narrow(self, conn: Connection) -> None:
         # A binding once made keeps delivering: the connection goes, and its client reconnects with
@@ -284,20 +293,31 @@ class RabbitBroker:
     def load_retained(self, topic: str, data: bytes) -> None:
         """RabbitMQ keeps retained messages itself (per node; desired state is re-sent on subscribe)."""
 
+    async def _start_kick(self, name: str, username: str, reason: CloseReason) -> None:
+        if name not in self._kicks and await self.once.claim(f"kick:{name}", reason.value):
+            self._kicks[name] = asyncio.create_task(self._kick(name, username, reason))
+
     async def _kick(self, name: str, username: str, reason: CloseReason) -> None:
+        """Until the connection is gone (its connection.closed cancels this task). By name where its
+        username has other connections; by username where it is the only one (a device always is),
+        or where the API cannot single it out in time."""
         attempt = 0
-        while True:
+        while attempt < MAX_ATTEMPTS:
             try:
-                if await self.api.close_connection(name, reason.value):
-                    return
-                log.warning("RabbitMQ refused to close %s; closing every connection of %s", name, username)
-                if await self.api.close_username(username, reason.value):
-                    return
+                alone = sum(1 for conn in self.book.live() if conn.username == username) <= 1
+                if alone or attempt >= NAME_ATTEMPTS:
+                    if not alone:
+                        log.warning("cannot single out %s: closing every connection of %s", name, username)
+                    await self.api.close_username(username, reason.value)
+                else:
+                    await self.api.close_connection(name, reason.value)
             except httpx.HTTPError as exc:
                 if attempt == 0 or attempt % 10 == 0:
                     log.warning("cannot reach RabbitMQ's management API to close %s (%r); retrying", name, exc)
             await asyncio.sleep(KICK_RETRY[min(attempt, len(KICK_RETRY) - 1)])
             attempt += 1
+        log.error("gave up closing MQTT connection %s of %s after %d attempts", name, username, attempt)
+        self._kicks.pop(name, None)
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
