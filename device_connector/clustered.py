@@ -5,19 +5,29 @@
   Redis where replicas share one, so whichever replica hears of the connection can keep it honest.
 - `Once`: any number of replicas hear the same broker event; each kick and each presence change is
   done by the one that claims it first (Redis SET NX), or by this process alone without Redis.
-- `Book`: the live connections of the cluster as this replica knows them."""
+- `Book`: the live connections of the cluster as this replica knows them.
+- `ClusteredBroker`: the part of the broker port both adapters implement alike (relay, tracking,
+  kicks retried until the broker reports the close); each adapter adds how it hears of connections
+  and how it kicks one."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import secrets
 import time
+from collections.abc import Awaitable, Iterable
 from dataclasses import asdict, dataclass
 
+import httpx
 import orjson
 
-from device_connector.gate import Admission
-from device_connector.port import CloseReason, Connection
+from device_connector.gate import USER_ID, Admission, Gate, is_device_name
+from device_connector.mqtt_relay import MqttRelay
+from device_connector.port import BrokerEvents, CloseReason, Connection
 from shared.context import Context
+from shared.models import Role
 from shared.tokens import Claims, TokenKind
 
 log = logging.getLogger("handshake.clustered")
@@ -60,6 +70,14 @@ class Admitted:
 
 
 class Admissions:
+    @classmethod
+    def of(cls, ctx: Context) -> Admissions:
+        """The process's one instance: the hooks put, the adapter reads."""
+        found = ctx.extras.get("admissions")
+        if not isinstance(found, Admissions):
+            found = ctx.extras["admissions"] = cls(ctx)
+        return found
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.prefix = ctx.settings.redis_prefix + "mqtt-admitted:"
@@ -126,20 +144,35 @@ class Once:
 
 
 class Book:
-    """Live connections by broker-side name and by client id (the newest one wins a client id)."""
+    """Live connections by broker-side name and by client id (the newest one wins a client id).
+
+    Broker events are handled concurrently, so a connection's close can be heard while its opening is
+    still being looked up: a name closed before it was added is remembered for a while, and never added."""
+
+    GONE_FOR = 120.0  # s
 
     def __init__(self) -> None:
         self.by_name: dict[str, Connection] = {}
         self.by_client: dict[str, Connection] = {}
         self.names: dict[int, str] = {}  # id(conn) -> name
+        self.gone: dict[str, float] = {}  # name -> when its close was heard before its opening
 
-    def add(self, name: str, conn: Connection) -> None:
+    def add(self, name: str, conn: Connection) -> bool:
+        """False if the connection closed already."""
+        if self.gone.pop(name, None) is not None:
+            return False
         self.by_name[name] = conn
         self.by_client[conn.client_id] = conn
         self.names[id(conn)] = name
+        return True
 
     def pop(self, name: str) -> Connection | None:
         conn = self.by_name.pop(name, None)
+        if conn is None:
+            now = time.monotonic()
+            if len(self.gone) > 10_000:
+                self.gone = {k: t for k, t in self.gone.items() if now - t < self.GONE_FOR}
+            self.gone[name] = now
         if conn is not None:
             self.names.pop(id(conn), None)
             if self.by_client.get(conn.client_id) is conn:
@@ -162,3 +195,144 @@ def close_reason(value: str | None) -> CloseReason:
         return CloseReason(value) if value else CloseReason.CLIENT_CLOSED
     except ValueError:
         return CloseReason.CLIENT_CLOSED
+
+
+ADMISSION_WAIT = 3.0  # s a broker's connect event may wait for its admission to reach this replica
+KICK_RETRY = (0.2, 0.3, 0.5, 1.0, 2.0)
+MAX_KICK_ATTEMPTS = 300  # about 10 minutes: a kick outlives a management API restart
+
+
+def ours(username: str) -> bool:
+    """A device or a user of the platform (not the connector's own account, nor an operator's)."""
+    return is_device_name(username) or bool(USER_ID.fullmatch(username))
+
+
+class ClusteredBroker:
+    """The broker port on a clustered broker, less how connections are heard of and kicked."""
+
+    keeps_retained: bool
+
+    def __init__(self, ctx: Context) -> None:
+        assert ctx.settings.mqtt_broker_url
+        self.ctx = ctx
+        self.gate = Gate(ctx)
+        self.admissions = Admissions.of(ctx)
+        self.once = Once(ctx)
+        self.book = Book()
+        self.relay = MqttRelay(ctx.settings.mqtt_broker_url, client_id=f"handshake-connector-{secrets.token_hex(4)}")
+        self.events: BrokerEvents | None = None
+        self._kicks: dict[str, asyncio.Task[None]] = {}  # by connection name, until its close is heard
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _start_relay(self, events: BrokerEvents) -> None:
+        self.events = events
+        await self.relay.start(lambda topic, data: events.published(None, topic, data))
+
+    async def _stop_tasks(self) -> None:
+        tasks = [*self._kicks.values(), *self._tasks]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.relay.stop()
+
+    def spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- the port ----------------------------------------------------------------------------------
+
+    async def publish(self, topic: str, data: bytes, *, retain: bool = False) -> None:
+        await self.relay.publish(topic, data, retain=retain)
+
+    def is_online(self, client_id: str) -> bool:
+        return self.book.online(client_id)
+
+    def connections(self) -> Iterable[Connection]:
+        return self.book.live()
+
+    async def close(self, conn: Connection, reason: CloseReason) -> None:
+        name = self.book.name_of(conn)
+        if name is None or conn.close_reason is not None:
+            return
+        conn.close_reason = reason
+        await self.start_kick(name, conn.username, conn.client_id, reason)
+
+    async def narrow(self, conn: Connection) -> None:
+        # The broker checked the subscription once, when it was made, and goes on delivering: the
+        # connection goes, and its client reconnects with only what it may still hold.
+        await self.close(conn, CloseReason.REVOKED)
+
+    def load_retained(self, topic: str, data: bytes) -> None:
+        """A clustered broker keeps retained messages itself."""
+
+    # --- tracking ----------------------------------------------------------------------------------
+
+    async def track(self, name: str, client_id: str, username: str, ip: str | None, *, recorded: bool = False) -> None:
+        """The broker reports a connection: keep it honest if some replica admitted it, else close it.
+        `recorded`: found by listing the broker's connections, its presence was written when it opened."""
+        admitted = await self._admission(client_id, username)
+        if admitted is None:
+            # No replica can vouch for this connection's token (its expiry, its session): fail closed.
+            log.warning("closing MQTT connection %s of %s: no admission known for it", name, client_id)
+            await self.start_kick(name, username, client_id, CloseReason.REVOKED)
+            return
+        claims = admitted.claims()
+        device = is_device_name(username)
+        grants = await self.gate.grants(claims.sub, device=device, admin=claims.role == Role.ADMIN)
+        conn = Connection(client_id=client_id, username=username, claims=claims, grants=grants, ip=ip)
+        recorder = not recorded and await self.once.claim(f"created:{name}")
+        if not self.book.add(name, conn):
+            return  # closed while it was being looked up: nothing to keep honest, nothing to record
+        conn.recorder = recorder
+        if self.events is not None:
+            self.events.connected(conn)
+
+    async def _admission(self, client_id: str, username: str) -> Admitted | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ADMISSION_WAIT
+        while True:
+            found = await self.admissions.get(client_id, username)
+            if found is not None or loop.time() >= deadline:
+                return found
+            await asyncio.sleep(0.1)
+
+    async def untrack(self, name: str, broker_reason: CloseReason | None = None) -> None:
+        """The broker reports a close. Its reason: the connector's own if it closed it (here or at
+        another replica), else what the broker says, else `client_closed`."""
+        kick = self._kicks.pop(name, None)
+        if kick is not None:
+            kick.cancel()
+        conn = self.book.pop(name)
+        if conn is None:
+            return  # a close heard before its opening, or of a connection replaced already
+        recorded = await self.once.value(f"kick:{name}")
+        reason = conn.close_reason or (close_reason(recorded) if recorded else broker_reason)
+        conn.recorder = await self.once.claim(f"closed:{name}")
+        if self.events is not None:
+            self.events.disconnected(conn, reason or CloseReason.CLIENT_CLOSED)
+
+    # --- kicks -------------------------------------------------------------------------------------
+
+    async def start_kick(self, name: str, username: str, client_id: str, reason: CloseReason) -> None:
+        """One replica closes the connection (the one that claims it), retrying until it is gone."""
+        if name not in self._kicks and await self.once.claim(f"kick:{name}", reason.value):
+            self._kicks[name] = asyncio.create_task(self._kick_until_gone(name, username, client_id, reason))
+
+    async def _kick_until_gone(self, name: str, username: str, client_id: str, reason: CloseReason) -> None:
+        for attempt in range(MAX_KICK_ATTEMPTS):
+            try:
+                if await self.kick(name, username, client_id, reason, attempt=attempt):
+                    return  # (its close, heard later, ends the kick's bookkeeping)
+            except httpx.HTTPError as exc:
+                if attempt % 10 == 0:
+                    log.warning("cannot reach the broker's management API to close %s (%r); retrying", name, exc)
+            await asyncio.sleep(KICK_RETRY[min(attempt, len(KICK_RETRY) - 1)])
+        log.error("gave up closing MQTT connection %s of %s after %d attempts", name, username, MAX_KICK_ATTEMPTS)
+        self._kicks.pop(name, None)
+
+    async def kick(self, name: str, username: str, client_id: str, reason: CloseReason, *, attempt: int) -> bool:
+        """Ask the broker to close a connection; True once it has (or the connection is gone)."""
+        raise NotImplementedError

@@ -57,10 +57,6 @@ class Connector:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        if self.ctx.settings.mqtt_broker == "embedded":
-            # After a crash no device stays marked online (SPEC §11). A clustered broker outlives this
-            # process (and its replicas): its adapter reconciles presence with the broker instead.
-            await self.presence.mark_all_offline()
         await self.journal.start()
         await self.broker.start(self)  # (amqtt's start clears retained messages: load them after)
         await self._load_retained_state()
@@ -92,6 +88,10 @@ class Connector:
             self.relay.on_device_gone(conn.client_id)
             if conn.recorder and not self.broker.is_online(conn.client_id):  # a takeover keeps it online
                 self.presence.disconnected(conn.client_id, conn.ip, reason)
+
+    def census(self, devices: set[str]) -> None:
+        # Through the journal: a connect heard before this is written before it, one heard after, after.
+        self.presence.mark_offline_except(devices)
 
     def subscribed(self, client_id: str, topic: str) -> None:
         """A broker that keeps retained messages on one node only: a device subscribing to its desired

@@ -11,27 +11,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-from device_connector.clustered import Admissions, Book, Once, close_reason
-from device_connector.gate import USER_ID, Gate, is_device_name
-from device_connector.mqtt_relay import MqttRelay
-from device_connector.port import BrokerEvents, CloseReason, Connection
-from device_connector.routes.hooks import admissions
+from device_connector.clustered import ClusteredBroker, ours
+from device_connector.port import BrokerEvents, CloseReason
 from shared.context import Context
 
 log = logging.getLogger("handshake.emqx")
 CHANNEL = "mqtt-emqx-events"
-ADMISSION_WAIT = 3.0
-KICK_RETRY = (0.2, 0.5, 1.0, 2.0)
 # EMQX's `reason` of client.disconnected -> ours, where the connector did not close it itself.
 REASONS: dict[str, CloseReason] = {
     "normal": CloseReason.CLIENT_CLOSED,
@@ -83,34 +75,21 @@ class ClientsApi:
         await self.http.aclose()
 
 
-class EmqxBroker:
-    keeps_retained = True
+class EmqxBroker(ClusteredBroker):
+    keeps_retained = True  # (and presence follows EMQX's webhooks alone: no census of its clients)
 
     def __init__(self, ctx: Context) -> None:
-        settings = ctx.settings
-        assert settings.mqtt_broker_url and settings.mqtt_broker_api_url
-        self.ctx = ctx
-        self.gate = Gate(ctx)
-        self.admissions: Admissions = admissions(ctx)
-        self.once = Once(ctx)
-        self.book = Book()
-        self.relay = MqttRelay(settings.mqtt_broker_url, client_id=f"handshake-connector-{secrets.token_hex(4)}")
-        self.api = ClientsApi(settings.mqtt_broker_api_url)
-        self.events: BrokerEvents | None = None
-        self._kicks: dict[int, asyncio.Task[None]] = {}
+        super().__init__(ctx)
+        assert ctx.settings.mqtt_broker_api_url
+        self.api = ClientsApi(ctx.settings.mqtt_broker_api_url)
 
     async def start(self, events: BrokerEvents) -> None:
-        self.events = events
         self.ctx.fanout.subscribe(CHANNEL, self._on_fanout)
-        await self.relay.start(lambda topic, data: events.published(None, topic, data))
+        await self._start_relay(events)
 
     async def stop(self) -> None:
         self.ctx.fanout.unsubscribe(CHANNEL, self._on_fanout)
-        for task in self._kicks.values():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self.relay.stop()
+        await self._stop_tasks()
         await self.api.aclose()
 
     def ready(self) -> bool:
@@ -137,92 +116,22 @@ class EmqxBroker:
 
     async def _on_fanout(self, message: dict[str, Any]) -> None:
         client_id, username = str(message.get("clientid") or ""), str(message.get("username") or "")
-        if not (is_device_name(username) or USER_ID.fullmatch(username)):
+        if not ours(username):
             return  # the connector's own connection, or a user of EMQX's own
         at = message.get("connected_at")
         # EMQX 5.8.6+ names the connection a disconnect belongs to (connected_at); earlier ones do not.
         name = f"{client_id}@{at}" if at is not None else client_id
         if message.get("event") == "client.connected":
-            await self._connected(name, client_id, username, message.get("ip"))
-        else:
-            await self._disconnected(name, client_id, str(message.get("reason") or ""))
-
-    async def _connected(self, name: str, client_id: str, username: str, ip: Any) -> None:
-        admitted = None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ADMISSION_WAIT
-        while admitted is None and loop.time() < deadline:
-            admitted = await self.admissions.get(client_id, username)
-            if admitted is None:
-                await asyncio.sleep(0.1)
-        if admitted is None:
-            log.warning("kicking MQTT client %s: no admission known for it", client_id)
-            if await self.once.claim(f"kick:{name}", CloseReason.REVOKED.value):
-                await self.api.kick(client_id)
+            old = self.book.by_client.get(client_id)
+            if old is not None:  # taken over: the old connection's disconnect may come later, or never
+                self.book.pop(self.book.name_of(old) or "")
+            ip = message.get("ip")
+            await self.track(name, client_id, username, ip if isinstance(ip, str) else None)
             return
-        claims = admitted.claims()
-        grants = await self.gate.grants(claims.sub, device=is_device_name(username), admin=claims.role == "admin")
-        conn = Connection(
-            client_id=client_id, username=username, claims=claims, grants=grants, ip=ip if isinstance(ip, str) else None
-        )
-        old = self.book.by_client.get(client_id)
-        if old is not None:  # taken over: the old connection's disconnect may come later, or never
-            self.book.pop(self.book.name_of(old) or "")
-        conn.recorder = await self.once.claim(f"created:{name}")
-        self.book.add(name, conn)
-        if self.events is not None:
-            self.events.connected(conn)
+        if name not in self.book.by_name and at is None:
+            found = self.book.by_client.get(client_id)
+            name = (self.book.name_of(found) if found is not None else None) or name
+        await self.untrack(name, REASONS.get(str(message.get("reason") or "")))
 
-    async def _disconnected(self, name: str, client_id: str, emqx_reason: str) -> None:
-        conn = self.book.by_name.get(name)
-        if conn is None and "@" not in name:
-            conn = self.book.by_client.get(client_id)
-            name = self.book.name_of(conn) or name if conn is not None else name
-        if conn is None:
-            return  # a late disconnect of a connection already replaced
-        self.book.pop(name)
-        kick = self._kicks.pop(id(conn), None)
-        if kick is not None:
-            kick.cancel()
-        recorded = await self.once.value(f"kick:{name}")
-        reason = conn.close_reason or (close_reason(recorded) if recorded else REASONS.get(emqx_reason))
-        conn.recorder = await self.once.claim(f"closed:{name}")
-        if self.events is not None:
-            self.events.disconnected(conn, reason or CloseReason.CLIENT_CLOSED)
-
-    # --- the port ----------------------------------------------------------------------------------
-
-    async def publish(self, topic: str, data: bytes, *, retain: bool = False) -> None:
-        await self.relay.publish(topic, data, retain=retain)
-
-    def is_online(self, client_id: str) -> bool:
-        return self.book.online(client_id)
-
-    def connections(self) -> Iterable[Connection]:
-        return self.book.live()
-
-    async def close(self, conn: Connection, reason: CloseReason) -> None:
-        name = self.book.name_of(conn)
-        if name is None or conn.close_reason is not None:
-            return
-        conn.close_reason = reason
-        if await self.once.claim(f"kick:{name}", reason.value):
-            self._kicks[id(conn)] = asyncio.create_task(self._kick(conn.client_id, reason))
-
-    async def narrow(self, conn: Connection) -> None:
-        await self.close(conn, CloseReason.REVOKED)
-
-    def load_retained(self, topic: str, data: bytes) -> None:
-        """EMQX keeps retained messages itself, replicated across its cluster."""
-
-    async def _kick(self, client_id: str, reason: CloseReason) -> None:
-        attempt = 0
-        while True:
-            try:
-                if await self.api.kick(client_id):
-                    return
-            except httpx.HTTPError as exc:
-                if attempt == 0 or attempt % 10 == 0:
-                    log.warning("cannot reach EMQX's API to close %s (%s; %r); retrying", client_id, reason, exc)
-            await asyncio.sleep(KICK_RETRY[min(attempt, len(KICK_RETRY) - 1)])
-            attempt += 1
+    async def kick(self, name: str, username: str, client_id: str, reason: CloseReason, *, attempt: int) -> bool:
+        return await self.api.kick(client_id)

@@ -90,6 +90,11 @@ class BrokerEvents(Protocol):
 
     def refused(self, *, client_id: str, username: str | None, ip: str | None, reason: str) -> None: ...
 
+    def census(self, devices: set[str]) -> None:
+        """The broker was asked for every live connection: a device not among `devices` is offline
+        (after a crash no device stays marked online, SPEC §11)."""
+        ...
+
     def subscribed(self, client_id: str, topic: str) -> None:
         """A subscription was made (reported only by brokers that do not keep retained messages)."""
         ...

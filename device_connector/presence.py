@@ -54,10 +54,14 @@ class Presence:
         self.journal = journal
         self.regions = Regions(ctx.settings.geoip_db)
 
-    async def mark_all_offline(self) -> None:
-        """At start: after a crash no device may stay marked online (SPEC §11)."""
-        async with self.ctx.db.write() as tx:
-            await store.mark_all_offline(tx, now=datetime.now(UTC))
+    def mark_offline_except(self, live: set[str]) -> None:
+        """At start: after a crash no device may stay marked online (SPEC §11), but for those `live`."""
+        at = datetime.now(UTC)
+
+        async def write(tx: Tx) -> None:
+            await store.mark_offline_except(tx, live=live, now=at)
+
+        self.journal.add(write)
 
     def connected(self, uid: str, ip: str | None) -> None:
         region = self.regions.region(ip)

@@ -64,9 +64,14 @@ async def set_offline(tx: Tx, *, uid: str, now: datetime) -> None:
     await tx.execute(_SET_OFFLINE, {"device": uid, "now": now})
 
 
-async def mark_all_offline(tx: Tx, *, now: datetime) -> int:
-    result = await tx.execute(sa.update(devices).where(devices.c.online.is_(True)).values(online=False, last_seen=now))
-    return int(result.rowcount or 0)
+async def mark_offline_except(tx: Tx, *, live: set[str], now: datetime) -> int:
+    """Every device marked online but not in `live` goes offline."""
+    online = (await tx.execute(sa.select(devices.c.uid).where(devices.c.online.is_(True)))).scalars()
+    stale = sorted(set(online) - live)
+    for start in range(0, len(stale), 500):
+        chunk = stale[start : start + 500]
+        await tx.execute(sa.update(devices).where(devices.c.uid.in_(chunk)).values(online=False, last_seen=now))
+    return len(stale)
 
 
 async def get_state(tx: Tx, *, uid: str) -> Any:

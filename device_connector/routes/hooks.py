@@ -89,11 +89,6 @@ def grants_cache(ctx: Context) -> GrantsCache:
     return cache
 
 
-def admissions(ctx: Context) -> Admissions:
-    found: Admissions = _extra(ctx, "admissions", lambda: Admissions(ctx))
-    return found
-
-
 async def admit(ctx: Context, *, client_id: str, username: str, password: str, ip: str | None) -> Admission | None:
     """A CONNECT asked of a hook: the gate's answer, remembered for the connection's later checks."""
     try:
@@ -104,7 +99,7 @@ async def admit(ctx: Context, *, client_id: str, username: str, password: str, i
             events.refused(client_id=client_id, username=username, ip=ip, reason=refusal.reason)
         return None
     try:
-        await admissions(ctx).put(client_id, username, admission)
+        await Admissions.of(ctx).put(client_id, username, admission)
     except Exception:
         return None  # a connection no replica could keep honest is not let in
     grants_cache(ctx).put(client_id, username, admission.grants)
@@ -113,7 +108,10 @@ async def admit(ctx: Context, *, client_id: str, username: str, password: str, i
 
 async def grants_for(ctx: Context, client_id: str, username: str) -> Grants | None:
     """The connection's grants: from a recent CONNECT here, else rebuilt from the database (another
-    replica answered the CONNECT, or it is older than GRANTS_TTL)."""
+    replica answered the CONNECT, or it is older than GRANTS_TTL). None while revocation state cannot
+    be confirmed: a hook never allows unchecked (SPEC §11)."""
+    if not ctx.revocations.confirmed:
+        return None
     grants = grants_cache(ctx).get(client_id, username)
     if grants is None:
         grants = await Gate(ctx).grants_of(client_id, username)

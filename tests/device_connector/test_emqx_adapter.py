@@ -244,9 +244,13 @@ async def test_commands_relay_once_emqx_says_the_device_is_connected(
         reply = await emqx.post(f"/v1/devices/{world.uid}/commands", json=command, headers=world.owner.headers)
         assert reply.status_code == 200, reply.text
         assert reply.json()["result"] == {"on": True}
-        device = await emqx.get(f"/v1/devices/{world.uid}", headers=world.owner.headers)
-        assert device.json()["online"] is True
-        assert device.json()["ip"] == "198.51.100.4"
+
+        async def view() -> dict[str, Any] | None:
+            found: dict[str, Any] = (await emqx.get(f"/v1/devices/{world.uid}", headers=world.owner.headers)).json()
+            return found if found["online"] else None  # presence is written a moment later
+
+        device = await eventually(view)
+        assert device is not None and device["ip"] == "198.51.100.4"
         await broker.disconnect(world.uid, world.uid, "normal")
     assert await eventually(lambda: disconnect_reasons(emqx, world)) == ["client_closed"]
     after = await emqx.post(f"/v1/devices/{world.uid}/commands", json=command, headers=world.owner.headers)

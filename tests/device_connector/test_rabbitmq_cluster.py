@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -493,3 +494,115 @@ async def test_hooks_deny_while_the_database_is_down(
                 return await mqtt.attempt(A, world.uid, world.uid, world.device_token) == 0
 
             assert await eventually(accepted, timeout=15, interval=0.5), "no CONNECT accepted after recovery"
+
+
+async def test_a_restarted_connector_keeps_the_cluster_honest(
+    backend: Backend, tmp_path: Path, rabbit: RabbitCluster, hook_proxy: TcpProxy, mqtt: Clients
+) -> None:
+    """The broker outlives the connector. After a restart the connector finds the connections that exist:
+    with Redis, where admissions are kept, it takes them over (a disable still closes them); without it,
+    nobody can vouch for their tokens any more, and they are closed (the device reconnects)."""
+    settings = replica_settings(backend, tmp_path, rabbit, C)
+    if not settings.is_sqlite:
+        await _reset_postgres(settings)
+    async with Served(settings) as first:
+        hook_proxy.forward_to("127.0.0.1", first.port)
+        world = await make_world(first.http, Users(first.http), first.ctx)
+        device = await mqtt.connect(A, world.uid, world.uid, world.device_token)
+        assert await online(first, world)
+    async with Served(settings) as second:
+        hook_proxy.forward_to("127.0.0.1", second.port)
+        if settings.redis_url is None:
+            assert await device.wait_disconnected(15), "a connection nobody vouches for stayed open"
+            assert await online(second, world, False)
+            return
+        await asyncio.sleep(8)  # past the connector's second look at the broker's connections
+        assert device.is_connected
+        assert await online(second, world)
+        disabled = await second.http.post(f"/v1/admin/devices/{world.uid}/disable", headers=world.admin.headers)
+        assert disabled.is_success
+        assert await device.wait_disconnected(WITHIN)
+        assert await online(second, world, False)
+
+
+async def _run(*args: str, timeout: float = 15) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+async def test_mosquitto_clients_on_the_cluster(served: Served, world: World, rabbit: RabbitCluster) -> None:
+    """Debian's mosquitto_sub and mosquitto_pub, a second MQTT client implementation, on two nodes."""
+    if shutil.which("mosquitto_sub") is None:
+        _unavailable("mosquitto-clients is not installed (apt-get install mosquitto-clients)")
+    topic = f"devices/{world.uid}/state"
+
+    def node(i: int) -> list[str]:
+        return ["-h", "127.0.0.1", "-p", str(rabbit.nodes[i].mqtt_port), "-V", "mqttv311", "-q", "1"]
+
+    viewer = world.viewer
+    subscriber = asyncio.create_task(
+        _run(
+            "mosquitto_sub",
+            *node(B),
+            "-i",
+            f"{viewer.id}-cli",
+            "-u",
+            viewer.id,
+            "-P",
+            viewer.tokens["access_token"],
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-W",
+            "10",
+        )
+    )
+    await asyncio.sleep(1.5)  # subscribed
+    code, _, err = await _run(
+        "mosquitto_pub",
+        *node(A),
+        "-i",
+        world.uid,
+        "-u",
+        world.uid,
+        "-P",
+        world.device_token,
+        "-t",
+        topic,
+        "-m",
+        '{"on":true}',
+    )
+    assert code == 0, err
+    code, out, err = await subscriber
+    assert code == 0, err
+    assert out.strip() == '{"on":true}'
+    # A stranger's mosquitto_sub is refused at CONNECT (RabbitMQ's code for a deny: 4).
+    stranger = world.stranger
+    code, _, err = await _run(
+        "mosquitto_sub",
+        *node(C),
+        "-i",
+        world.uid,
+        "-u",
+        stranger.id,
+        "-P",
+        stranger.tokens["access_token"],
+        "-t",
+        topic,
+        "-C",
+        "1",
+        "-W",
+        "3",
+    )
+    assert code != 0
+
+    # The reported state reached the platform too (apps read it over HTTPS on a cluster).
+    async def reported() -> object:
+        state = await served.http.get(f"/v1/devices/{world.uid}/state", headers=viewer.headers)
+        return state.json()["reported"]
+
+    assert await eventually(reported) == {"on": True}

@@ -5,15 +5,21 @@ test_rabbitmq_cluster.py."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 
 from device_connector.routes.rabbitmq import mqtt_topic
+from shared.app import create_app
 from shared.context import Context
-from tests.conftest import Users
-from tests.device_connector.helpers import World, make_world
+from tests.conftest import Backend, Users, _reset_postgres, make_settings
+from tests.device_connector.helpers import World, eventually, make_world
+from tests.proxy import TcpProxy
 
 SECRET = "rabbit-hook-secret-" + "y" * 24
 BASE = "/v1/mqtt/rabbitmq"
@@ -267,3 +273,56 @@ async def test_topic_of_a_client_id_that_breaks_the_rules_is_denied(client: http
 )
 def test_routing_keys_become_mqtt_topics(routing_key: str, topic: str) -> None:
     assert mqtt_topic(routing_key) == topic
+
+
+@pytest.mark.parametrize("cut_what", ["redis", "database"])
+async def test_every_hook_denies_while_a_backend_is_down(
+    backend: Backend, tmp_path: Path, proxy: TcpProxy, cut_what: str
+) -> None:
+    """Fail closed (SPEC §11): with Redis or PostgreSQL cut, no hook allows anything, and once the
+    backend is back they allow again by themselves."""
+    if backend.name != "postgres":
+        pytest.skip("a backend behind a proxy: the PostgreSQL + Redis run")
+    assert backend.database_url is not None and backend.redis_url is not None
+    overrides: dict[str, Any] = {"mqtt_hook_secret": SECRET}
+    if cut_what == "redis":
+        parts = urlsplit(backend.redis_url)
+        overrides["redis_url"] = f"redis://{proxy.forward_to(parts.hostname or '127.0.0.1', parts.port or 6379)}/0"
+    else:
+        parts = urlsplit(backend.database_url)
+        via = proxy.forward_to(parts.hostname or "127.0.0.1", parts.port or 5432)
+        overrides["database_url"] = backend.database_url.replace(parts.netloc.rsplit("@", 1)[-1], via)
+    settings = make_settings(backend, tmp_path, **overrides)
+    await _reset_postgres(settings)
+    application = create_app(settings, migrate=True)
+    async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app, client=("203.0.113.7", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            try:
+                world = await make_world(http, Users(http), application.state.ctx)
+                forms = {
+                    "user": {
+                        "username": world.uid,
+                        "password": world.device_token,
+                        "vhost": "/",
+                        "client_id": world.uid,
+                    },
+                    "topic": topic_form(world.uid, world.uid, f"devices/{world.uid}/state", "write"),
+                }
+                for path, form in forms.items():
+                    assert await ask(http, path, **form) == "allow", path
+                proxy.down()
+                ctx: Context = application.state.ctx
+
+                def unconfirmed() -> bool:
+                    return not ctx.revocations.confirmed
+
+                assert await eventually(unconfirmed, timeout=settings.revocation_max_staleness + 5)
+                for path, form in forms.items():
+                    answer = await asyncio.wait_for(ask(http, path, **form), timeout=10)
+                    assert answer == "deny", path
+                proxy.up()
+                assert await eventually(lambda: ctx.revocations.confirmed, timeout=15)
+                assert await ask(http, "user", **forms["user"]) == "allow"
+            finally:
+                proxy.up()
