@@ -606,3 +606,34 @@ async def test_mosquitto_clients_on_the_cluster(served: Served, world: World, ra
         return state.json()["reported"]
 
     assert await eventually(reported) == {"on": True}
+
+
+async def test_a_will_goes_only_where_its_client_may_publish(served: Served, world: World, mqtt: Clients) -> None:
+    """RabbitMQ publishes a will like any message of its client, through the topic check (SPEC §6)."""
+    uid = world.uid
+    device = await mqtt.connect(A, uid, uid, world.device_token)
+    assert await device.subscribe(f"devices/{uid}/commands") == [1]
+    owner = await mqtt.connect(C, world.owner.id, world.owner.id, world.owner.tokens["access_token"])
+    assert await owner.subscribe(f"devices/{uid}/state") == [1]
+    viewer = world.viewer
+    bad = mqtt.new(
+        B,
+        f"{viewer.id}-will",
+        viewer.id,
+        viewer.tokens["access_token"],
+        will=(f"devices/{uid}/commands", b'{"id":"w","action":"unlock","params":{}}', 1, False),
+    )
+    assert await bad.connect(timeout=10) == 0
+    await bad.drop()
+    controller = world.controller
+    good = mqtt.new(
+        B,
+        f"{controller.id}-will",
+        controller.id,
+        controller.tokens["access_token"],
+        will=(f"devices/{uid}/commands", b'{"id":"g","action":"lock","params":{}}', 1, False),
+    )
+    assert await good.connect(timeout=10) == 0
+    await good.drop()
+    assert await device.wait_for(f"devices/{uid}/commands", b'{"id":"g","action":"lock","params":{}}', timeout=10)
+    assert b'{"id":"w","action":"unlock","params":{}}' not in device.payloads()
