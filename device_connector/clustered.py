@@ -149,17 +149,24 @@ class Book:
     Broker events are handled concurrently, so a connection's close can be heard while its opening is
     still being looked up: a name closed before it was added is remembered for a while, and never added."""
 
-    GONE_FOR = 120.0  # s
-
     def __init__(self) -> None:
         self.by_name: dict[str, Connection] = {}
         self.by_client: dict[str, Connection] = {}
         self.names: dict[int, str] = {}  # id(conn) -> name
-        self.gone: dict[str, float] = {}  # name -> when its close was heard before its opening
+        self.pending: set[str] = set()  # names whose opening is being looked up now
+        self.gone: set[str] = set()  # pending names whose close was heard already
 
-    def add(self, name: str, conn: Connection) -> bool:
-        """False if the connection closed already."""
-        if self.gone.pop(name, None) is not None:
+    def expect(self, name: str) -> None:
+        """An opening is being looked up: a close heard meanwhile must not be lost."""
+        self.pending.add(name)
+
+    def add(self, name: str, conn: Connection | None) -> bool:
+        """False if the connection closed while it was looked up (`conn` None: the look-up failed)."""
+        self.pending.discard(name)
+        if name in self.gone:
+            self.gone.discard(name)
+            return False
+        if conn is None:
             return False
         self.by_name[name] = conn
         self.by_client[conn.client_id] = conn
@@ -168,11 +175,8 @@ class Book:
 
     def pop(self, name: str) -> Connection | None:
         conn = self.by_name.pop(name, None)
-        if conn is None:
-            now = time.monotonic()
-            if len(self.gone) > 10_000:
-                self.gone = {k: t for k, t in self.gone.items() if now - t < self.GONE_FOR}
-            self.gone[name] = now
+        if conn is None and name in self.pending:
+            self.gone.add(name)  # only names being looked up: a name is reused by later connections
         if conn is not None:
             self.names.pop(id(conn), None)
             if self.by_client.get(conn.client_id) is conn:
@@ -273,8 +277,17 @@ class ClusteredBroker:
     async def track(self, name: str, client_id: str, username: str, ip: str | None, *, recorded: bool = False) -> None:
         """The broker reports a connection: keep it honest if some replica admitted it, else close it.
         `recorded`: found by listing the broker's connections, its presence was written when it opened."""
+        self.book.expect(name)
+        try:
+            await self._track(name, client_id, username, ip, recorded=recorded)
+        finally:
+            if name in self.book.pending:  # the look-up failed
+                self.book.add(name, None)
+
+    async def _track(self, name: str, client_id: str, username: str, ip: str | None, *, recorded: bool) -> None:
         admitted = await self._admission(client_id, username)
         if admitted is None:
+            self.book.add(name, None)
             # No replica can vouch for this connection's token (its expiry, its session): fail closed.
             log.warning("closing MQTT connection %s of %s: no admission known for it", name, client_id)
             await self.start_kick(name, username, client_id, CloseReason.REVOKED)
