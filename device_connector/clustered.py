@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import httpx
 import orjson
@@ -36,37 +36,21 @@ LOCAL_LIMIT = 100_000
 
 @dataclass(frozen=True)
 class Admitted:
-    """The claims of an admitted CONNECT, as replicas share them."""
+    """An admitted CONNECT: the names it used and its token's claims, as replicas share them."""
 
     client_id: str
     username: str
-    kind: str
-    sub: str
-    exp: int
-    iat: int
-    jti: str
-    kid: str
-    aud: str
-    sid: str | None
-    role: str | None
+    claims: Claims
+
+    def to_json(self) -> bytes:
+        claims = {f.name: getattr(self.claims, f.name) for f in fields(Claims) if f.name != "payload"}
+        return orjson.dumps({"client_id": self.client_id, "username": self.username, "claims": claims})
 
     @classmethod
-    def of(cls, client_id: str, username: str, admission: Admission) -> Admitted:
-        c = admission.claims
-        return cls(client_id, username, c.kind.value, c.sub, c.exp, c.iat, c.jti, c.kid, c.aud, c.sid, c.role)
-
-    def claims(self) -> Claims:
-        return Claims(
-            kind=TokenKind(self.kind),
-            sub=self.sub,
-            exp=self.exp,
-            iat=self.iat,
-            jti=self.jti,
-            kid=self.kid,
-            aud=self.aud,
-            sid=self.sid,
-            role=self.role,
-        )
+    def from_json(cls, raw: bytes | str) -> Admitted:
+        data = orjson.loads(raw)
+        claims = data["claims"]
+        return cls(data["client_id"], data["username"], Claims(**{**claims, "kind": TokenKind(claims["kind"])}))
 
 
 class Admissions:
@@ -84,14 +68,14 @@ class Admissions:
         self.local: dict[str, Admitted] = {}
 
     async def put(self, client_id: str, username: str, admission: Admission) -> None:
-        admitted = Admitted.of(client_id, username, admission)
+        admitted = Admitted(client_id, username, admission.claims)
         if len(self.local) >= LOCAL_LIMIT:
             self._prune()
         self.local[client_id] = admitted
         if self.ctx.redis is not None:
             # Kept as long as the token can live: a replica that starts later still knows the connection.
-            ttl = max(1, admitted.exp - int(time.time()) + self.ctx.settings.leeway)
-            await self.ctx.redis.set(self.prefix + client_id, orjson.dumps(asdict(admitted)), ex=ttl)
+            ttl = max(1, admitted.claims.exp - int(time.time()) + self.ctx.settings.leeway)
+            await self.ctx.redis.set(self.prefix + client_id, admitted.to_json(), ex=ttl)
 
     async def get(self, client_id: str, username: str) -> Admitted | None:
         found = self.local.get(client_id)
@@ -102,14 +86,14 @@ class Admissions:
                 log.warning("could not read the admission of %s: %r", client_id, exc)
                 raw = None
             if raw is not None:
-                found = Admitted(**orjson.loads(raw))
+                found = Admitted.from_json(raw)
         if found is None or found.username != username:
             return None
         return found
 
     def _prune(self) -> None:
         now = time.time()
-        self.local = {k: v for k, v in self.local.items() if v.exp > now}
+        self.local = {k: v for k, v in self.local.items() if v.claims.exp > now}
         if len(self.local) >= LOCAL_LIMIT:
             self.local.clear()
 
@@ -292,7 +276,7 @@ class ClusteredBroker:
             log.warning("closing MQTT connection %s of %s: no admission known for it", name, client_id)
             await self.start_kick(name, username, client_id, CloseReason.REVOKED)
             return
-        claims = admitted.claims()
+        claims = admitted.claims
         device = is_device_name(username)
         grants = await self.gate.grants(claims.sub, device=device, admin=claims.role == Role.ADMIN)
         conn = Connection(client_id=client_id, username=username, claims=claims, grants=grants, ip=ip)

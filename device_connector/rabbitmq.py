@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 from collections.abc import Mapping
@@ -48,8 +49,6 @@ def peer_ip(value: object) -> str | None:
     parts = [int(p) for p in found.group(1).split(",")]
     if len(parts) == 4:
         return ".".join(str(p) for p in parts)
-    import ipaddress
-
     address = ipaddress.IPv6Address(b"".join(p.to_bytes(2, "big") for p in parts))
     return str(address.ipv4_mapped or address)
 

@@ -77,16 +77,11 @@ class GrantsCache:
         self.entries[client_id] = (time.monotonic(), username, grants)
 
 
-def _extra(ctx: Context, name: str, factory: Any) -> Any:
-    found = ctx.extras.get(name)
-    if found is None:
-        found = ctx.extras[name] = factory()
-    return found
-
-
 def grants_cache(ctx: Context) -> GrantsCache:
-    cache: GrantsCache = _extra(ctx, "hook_grants", GrantsCache)
-    return cache
+    found = ctx.extras.get("hook_grants")
+    if not isinstance(found, GrantsCache):
+        found = ctx.extras["hook_grants"] = GrantsCache()
+    return found
 
 
 async def admit(ctx: Context, *, client_id: str, username: str, password: str, ip: str | None) -> Admission | None:

@@ -23,6 +23,7 @@ from shared.settings import Settings
 from shared.testing import forge, free_port
 from tests.conftest import IN_CI, Backend, Users, _reset_postgres, make_settings
 from tests.device_connector.helpers import Mqtt, World, events, eventually, make_world
+from tests.device_connector.test_mosquitto_clients import run as run_command
 from tests.proxy import TcpProxy
 from tests.rabbitmq import RABBITMQ_BIN, RabbitCluster, RabbitUnavailable
 
@@ -525,14 +526,6 @@ async def test_a_restarted_connector_keeps_the_cluster_honest(
         assert await online(second, world, False)
 
 
-async def _run(*args: str, timeout: float = 15) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
-
-
 async def test_mosquitto_clients_on_the_cluster(served: Served, world: World, rabbit: RabbitCluster) -> None:
     """Debian's mosquitto_sub and mosquitto_pub, a second MQTT client implementation, on two nodes."""
     if shutil.which("mosquitto_sub") is None:
@@ -544,7 +537,7 @@ async def test_mosquitto_clients_on_the_cluster(served: Served, world: World, ra
 
     viewer = world.viewer
     subscriber = asyncio.create_task(
-        _run(
+        run_command(
             "mosquitto_sub",
             *node(B),
             "-i",
@@ -562,7 +555,7 @@ async def test_mosquitto_clients_on_the_cluster(served: Served, world: World, ra
         )
     )
     await asyncio.sleep(1.5)  # subscribed
-    code, _, err = await _run(
+    code, _, err = await run_command(
         "mosquitto_pub",
         *node(A),
         "-i",
@@ -582,7 +575,7 @@ async def test_mosquitto_clients_on_the_cluster(served: Served, world: World, ra
     assert out.strip() == '{"on":true}'
     # A stranger's mosquitto_sub is refused at CONNECT (RabbitMQ's code for a deny: 4).
     stranger = world.stranger
-    code, _, err = await _run(
+    code, _, err = await run_command(
         "mosquitto_sub",
         *node(C),
         "-i",
