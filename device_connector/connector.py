@@ -16,12 +16,12 @@ from typing import Any
 import orjson
 
 from device_connector import store
-from device_connector.journal import Journal
+from device_connector.journal import Journal, NewEvent, Reported
 from device_connector.port import Broker, CloseReason, Connection
 from device_connector.presence import Presence
 from device_connector.relay import DeviceOfflineError, DeviceTimeoutError, Relay
 from shared.context import Context
-from shared.db import Tx
+from shared.events import event_row
 from shared.models import ActorType, DeviceRole, EventType
 from shared.tokens import TokenKind
 
@@ -141,10 +141,7 @@ class Connector:
         )
 
     def _record(self, type: EventType, **kwargs: Any) -> None:
-        async def write(tx: Tx) -> None:
-            await self.ctx.events.record(tx, type, **kwargs)
-
-        self.journal.add(write)
+        self.journal.add(NewEvent(event_row(type, **kwargs)))
 
     # --- keeping connections honest ---------------------------------------------------------------
 
@@ -252,12 +249,7 @@ class Connector:
             reported = orjson.loads(data)
         except orjson.JSONDecodeError:
             return  # state must be JSON; anything else is passed on but not kept
-        at = datetime.now(UTC)
-
-        async def write(tx: Tx) -> None:
-            await store.put_state(tx, uid=uid, reported=reported, reported_at=at)
-
-        self.journal.add(write)
+        self.journal.add(Reported(uid, reported, datetime.now(UTC)))
 
     async def set_desired(self, uid: str, desired: dict[str, Any]) -> datetime:
         now = datetime.now(UTC)

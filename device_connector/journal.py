@@ -1,6 +1,8 @@
-"""One writer for what the broker records: presence and events. Writes queue here in the order they
-happened and are committed in batches by a single task, so a reconnect storm is a few transactions
-instead of thousands of competing ones, and a device's connect is never written after its disconnect."""
+"""One writer for what the broker records: presence, events and reported state. Entries queue here in
+the order they happened and a single task commits them in batches, each batch one transaction of a
+few multi-row statements: a reconnect storm of 10,000 devices is some twenty transactions, not 20,000
+statements, and a device's connect is never written after its disconnect. A presence change and its
+event are in the same transaction (SPEC §11: complete or absent, with its event)."""
 
 from __future__ import annotations
 
@@ -8,15 +10,91 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
+import sqlalchemy as sa
+
+from device_connector import store
 from shared.context import Context
 from shared.db import Tx
+from shared.errors import ServiceUnavailableError
 
 log = logging.getLogger("handshake.journal")
 
-Entry = Callable[[Tx], Awaitable[None]]
 MAX_BATCH = 500
 MAX_QUEUE = 100_000
+RETRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChange:
+    uid: str
+    online: bool
+    at: datetime
+    ip: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event row: ts, type, actor_type, actor_id, device_uid, ip, detail."""
+
+    row: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    uid: str
+    reported: Any
+    at: datetime
+
+
+# Anything else: a write of its own, run in order between the batched statements.
+Write = Callable[[Tx], Awaitable[None]]
+Entry = PresenceChange | NewEvent | Reported | Write
+
+
+@dataclass
+class _Statements:
+    """Consecutive batchable entries, folded into the few statements that write them."""
+
+    presence: dict[str, dict[str, Any]] = field(default_factory=dict)  # uid -> the device row's values
+    events: list[dict[str, Any]] = field(default_factory=list)
+    reported: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, entry: PresenceChange | NewEvent | Reported) -> None:
+        if isinstance(entry, NewEvent):
+            self.events.append(entry.row)
+        elif isinstance(entry, Reported):
+            self.reported[entry.uid] = {"uid": entry.uid, "reported": entry.reported, "reported_at": entry.at}
+        elif entry.online:
+            self.presence[entry.uid] = {
+                "device": entry.uid,
+                "is_online": True,
+                "since": entry.at,
+                "now": entry.at,
+                "address": entry.ip,
+                "country": entry.region,
+            }
+        else:
+            row = self.presence.setdefault(entry.uid, {"device": entry.uid})
+            row["now"] = entry.at
+            if "since" in row:  # connected earlier in this batch: keep when, from where
+                row["is_online"] = False
+
+    async def flush(self, ctx: Context, tx: Tx) -> None:
+        if self.presence:
+            rows = list(self.presence.values())
+            await store.set_presence_many(
+                tx,
+                connected=[row for row in rows if "since" in row],
+                disconnected=[row for row in rows if "since" not in row],
+            )
+        await store.put_reported_many(tx, list(self.reported.values()))
+        await ctx.events.record_rows(tx, self.events)
+        self.presence, self.events, self.reported = {}, [], {}
 
 
 class Journal:
@@ -26,11 +104,12 @@ class Journal:
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
 
-    def add(self, entry: Entry) -> None:
-        try:
-            self._queue.put_nowait(entry)
-        except asyncio.QueueFull:
-            self.dropped += 1  # bounded: past 100,000 pending writes, the newest are dropped and counted
+    def add(self, *entries: Entry) -> None:
+        for entry in entries:
+            try:
+                self._queue.put_nowait(entry)
+            except asyncio.QueueFull:
+                self.dropped += 1  # bounded: past 100,000 pending entries, the newest are dropped and counted
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="handshake-journal")
@@ -55,13 +134,31 @@ class Journal:
                 self._queue.task_done()
 
     async def _commit(self, batch: list[Entry]) -> None:
-        for attempt in range(5):
+        for attempt in range(RETRIES):
             try:
-                async with self.ctx.db.write() as tx:
-                    for entry in batch:
-                        await entry(tx)
+                await self._write(batch)
                 return
-            except Exception as exc:
+            except (ServiceUnavailableError, OSError) as exc:  # the database is away: wait for it
                 log.warning("journal write of %d entries failed (%r); retrying", len(batch), exc)
                 await asyncio.sleep(0.2 * 2**attempt)
+            except sa.exc.SQLAlchemyError as exc:
+                # An entry the database refuses (its device was deleted meanwhile, say) must not take
+                # the rest of the batch with it: write them one by one, and drop only what fails.
+                if len(batch) == 1:
+                    log.error("journal dropped an entry the database refused: %r", exc)
+                    return
+                for entry in batch:
+                    await self._commit([entry])
+                return
         log.error("journal dropped %d entries after retries", len(batch))
+
+    async def _write(self, batch: list[Entry]) -> None:
+        async with self.ctx.db.write() as tx:
+            pending = _Statements()
+            for entry in batch:
+                if isinstance(entry, PresenceChange | NewEvent | Reported):
+                    pending.add(entry)
+                else:
+                    await pending.flush(self.ctx, tx)
+                    await entry(tx)
+            await pending.flush(self.ctx, tx)

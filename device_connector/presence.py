@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from device_connector import store
-from device_connector.journal import Journal
+from device_connector.journal import Journal, NewEvent, PresenceChange
 from shared.context import Context
 from shared.db import Tx
+from shared.events import event_row
 from shared.models import ActorType, EventType
 
 log = logging.getLogger("handshake.presence")
@@ -72,20 +73,13 @@ class Presence:
 
     def _record(self, uid: str, ip: str | None, *, online: bool, region: str | None, detail: dict[str, str]) -> None:
         at = datetime.now(UTC)  # stamped when it happened, written when the journal gets to it
-
-        async def write(tx: Tx) -> None:
-            if online:
-                await store.set_online(tx, uid=uid, now=at, ip=ip, region=region)
-            else:
-                await store.set_offline(tx, uid=uid, now=at)
-            await self.ctx.events.record(
-                tx,
-                EventType.DEVICE_CONNECTED if online else EventType.DEVICE_DISCONNECTED,
-                actor_type=ActorType.DEVICE,
-                actor_id=uid,
-                device_uid=uid,
-                ip=ip,
-                detail=detail,
-            )
-
-        self.journal.add(write)
+        event = event_row(
+            EventType.DEVICE_CONNECTED if online else EventType.DEVICE_DISCONNECTED,
+            actor_type=ActorType.DEVICE,
+            actor_id=uid,
+            device_uid=uid,
+            ip=ip,
+            detail=detail,
+            ts=at,
+        )
+        self.journal.add(PresenceChange(uid, online, at, ip, region), NewEvent(event))

@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from shared import tables
 from shared.db import Tx
@@ -25,6 +27,17 @@ _SET_ONLINE = (
     sa.update(devices)
     .where(devices.c.uid == _b("device"))
     .values(online=True, connected_at=_b("now"), last_seen=_b("now"), ip=_b("address"), region=_b("country"))
+)
+_SET_PRESENCE = (
+    sa.update(devices)
+    .where(devices.c.uid == _b("device"))
+    .values(
+        online=_b("is_online"),
+        connected_at=_b("since"),
+        last_seen=_b("now"),
+        ip=_b("address"),
+        region=_b("country"),
+    )
 )
 _SET_OFFLINE = sa.update(devices).where(devices.c.uid == _b("device")).values(online=False, last_seen=_b("now"))
 
@@ -62,6 +75,29 @@ async def set_online(tx: Tx, *, uid: str, now: datetime, ip: str | None, region:
 
 async def set_offline(tx: Tx, *, uid: str, now: datetime) -> None:
     await tx.execute(_SET_OFFLINE, {"device": uid, "now": now})
+
+
+async def set_presence_many(tx: Tx, *, connected: list[dict[str, Any]], disconnected: list[dict[str, Any]]) -> None:
+    """Presence of many devices, one statement each way (executemany). `connected`: devices that
+    connected (and maybe left again) in the batch, rows of device, is_online, since, now, address,
+    country; `disconnected`: devices that only left, rows of device and now."""
+    if connected:
+        await tx.execute(_SET_PRESENCE, connected)
+    if disconnected:
+        await tx.execute(_SET_OFFLINE, disconnected)
+
+
+async def put_reported_many(tx: Tx, rows: list[dict[str, Any]]) -> None:
+    """Reported state of many devices (rows of uid, reported, reported_at), one upsert."""
+    if not rows:
+        return
+    insert = sqlite_insert if tx.conn.dialect.name == "sqlite" else postgresql_insert
+    statement = insert(state)
+    statement = statement.on_conflict_do_update(
+        index_elements=[state.c.uid],
+        set_={"reported": statement.excluded.reported, "reported_at": statement.excluded.reported_at},
+    )
+    await tx.execute(statement, rows)
 
 
 async def mark_offline_except(tx: Tx, *, live: set[str], now: datetime) -> int:

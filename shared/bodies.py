@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import Request
@@ -12,11 +13,17 @@ from pydantic import BaseModel, ValidationError
 from shared.errors import InvalidRequestError, ValidationFailedError
 
 M = TypeVar("M", bound=BaseModel)
-_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+_URLENCODED = "application/x-www-form-urlencoded"
+_FORMS = (_URLENCODED, "multipart/form-data")
 
 
 async def raw_body(request: Request) -> dict[str, object]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == _URLENCODED:
+        # The standard library's parser: several times cheaper than the multipart machinery's, and
+        # every broker hook (a few per MQTT CONNECT on RabbitMQ) comes this way.
+        text = (await request.body()).decode("utf-8", "replace")
+        return dict(parse_qsl(text, keep_blank_values=True, errors="replace"))
     if content_type in _FORMS:
         form = await request.form()
         return {key: value for key, value in form.items() if isinstance(value, str)}

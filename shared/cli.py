@@ -261,7 +261,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "keys" and args.action == "revoke" and args.kid is None and len(extra) == 1:
+        # A kid made before kids stopped beginning with `-`: argparse takes it for an option, and the
+        # emergency revoke must not fail on that (`handshake keys revoke -- KID` works as well).
+        args.kid = extra[0]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.handler(args)
 
 

@@ -21,6 +21,8 @@ CHANNEL = "events"
 # Built once: every login, bind and connect records an event, and building the statement (values,
 # cache key) each time cost more than running it.
 _INSERT = sa.insert(tables.events).returning(tables.events.c.id)
+# Many rows in one statement (SQLAlchemy's "insertmanyvalues"), ids back in the rows' order.
+_INSERT_MANY = sa.insert(tables.events).returning(tables.events.c.id, sort_by_parameter_order=True)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,28 @@ class Event:
         return cls(**{**data, "ts": datetime.fromisoformat(data["ts"].replace("Z", "+00:00"))})
 
 
+def event_row(
+    type: EventType,
+    *,
+    actor_type: ActorType,
+    actor_id: str | None,
+    device_uid: str | None = None,
+    ip: str | None = None,
+    detail: dict[str, Any] | None = None,
+    ts: datetime | None = None,
+) -> dict[str, Any]:
+    """An event as the row that stores it; `ts` when it happened (now if not given)."""
+    return {
+        "ts": ts or datetime.now(UTC),
+        "type": str(type),
+        "actor_type": str(actor_type),
+        "actor_id": actor_id,
+        "device_uid": device_uid,
+        "ip": ip,
+        "detail": detail or {},
+    }
+
+
 class EventLog:
     def __init__(self, fanout: Fanout) -> None:
         self.fanout = fanout
@@ -69,17 +93,9 @@ class EventLog:
         ip: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        values = {
-            "ts": datetime.now(UTC),
-            "type": str(type),
-            "actor_type": str(actor_type),
-            "actor_id": actor_id,
-            "device_uid": device_uid,
-            "ip": ip,
-            "detail": detail or {},
-        }
+        values = event_row(type, actor_type=actor_type, actor_id=actor_id, device_uid=device_uid, ip=ip, detail=detail)
         result = await tx.execute(_INSERT, values)
-        event = Event(id=int(result.scalar_one()), **values)  # type: ignore[arg-type]
+        event = Event(id=int(result.scalar_one()), **values)
         tx.after_commit(lambda: self._publish(event))
 
     async def record_many(
@@ -111,6 +127,19 @@ class EventLog:
         await tx.execute(sa.insert(tables.events), rows)
         summary = Event(0, ts, str(type), str(actor_type), actor_id, None, ip, {"count": len(rows)})
         tx.after_commit(lambda: self._publish(summary))
+
+    async def record_rows(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
+        """Events already shaped as rows (`ts`, `type`, `actor_type`, `actor_id`, `device_uid`, `ip`,
+        `detail`), in one multi-row INSERT; each is published once the transaction commits."""
+        if not rows:
+            return
+        result = await tx.execute(_INSERT_MANY, rows)
+        events = [Event(id=int(id_), **row) for id_, row in zip(result.scalars(), rows, strict=True)]
+        tx.after_commit(lambda: self._publish_many(events))
+
+    async def _publish_many(self, events: list[Event]) -> None:
+        with contextlib.suppress(Exception):
+            await self.fanout.publish_many(CHANNEL, [event.to_json() for event in events])
 
     async def _publish(self, event: Event) -> None:
         with contextlib.suppress(Exception):

@@ -41,6 +41,17 @@ class Fanout:
             return
         await self.redis.publish(self.prefix + channel, orjson.dumps(message))
 
+    async def publish_many(self, channel: str, messages: list[dict[str, Any]]) -> None:
+        """Several messages, in order: one Redis round trip (a pipeline) instead of one each."""
+        if self.redis is None:
+            for message in messages:
+                await self._dispatch(channel, message)
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for message in messages:
+                pipe.publish(self.prefix + channel, orjson.dumps(message))
+            await pipe.execute()
+
     async def _dispatch(self, channel: str, message: dict[str, Any]) -> None:
         for handler in list(self._handlers.get(channel, ())):
             try:

@@ -72,8 +72,12 @@ def generate_private_key(alg: str) -> PrivateKey:
 
 
 def thumbprint_kid(public: PublicKey) -> str:
+    """22 base64url characters of the key's SHA-256, never beginning with `-`: a kid is typed on the
+    command line (`handshake keys revoke KID`), where a leading dash reads as an option. One kid in 64
+    would; those take `k` in front instead (still unique: the rest is the same thumbprint)."""
     der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return b64url(hashlib.sha256(der).digest())[:22]
+    kid = b64url(hashlib.sha256(der).digest())[:22]
+    return "k" + kid[1:] if kid.startswith("-") else kid
 
 
 def hmac_kid(secret: bytes) -> str:

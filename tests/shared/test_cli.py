@@ -496,6 +496,35 @@ def test_keys_rotate_list_and_revoke(one_shots: dict[str, tuple[Workdir, Pending
     assert _listed(cli(path, env, "keys", "list")) == {k2: "signing"}
 
 
+def test_a_kid_is_never_taken_for_an_option(tmp_path: Path) -> None:
+    """One thumbprint in 64 begins with `-`: new kids never do, and a key made before that (its kid
+    on disk) is revoked with or without `--` in front of it."""
+    from shared.keys import Key, KeyDirectory, generate_private_key, thumbprint_kid
+
+    kids = [thumbprint_kid(generate_private_key("ES256").public_key()) for _ in range(1500)]
+    assert not [kid for kid in kids if kid.startswith("-")]
+    assert len(set(kids)) == len(kids) and {len(kid) for kid in kids} == {22}
+
+    env = make_env(tmp_path)
+    directory = KeyDirectory(tmp_path / "keys")
+    directory.ensure("ES256")
+    dashed = []
+    for n in range(2):
+        private = generate_private_key("ES256")
+        key = Key(
+            f"-c-veY_2B96xNc11s20p{n}F", "ES256", int(time.time()) - 10, int(time.time()), private, private.public_key()
+        )
+        directory._write(key)
+        dashed.append(key.kid)
+    plain = cli(tmp_path, env, "keys", "revoke", dashed[0])
+    assert plain.returncode == 0, plain.stderr
+    separated = cli(tmp_path, env, "keys", "revoke", "--", dashed[1])
+    assert separated.returncode == 0, separated.stderr
+    assert not set(dashed) & set(_listed(cli(tmp_path, env, "keys", "list")))
+    bogus = cli(tmp_path, env, "keys", "list", "--bogus")  # other unknown options are still refused
+    assert bogus.returncode == 2 and "unrecognized arguments: --bogus" in bogus.stderr, bogus.stderr
+
+
 def test_keys_with_hs256_is_one_line(one_shots: dict[str, tuple[Workdir, Pending]]) -> None:
     workdir, pending = one_shots["hs256-keys"]
     assert_one_line_failure(pending.result(), "HS256")
