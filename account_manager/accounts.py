@@ -70,7 +70,11 @@ async def create_user(
     email: str | None = None,
     actor_id: str | None = None,
     ip: str | None = None,
+    registration: bool = False,
 ) -> store.UserRow:
+    """A new user: `registration`, one who signed up (`user_registered`, by themselves); otherwise one
+    made by an admin (`actor_id`) or by the platform's operator on the command line or at first start
+    (`user_created`, by the system)."""
     check_username(username)
     check_email(email)
     check_strength(password)
@@ -84,17 +88,20 @@ async def create_user(
             await store.insert_user(
                 tx, user_id=user_id, username=username, password_hash=password_hash, role=role, email=email, now=now
             )
-            detail = {"username": username, "role": str(role)}
-            if actor_id is not None:
-                detail["created_by"] = actor_id
-            await ctx.events.record(
-                tx,
-                EventType.USER_REGISTERED,
-                actor_type=ActorType.USER,
-                actor_id=actor_id or user_id,
-                ip=ip,
-                detail=detail,
-            )
+            detail = {"username": username, "role": str(role), "user_id": user_id}
+            if registration:
+                await ctx.events.record(
+                    tx, EventType.USER_REGISTERED, actor_type=ActorType.USER, actor_id=user_id, ip=ip, detail=detail
+                )
+            else:
+                await ctx.events.record(
+                    tx,
+                    EventType.USER_CREATED,
+                    actor_type=ActorType.USER if actor_id else ActorType.SYSTEM,
+                    actor_id=actor_id,
+                    ip=ip,
+                    detail=detail,
+                )
     except sa.exc.IntegrityError:
         raise UsernameTakenError() from None  # two registrations of one name at once: one wins
     return store.UserRow(user_id, username, email, password_hash, role, False, now, None)
@@ -103,7 +110,9 @@ async def create_user(
 async def register(ctx: Context, *, username: str, password: str, email: str | None, ip: str | None) -> store.UserRow:
     if not ctx.settings.open_registration:
         raise RegistrationClosedError()
-    return await create_user(ctx, username=username, password=password, role=Role.USER, email=email, ip=ip)
+    return await create_user(
+        ctx, username=username, password=password, role=Role.USER, email=email, ip=ip, registration=True
+    )
 
 
 async def get_user(ctx: Context, *, user_id: str) -> store.UserRow:

@@ -21,6 +21,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared import docs
 from shared.bodies import describe
 from shared.context import Context
 from shared.db import BACKEND_ERRORS
@@ -108,7 +109,8 @@ def create_app(
             if ctx is None:
                 await context.stop()
 
-    app = FastAPI(title="Handshake", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Handshake", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    docs.install(app)
     for router in (_common_router(), *(module.router for module in modules)):
         app.router.routes.extend(_leaf_routes(router))
     _install_error_handlers(app)

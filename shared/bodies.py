@@ -58,7 +58,7 @@ async def parse_body(request: Request, model: type[M]) -> M:
 
 def body_doc(model: type[BaseModel]) -> dict[str, object]:
     """OpenAPI for a route that parses its body itself: JSON or form, same schema."""
-    schema = model.model_json_schema()
+    schema = _inline(model.model_json_schema())
     return {
         "requestBody": {
             "required": True,
@@ -68,3 +68,22 @@ def body_doc(model: type[BaseModel]) -> dict[str, object]:
             },
         }
     }
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with its `$defs` written in where they are referred to: `#/$defs/...` means nothing
+    inside an OpenAPI document (ReDoc refuses the whole page over it). Our bodies are not recursive."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk({**defs[ref.removeprefix("#/$defs/")], **{k: v for k, v in node.items() if k != "$ref"}})
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    inlined: dict[str, Any] = walk(schema)
+    return inlined

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import importlib
 import logging
+import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,6 +21,7 @@ from shared.app import SERVICES, create_app, load_services
 from shared.context import Context
 from shared.errors import ConfigurationError, HandshakeError, WeakPasswordError
 from shared.keys import KeyDirectory
+from shared.models import ActorType, EventType
 from shared.settings import Settings
 
 EXIT_USAGE = 2
@@ -172,10 +175,14 @@ def keys(args: argparse.Namespace) -> None:
         if args.action == "rotate":
             max_ttl = max(settings.access_ttl, settings.device_token_ttl, settings.exchanged_ttl)
             gone = directory.prune(max_token_ttl=max_ttl, leeway=settings.leeway)
+            retired = [k.kid for k in directory.load() if k.retired_at is None]
             key = directory.add(settings.jwt_alg)
             print(f"new signing key {key.kid} ({key.alg}); running servers sign with it within seconds")
             for kid in gone:
                 print(f"removed expired key {kid}")
+            _record_key_event(
+                settings, EventType.KEY_ROTATED, {"kid": key.kid, "alg": key.alg, "retired": retired, "removed": gone}
+            )
         elif args.action == "list":
             for key in sorted(directory.load(), key=lambda k: k.created_at):
                 created = datetime.fromtimestamp(key.created_at, UTC).isoformat()
@@ -186,14 +193,47 @@ def keys(args: argparse.Namespace) -> None:
                 fail("keys revoke needs the KID to revoke (see `handshake keys list`)")
             if not directory.remove(args.kid):
                 fail(f"no key {args.kid} in {settings.keys_dir} (see `handshake keys list`)")
+            replaced_by = None
             if not any(k.retired_at is None for k in directory.load()):
                 key = directory.add(settings.jwt_alg)
+                replaced_by = key.kid
                 print(f"generated a new signing key {key.kid}")
             print(f"revoked {args.kid}: every token it signed is refused from now on")
+            _record_key_event(settings, EventType.KEY_REVOKED, {"kid": args.kid, "new_signing_key": replaced_by})
     except OSError as exc:
         fail(f"cannot use the key directory {settings.keys_dir}: {exc.strerror}")
     except ConfigurationError as exc:
         fail(str(exc))
+
+
+def _operator() -> str:
+    """Who ran the command: the login behind sudo, else this process's user, at this host."""
+    try:
+        name = os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        name = str(os.getuid())
+    return f"{name}@{socket.gethostname()}"[:128]
+
+
+def _record_key_event(settings: Settings, type_: EventType, detail: dict[str, Any]) -> None:
+    """The activity stream learns who changed the key ring and when (the dashboard shows it live).
+    The change is made already: a database that cannot be reached leaves one warning line, never a
+    failed emergency revoke."""
+
+    async def work(ctx: Context) -> None:
+        from shared.migrations import upgrade
+
+        await upgrade(ctx.db)
+        async with ctx.db.write() as tx:
+            await ctx.events.record(
+                tx, type_, actor_type=ActorType.SYSTEM, actor_id=None, detail={**detail, "operator": _operator()}
+            )
+
+    try:
+        asyncio.run(with_context(settings, work, create_keys=False))
+    except Exception as exc:
+        reason = exc.detail if isinstance(exc, HandshakeError) else str(exc) or type(exc).__name__
+        print(f"handshake: warning: {type_} done, but not recorded in the activity stream: {reason}", file=sys.stderr)
 
 
 def users(args: argparse.Namespace) -> None:

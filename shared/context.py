@@ -117,6 +117,9 @@ class Context:
         await self.revocations.start()
         await self.fanout.start()
         self._tasks.append(asyncio.create_task(self._watch_keys(), name="handshake-keys"))
+        if self.redis is None:
+            follow = self.events.follow_database(self.db)
+            self._tasks.append(asyncio.create_task(follow, name="handshake-events-from-db"))
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,14 +15,24 @@ from typing import Any
 import sqlalchemy as sa
 
 from shared import tables
-from shared.db import Tx
+from shared.db import Database, Tx
 from shared.fanout import Fanout
 from shared.models import ActorType, EventType
 
 CHANNEL = "events"
+log = logging.getLogger("handshake.events")
 # Built once: every login, bind and connect records an event, and building the statement (values,
 # cache key) each time cost more than running it.
 _INSERT = sa.insert(tables.events).returning(tables.events.c.id)
+_LAST_ID = sa.select(sa.func.coalesce(sa.func.max(tables.events.c.id), 0))
+# The events the command line writes, from a process of its own (see EventLog.follow_database).
+FROM_COMMANDS = (EventType.USER_CREATED, EventType.KEY_ROTATED, EventType.KEY_REVOKED)
+_NEWER = (
+    sa.select(tables.events)
+    .where(tables.events.c.id > sa.bindparam("after"), tables.events.c.type.in_([str(t) for t in FROM_COMMANDS]))
+    .order_by(tables.events.c.id)
+    .limit(500)
+)
 # Many rows in one statement (SQLAlchemy's "insertmanyvalues"), ids back in the rows' order.
 _INSERT_MANY = sa.insert(tables.events).returning(tables.events.c.id, sort_by_parameter_order=True)
 
@@ -80,6 +92,7 @@ class EventLog:
     def __init__(self, fanout: Fanout) -> None:
         self.fanout = fanout
         self._queues: set[asyncio.Queue[Event]] = set()
+        self._delivered: dict[int, float] | None = None  # id -> when, while following the database
         fanout.subscribe(CHANNEL, self._on_message)
 
     async def record(
@@ -151,12 +164,41 @@ class EventLog:
             event = Event.from_json(message)
         except (KeyError, TypeError, ValueError):
             return
+        self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
+        if self._delivered is not None:
+            if event.id in self._delivered:
+                return  # read from the database already (follow_database), or the other way round
+            self._delivered[event.id] = time.monotonic()
         for queue in list(self._queues):
             if queue.full():
                 # A listener that cannot keep up loses its oldest events, never blocks the others.
                 with contextlib.suppress(asyncio.QueueEmpty):
                     queue.get_nowait()
             queue.put_nowait(event)
+
+    async def follow_database(self, db: Database, *, interval: float = 1.0) -> None:
+        """Without Redis nothing carries events between processes: what the command line wrote from
+        a process of its own (`keys rotate`, `keys revoke`, `users create`: FROM_COMMANDS) reaches this
+        process's live listeners by reading new rows of those types, each event delivered once."""
+        self._delivered = {}
+        last: int | None = None
+        while True:
+            try:
+                async with db.query() as tx:
+                    if last is None:
+                        last = int((await tx.execute(_LAST_ID)).scalar_one())
+                    else:
+                        rows = (await tx.execute(_NEWER, {"after": last})).all()
+                        for row in rows:
+                            self._deliver(event_from_row(row))
+                            last = max(last, int(row.id))
+            except Exception as exc:
+                log.debug("could not read new events: %r", exc)
+            cutoff = time.monotonic() - 60
+            self._delivered = {id_: at for id_, at in self._delivered.items() if at > cutoff}
+            await asyncio.sleep(interval)
 
     @contextlib.asynccontextmanager
     async def listen(self, maxsize: int = 1000) -> AsyncIterator[asyncio.Queue[Event]]:

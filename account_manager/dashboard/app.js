@@ -7,14 +7,9 @@
 (() => {
   'use strict';
 
-  const EVENT_TYPES = [
-    'user_registered', 'login_succeeded', 'login_failed', 'login_locked', 'token_refreshed',
-    'refresh_reuse_detected', 'logout', 'session_revoked', 'password_changed', 'user_updated',
-    'token_exchanged', 'device_provisioned', 'device_token_issued', 'device_bound', 'device_unbound',
-    'device_shared', 'device_unshared', 'device_transferred', 'device_disabled', 'device_enabled',
-    'device_connected', 'device_disconnected', 'command_sent', 'command_replied', 'command_timeout',
-    'mqtt_auth_failed', 'acl_denied', 'key_rotated', 'key_revoked',
-  ];
+  // From the server's own list (shared.models.EventType), written into the page it serves.
+  const EVENT_TYPES = (document.querySelector('meta[name="handshake-event-types"]')?.content || '')
+    .split(',').filter(Boolean);
   const BAD_TYPES = new Set([
     'login_failed', 'login_locked', 'refresh_reuse_detected', 'mqtt_auth_failed', 'acl_denied',
     'command_timeout', 'device_disabled', 'session_revoked',

@@ -11,6 +11,7 @@ from importlib import resources
 from fastapi import APIRouter, Request, Response
 
 from shared.errors import NotFoundError
+from shared.models import EventType
 
 router = APIRouter(include_in_schema=False)
 
@@ -42,9 +43,18 @@ def _read(name: str) -> tuple[bytes, str]:
     return data, '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
 
 
+@cache
+def _page() -> bytes:
+    """index.html with the event types filled in from the one list of them (the filter's choices)."""
+    body, _ = _read("index.html")
+    types = ",".join(type_.value for type_ in EventType).encode()
+    marker = b'<meta name="handshake-event-types" content="">'
+    return body.replace(marker, b'<meta name="handshake-event-types" content="' + types + b'">')
+
+
 @router.get("/admin")
 async def page() -> Response:
-    body, _ = _read("index.html")
+    body = _page()
     headers = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
     return Response(body, media_type="text/html; charset=utf-8", headers=headers)
 

@@ -151,6 +151,11 @@ async def test_admin_creates_a_user_of_any_role(client: httpx.AsyncClient, users
     tokens = (await login(client, "helpdesk")).json()
     assert jwt.decode(tokens["access_token"], options={"verify_signature": False})["role"] == "support"
     assert (await list_users(client, tokens)).status_code == 200
+    events = (await list_events(client, admin, type="user_created")).json()
+    made = [event for event in events if event["detail"]["username"] == "helpdesk"]
+    admin_id = jwt.decode(admin["access_token"], options={"verify_signature": False})["sub"]
+    assert [(e["actor_type"], e["actor_id"], e["detail"]["role"]) for e in made] == [("user", admin_id, "support")]
+    assert made[0]["detail"]["user_id"] == response.json()["id"]
 
 
 async def test_admin_creating_a_taken_username_is_409(client: httpx.AsyncClient, users: Users, ctx: Context) -> None:
@@ -274,8 +279,10 @@ async def test_events_filter_by_type(client: httpx.AsyncClient, users: Users, ct
     await users.new()
     _, admin = await users.admin(ctx)
     response = await list_events(client, admin, type="user_registered")
-    assert [event["type"] for event in response.json()] == ["user_registered"] * 3
-    assert response.headers["x-total-count"] == "3"
+    assert [event["type"] for event in response.json()] == ["user_registered"] * 2
+    assert response.headers["x-total-count"] == "2"
+    (created,) = (await list_events(client, admin, type="user_created")).json()  # the admin, by the operator
+    assert created["actor_type"] == "system" and created["detail"]["role"] == "admin"
 
 
 async def test_events_filter_by_user_id(client: httpx.AsyncClient, users: Users, ctx: Context) -> None:

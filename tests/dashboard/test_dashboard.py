@@ -19,6 +19,7 @@ from playwright.sync_api import expect
 from account_manager.routes.dashboard import STATIC_TYPES
 from shared import tables
 from shared.context import Context
+from shared.models import EventType
 from tests.dashboard.conftest import PHONE, Account, LiveServer, Tab
 
 STRICT_CSP = {
@@ -147,6 +148,14 @@ def test_failed_login_by_another_client_appears_live(tab: Tab, live_server: Live
     expect(event).to_be_visible(timeout=5_000)
     expect(tab.page.locator("#count-failures")).to_have_text("1", timeout=5_000)
     assert tab.page.evaluate("window.notReloaded === true"), "the page was reloaded"
+    assert tab.errors == []
+
+
+def test_the_type_filter_offers_every_event_type_the_platform_writes(tab: Tab, live_server: LiveServer) -> None:
+    """One list of event types (shared.models.EventType), not a copy in the page's script."""
+    signed_in(tab, live_server.staff("admin"))
+    offered = tab.page.eval_on_selector_all("#filter-type option[value]", "options => options.map(o => o.value)")
+    assert [value for value in offered if value] == [type_.value for type_ in EventType]
     assert tab.errors == []
 
 

@@ -4,6 +4,7 @@ talked to over real sockets."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -529,6 +530,52 @@ def test_keys_with_hs256_is_one_line(one_shots: dict[str, tuple[Workdir, Pending
     workdir, pending = one_shots["hs256-keys"]
     assert_one_line_failure(pending.result(), "HS256")
     assert not list((workdir.path / "keys").glob("*.key.json"))
+
+
+def test_key_changes_reach_the_live_event_stream_with_who_made_them(server: Server) -> None:
+    """`keys rotate` and `keys revoke` run in a process of their own: the running server's activity
+    stream (the dashboard's) shows each at once, with the operator who ran it."""
+    import getpass
+    import threading
+
+    with http(server.base_url) as client:
+        token = login(client, "admin", admin_password(server))
+        heard: list[dict[str, object]] = []
+        opened = threading.Event()
+
+        def follow() -> None:
+            headers = {"Authorization": f"Bearer {token}"}
+            with httpx.Client(base_url=server.base_url, timeout=30, trust_env=False) as stream_client:
+                with stream_client.stream("GET", "/v1/admin/events/stream", headers=headers) as stream:
+                    opened.set()
+                    for line in stream.iter_lines():
+                        if line.startswith("data:"):
+                            event = json.loads(line[5:])
+                            if str(event["type"]).startswith("key_"):
+                                heard.append(event)
+                        if len(heard) == 2:
+                            return
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        assert opened.wait(10)
+        time.sleep(0.3)
+        rotated = cli(server.workdir, server.env, "keys", "rotate")
+        assert rotated.returncode == 0 and not rotated.stderr, rotated.stderr
+        new = new_kid(rotated.stdout)
+        revoked = cli(server.workdir, server.env, "keys", "revoke", new)
+        assert revoked.returncode == 0 and not revoked.stderr, revoked.stderr
+        reader.join(PROPAGATION + 5)
+        assert [(e["type"], e["detail"]["kid"]) for e in heard] == [("key_rotated", new), ("key_revoked", new)]  # type: ignore[index]
+        for event in heard:
+            assert event["actor_type"] == "system"
+            assert str(event["detail"]["operator"]).startswith(getpass.getuser() + "@")  # type: ignore[index]
+        listed = client.get(
+            "/v1/admin/events",
+            params={"type": "key_revoked"},
+            headers={"Authorization": f"Bearer {login(client, 'admin', admin_password(server))}"},
+        )
+        assert listed.status_code == 200 and [e["detail"]["kid"] for e in listed.json()] == [new]
 
 
 def test_live_rotation_and_revocation(server: Server) -> None:
