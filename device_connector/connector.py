@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import logging
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,9 +90,9 @@ class Connector:
             if conn.recorder and not self.broker.is_online(conn.client_id):  # a takeover keeps it online
                 self.presence.disconnected(conn.client_id, conn.ip, reason)
 
-    def census(self, devices: set[str]) -> None:
+    def census(self, live: Iterable[Connection]) -> None:
         # Through the journal: a connect heard before this is written before it, one heard after, after.
-        self.presence.mark_offline_except(devices)
+        self.presence.census({conn.client_id: conn.ip for conn in live if conn.is_device})
 
     def subscribed(self, client_id: str, topic: str) -> None:
         """A broker that keeps retained messages on one node only: a device subscribing to its desired

@@ -23,7 +23,9 @@ from shared.errors import ServiceUnavailableError
 
 log = logging.getLogger("handshake.journal")
 
-MAX_BATCH = 500
+# Entries in one transaction: a storm's backlog goes in a few large batches, each a handful of
+# statements, so what bounds it is rows written, not round trips waited on.
+MAX_BATCH = 5000
 MAX_QUEUE = 100_000
 RETRIES = 5
 

@@ -90,9 +90,10 @@ class BrokerEvents(Protocol):
 
     def refused(self, *, client_id: str, username: str | None, ip: str | None, reason: str) -> None: ...
 
-    def census(self, devices: set[str]) -> None:
-        """The broker was asked for every live connection: a device not among `devices` is offline
-        (after a crash no device stays marked online, SPEC §11)."""
+    def census(self, live: Iterable[Connection]) -> None:
+        """The broker was asked for every live connection: a device without one is offline (after a
+        crash no device stays marked online, SPEC §11), and one with a connection whose opening went
+        unheard is online."""
         ...
 
     def subscribed(self, client_id: str, topic: str) -> None:

@@ -55,12 +55,38 @@ class Presence:
         self.journal = journal
         self.regions = Regions(ctx.settings.geoip_db)
 
-    def mark_offline_except(self, live: set[str]) -> None:
-        """At start: after a crash no device may stay marked online (SPEC §11), but for those `live`."""
+    def census(self, live: dict[str, str | None]) -> None:
+        """The broker's word on which devices are connected now (uid -> IP), at start or after its
+        events were lost: every other device goes offline (after a crash none may stay marked online,
+        SPEC §11), and a connected one the database has offline, whose connect went unheard, comes
+        online with its device_connected event."""
         at = datetime.now(UTC)
 
         async def write(tx: Tx) -> None:
-            await store.mark_offline_except(tx, live=live, now=at)
+            await store.mark_offline_except(tx, live=set(live), now=at)
+            came = await store.offline_among(tx, uids=sorted(live))
+            if not came:
+                return
+            rows, events = [], []
+            for uid in came:
+                ip, region = live[uid], self.regions.region(live[uid])
+                rows.append(
+                    {"device": uid, "is_online": True, "since": at, "now": at, "address": ip, "country": region}
+                )
+                detail = {"region": region} if region else {}
+                events.append(
+                    event_row(
+                        EventType.DEVICE_CONNECTED,
+                        actor_type=ActorType.DEVICE,
+                        actor_id=uid,
+                        device_uid=uid,
+                        ip=ip,
+                        detail=detail,
+                        ts=at,
+                    )
+                )
+            await store.set_presence_many(tx, connected=rows, disconnected=[])
+            await self.ctx.events.record_rows(tx, events)
 
         self.journal.add(write)
 

@@ -16,6 +16,7 @@ import asyncio
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -134,11 +135,15 @@ class RabbitBroker(ClusteredBroker):
             await self.relay.stop()
             raise ConnectionError(f"cannot reach RabbitMQ over AMQP for presence events: {exc}") from exc
         channel = await self._amqp.channel()
-        await channel.set_qos(prefetch_count=1000)
         queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
         for key in ("connection.created", "connection.closed", "binding.created"):
             await queue.bind(EVENTS, routing_key=key)
-        await queue.consume(self._on_event)
+        # No acknowledgements: the queue is this process's alone and goes with its connection, so an ack
+        # would guard nothing, and a reconnect storm is 20,000 events (a catch-up listing follows a
+        # reconnect of the AMQP connection).
+        await queue.consume(self._on_event, no_ack=True)
+        # Events sent while the AMQP connection was down are lost: after it is back, list what exists.
+        self._amqp.reconnect_callbacks.add(self._on_reconnect)
         await self._catch_up()
         # The API lists a connection seconds after it opens: one made just before our queue was bound
         # is in neither the events nor that first listing. A second listing finds it, and then every
@@ -154,42 +159,56 @@ class RabbitBroker(ClusteredBroker):
     def ready(self) -> bool:
         return self.relay.connected() and self._amqp is not None and not self._amqp.is_closed
 
-    async def _census(self) -> None:
-        await asyncio.sleep(CATCH_UP_AGAIN)
-        if await self._catch_up() and self.events is not None:
-            self.events.census({conn.client_id for conn in self.book.live() if conn.is_device})
+    def _on_reconnect(self, _connection: object) -> None:
+        log.warning("the AMQP connection for RabbitMQ's events is back: listing connections to catch up")
+        self.spawn(self._census(forget_missing=True))
 
-    async def _catch_up(self) -> bool:
-        """Connections that exist already (made while no replica was running, or before this one)."""
+    async def _census(self, *, forget_missing: bool = False) -> None:
+        await asyncio.sleep(CATCH_UP_AGAIN)
+        if await self._catch_up(forget_missing=forget_missing) and self.events is not None:
+            self.events.census(self.book.live())
+
+    async def _catch_up(self, *, forget_missing: bool = False) -> bool:
+        """Connections that exist already (made while no replica was running, or before this one).
+        `forget_missing`: also those the broker no longer lists, whose close went unheard (the API lists
+        a connection seconds after it opens, so only those known for longer than that)."""
+        listed_at = time.time()
         try:
             listed = await self.api.connections()
         except Exception as exc:
             log.warning("could not list RabbitMQ's connections (%r): presence follows its events only", exc)
             return False
+        if forget_missing:
+            names = {_text(item.get("name")) for item in listed}
+            for name, conn in list(self.book.by_name.items()):
+                if name not in names and conn.connected_at < listed_at - CATCH_UP_AGAIN:
+                    await self.untrack(name)
         for item in listed:
             if "mqtt" not in _text(item.get("protocol")).lower():
                 continue
             name, username = _text(item.get("name")), _text(item.get("user"))
             client_id = client_id_of(item)
             if name and client_id and ours(username) and name not in self.book.by_name:
-                await self.track(name, client_id, username, peer_ip(item.get("peer_host")), recorded=True)
+                # Found at start: its opening was recorded by whichever replica ran then. Found after
+                # events were lost: nobody heard it open.
+                ip = peer_ip(item.get("peer_host"))
+                await self.track(name, client_id, username, ip, recorded=not forget_missing)
         return True
 
     # --- events ------------------------------------------------------------------------------------
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
-        async with message.process(ignore_processed=True):
-            headers = message.headers or {}
-            log.debug("event %s: %r", message.routing_key, headers)
-            try:
-                if message.routing_key == "connection.created":
-                    await self._created(headers)
-                elif message.routing_key == "connection.closed":
-                    await self.untrack(_text(headers.get("name")))
-                elif message.routing_key == "binding.created":
-                    self._bound(headers)
-            except Exception:
-                log.exception("RabbitMQ event %s failed", message.routing_key)
+        headers = message.headers or {}
+        log.debug("event %s: %r", message.routing_key, headers)
+        try:
+            if message.routing_key == "connection.created":
+                await self._created(headers)
+            elif message.routing_key == "connection.closed":
+                await self.untrack(_text(headers.get("name")))
+            elif message.routing_key == "binding.created":
+                self._bound(headers)
+        except Exception:
+            log.exception("RabbitMQ event %s failed", message.routing_key)
 
     async def _created(self, headers: Mapping[str, Any]) -> None:
         if "mqtt" not in _text(headers.get("protocol")).lower():

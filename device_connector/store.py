@@ -110,6 +110,16 @@ async def mark_offline_except(tx: Tx, *, live: set[str], now: datetime) -> int:
     return len(stale)
 
 
+async def offline_among(tx: Tx, *, uids: list[str]) -> list[str]:
+    """Those of `uids` the database has offline."""
+    found: list[str] = []
+    for start in range(0, len(uids), 500):
+        chunk = uids[start : start + 500]
+        query = sa.select(devices.c.uid).where(devices.c.uid.in_(chunk), devices.c.online.is_(False))
+        found.extend((await tx.execute(query)).scalars())
+    return sorted(found)
+
+
 async def get_state(tx: Tx, *, uid: str) -> Any:
     return (await tx.execute(sa.select(state).where(state.c.uid == uid))).first()
 

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from shared import docs
 from shared.bodies import describe
@@ -124,6 +125,12 @@ def create_app(
         )
     app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body)
     app.add_middleware(RequestMetricsMiddleware)
+    if settings.trusted_proxies:
+        # The client is the TCP peer unless that peer is a proxy the operator named: then the nearest
+        # address in X-Forwarded-For that is not one of them (uvicorn's middleware; serve turns off
+        # uvicorn's own default, which believes 127.0.0.1).
+        trusted = [str(network) for network in settings.trusted_proxies]
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted)
     return app
 
 

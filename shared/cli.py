@@ -143,6 +143,7 @@ def serve(args: argparse.Namespace) -> None:
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         server_header=False,
+        proxy_headers=False,  # X-Forwarded-* only from HANDSHAKE_TRUSTED_PROXIES (shared.app)
         timeout_graceful_shutdown=5,  # open event streams must not hold a shutdown up
     )
     scheme = "https" if settings.tls_cert else "http"

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or CIDRs, comma
+    # separated); none by default: the client is the TCP peer. Lockout and presence key on it.
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
     mqtt_max_packet: int = Field(default=256 * 1024, ge=1024)
     mqtt_max_conn_per_ip: int = Field(default=0, ge=0)
     # Deliveries a client may have outstanding before it is disconnected (protocol_error), and the
@@ -104,7 +107,7 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
         return tuple(sources)
 
-    @field_validator("partner_audiences", "cors_origins", mode="before")
+    @field_validator("partner_audiences", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         # "a,b" in the environment as well as a JSON list or a TOML array.

@@ -53,7 +53,7 @@ class EmbeddedBroker:
     async def start(self, events: BrokerEvents) -> None:
         self.server.events = events
         await self.server.start()
-        events.census({conn.client_id for conn in self.server.live() if conn.is_device})
+        events.census(self.server.live())
 
     async def stop(self) -> None:
         await self.server.shutdown()

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import shutil
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -379,6 +380,47 @@ async def test_presence_and_reasons(served: Served, world: World, mqtt: Clients)
     assert len(connected) == 2
     stats = (await served.http.get("/v1/admin/stats", headers=world.admin.headers)).json()
     assert stats["devices_online"] == 0
+
+
+async def test_presence_survives_losing_the_event_connection(
+    served: Served, world: World, mqtt: Clients, rabbit: RabbitCluster
+) -> None:
+    """RabbitMQ's events reach the connector over one AMQP connection. While it is down, what happens is
+    not heard: once it is back, the connector lists the broker's connections, so a device that left
+    meanwhile goes offline and one that came is online (and may be sent commands)."""
+    (other_uid, other_token), *_ = await _provision(served, world)
+    leaving = await mqtt.connect(A, world.uid, world.uid, world.device_token)
+    assert await online(served, world)
+    async with httpx.AsyncClient(base_url=rabbit.api_url(C), timeout=10) as api:
+
+        async def amqp_connections() -> list[str]:  # the API lists a connection seconds after it opens
+            listed = (await api.get("/api/connections", params={"columns": "name,user,protocol"})).json()
+            return [c["name"] for c in listed if c["user"] == rabbit.admin_user and "AMQP" in c["protocol"]]
+
+        ours = await eventually(amqp_connections, timeout=15)
+        assert ours
+        for name in ours:
+            await api.delete(f"/api/connections/{urllib.parse.quote(name, safe='')}")
+    await leaving.close()
+    coming = await mqtt.connect(B, other_uid, other_uid, other_token)
+    assert coming.is_connected
+
+    async def settled() -> bool:
+        left = (await served.http.get(f"/v1/devices/{world.uid}", headers=world.owner.headers)).json()
+        listed = await served.http.get("/v1/admin/devices", params={"online": "true"}, headers=world.admin.headers)
+        online_now = {device["uid"] for device in listed.json()}
+        return left["online"] is False and other_uid in online_now
+
+    if not await eventually(settled, timeout=30):
+        left = (await served.http.get(f"/v1/devices/{world.uid}", headers=world.owner.headers)).json()
+        listed = await served.http.get("/v1/admin/devices", params={"online": "true"}, headers=world.admin.headers)
+        broker = served.ctx.extras["connector"].broker
+        pytest.fail(
+            f"presence stayed as it was when the events were lost: left online={left['online']}, online now="
+            f"{[d['uid'] for d in listed.json()]}, came {other_uid} in the book: {broker.is_online(other_uid)}"
+        )
+    assert served.ctx.extras["connector"].broker.is_online(other_uid)
+    assert not served.ctx.extras["connector"].broker.is_online(world.uid)
 
 
 async def test_desired_state_reaches_a_device_on_another_node(served: Served, world: World, mqtt: Clients) -> None:

@@ -578,6 +578,21 @@ def test_key_changes_reach_the_live_event_stream_with_who_made_them(server: Serv
         assert listed.status_code == 200 and [e["detail"]["kid"] for e in listed.json()] == [new]
 
 
+def test_serve_believes_no_forwarded_header_by_default(server: Server) -> None:
+    """uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: anyone on the host could
+    then pick the IP that lockout and events see. Without HANDSHAKE_TRUSTED_PROXIES nobody is believed."""
+    with http(server.base_url) as client:
+        token = login(client, "admin", admin_password(server))
+        body = {"username": "nobody-by-that-name", "password": "wrong password entirely"}
+        response = client.post("/v1/auth/login", json=body, headers={"X-Forwarded-For": "203.0.113.9"})
+        assert response.status_code == 401
+        events = client.get(
+            "/v1/admin/events", params={"type": "login_failed"}, headers={"Authorization": f"Bearer {token}"}
+        ).json()
+        (event,) = [e for e in events if e["detail"].get("username") == "nobody-by-that-name"]
+        assert event["ip"] == "127.0.0.1"
+
+
 def test_live_rotation_and_revocation(server: Server) -> None:
     with http(server.base_url) as client:
         password = admin_password(server)
