@@ -84,6 +84,18 @@ class SubscriptionIndex:
     def filters_of(self, client_id: str) -> list[str]:
         return sorted(self._by_client.get(client_id, ()))
 
+    def granted_of(self, client_id: str) -> dict[str, int]:
+        """A client's filters and the QoS granted for each."""
+        found = {}
+        for topic_filter in self._by_client.get(client_id, ()):
+            if _has_wildcard(topic_filter):
+                bucket = self._wild.get(_group(topic_filter), {}).get(topic_filter, {})
+            else:
+                bucket = self._exact.get(topic_filter, {})
+            if client_id in bucket:
+                found[topic_filter] = bucket[client_id][1]
+        return found
+
     def match(self, topic: str) -> list[Subscriber]:
         """Every (session, qos) whose filter matches `topic`, once per client (the highest QoS wins)."""
         found: dict[str, Subscriber] = dict(self._exact.get(topic, {}))

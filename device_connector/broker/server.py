@@ -222,8 +222,7 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
             _safely(self.events.connected, conn)
         await handler.start()
         await self._drain_session_queue(session, handler)
-        for topic_filter in self.index.filters_of(session.client_id):
-            await self._send_retained(topic_filter, QOS_1, session, handler)
+        await self._send_retained(self.index.granted_of(session.client_id), session, handler)
         await self._client_message_loop(session, handler)
 
     async def _adopt_session(self, incoming: Session, conn: Connection) -> Session:
@@ -352,9 +351,8 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         subscriptions = waiter.result()
         codes = [await self.add_subscription(sub, client_session) for sub in subscriptions.topics]
         await handler.mqtt_acknowledge_subscription(subscriptions.packet_id, codes)
-        for (topic_filter, _), code in zip(subscriptions.topics, codes, strict=True):
-            if code != DENIED:
-                await self._send_retained(topic_filter, code, client_session, handler)
+        granted = {f: code for (f, _), code in zip(subscriptions.topics, codes, strict=True) if code != DENIED}
+        await self._send_retained(granted, client_session, handler)
 
     def revoke_subscriptions(self, conn: Connection) -> None:
         """Drop the subscriptions a client may no longer hold (its grants just changed)."""
@@ -443,12 +441,17 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         if tasks:
             await asyncio.wait(tasks)
 
-    async def _send_retained(
-        self, topic_filter: str, qos: int, session: Session, handler: BrokerProtocolHandler
-    ) -> None:
+    async def _send_retained(self, filters: dict[str, int], session: Session, handler: BrokerProtocolHandler) -> None:
+        """The retained messages matching any of `filters` (filter -> granted QoS): each topic once, at
+        the highest QoS of the filters it matches (MQTT 3.1.1 §3.3.5), however many of them overlap."""
+        if not filters:
+            return
         tasks = []
+        grants = self._grants(session)
         for topic, retained in list(self._retained_messages.items()):
-            if matches(topic, topic_filter) and may_receive(self._grants(session), topic):
+            granted = [qos for topic_filter, qos in filters.items() if matches(topic, topic_filter)]
+            if granted and may_receive(grants, topic):
+                qos = max(granted)
                 tasks.append(
                     asyncio.ensure_future(
                         handler.mqtt_publish(topic, retained.data, min(qos, retained.qos or qos), retain=True)

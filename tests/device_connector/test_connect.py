@@ -5,6 +5,7 @@ it names, and its will is never stored; each refusal is an `mqtt_auth_failed` ev
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -186,6 +187,36 @@ async def test_a_refused_connect_does_not_disconnect_the_live_client(
     assert await events(client, world.admin, type="device_disconnected", device_uid=uid) == []
     found = await auth_failures(client, world.admin, 2 * len(attacks))
     assert len(found) == 2 * len(attacks)
+
+
+async def test_a_resumed_session_gets_each_retained_message_once(
+    client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients
+) -> None:
+    """MQTT 3.1.1 §3.3.1.3: a retained message goes to a resumed session once per topic, not once per
+    subscription that matches it (here three overlapping filters of the owner)."""
+    admin, owner = await staff(users, ctx), await person(users)
+    device = await owned_device(client, admin, owner)
+    uid, token = device.uid, await get_device_token(client, device)
+    state, desired = f"devices/{uid}/state", f"devices/{uid}/desired"
+    session_id = f"{owner.id}-retained"
+    publisher = await mqtt.connect(uid, uid, token)
+    await publisher.publish(state, b'{"on": true}', retain=True)
+
+    persistent = await mqtt.connect(session_id, owner.id, owner.tokens["access_token"], clean_session=False)
+    assert await persistent.subscribe(state, f"devices/{uid}/+", f"devices/{uid}/#") == [1, 1, 1]
+    # One SUBSCRIBE of overlapping filters: the retained state once, too.
+    assert await persistent.wait_for(state)
+    await asyncio.sleep(0.3)
+    assert persistent.payloads(state) == [b'{"on": true}']
+    await persistent.close()
+
+    resumed = mqtt.new(session_id, owner.id, owner.tokens["access_token"], clean_session=False)
+    assert await resumed.connect() == 0
+    assert resumed.session_present is True
+    assert await resumed.wait_for(state)
+    await asyncio.sleep(0.5)
+    assert resumed.payloads(state) == [b'{"on": true}']
+    assert resumed.payloads(desired) == []  # nothing retained there
 
 
 async def test_a_refused_connect_leaves_a_persistent_session_alone(
