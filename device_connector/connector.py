@@ -149,7 +149,7 @@ class Connector:
     async def _sweep(self) -> None:
         """Close what may no longer be connected: expired tokens, revoked sessions, disabled devices.
         Reading the in-memory revocation view makes this cheap enough to run twice a second."""
-        revocations = self.ctx.revocations
+        revocations, keys = self.ctx.revocations, self.ctx.keys
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = time.time()
@@ -163,6 +163,8 @@ class Connector:
                 elif claims.kind is TokenKind.DEVICE and claims.sub in revocations.devices:
                     reason = CloseReason.DISABLED
                 elif claims.sid in revocations.sids or claims.jti in revocations.jtis:
+                    reason = CloseReason.REVOKED
+                elif claims.kid not in keys.by_kid:  # `keys revoke`: every token it signed is refused
                     reason = CloseReason.REVOKED
                 if reason is not None:
                     try:

@@ -26,6 +26,7 @@ from shared import docs
 from shared.bodies import describe
 from shared.context import Context
 from shared.db import BACKEND_ERRORS
+from shared.deadline import RequestDeadline
 from shared.deps import CtxDep
 from shared.errors import (
     HandshakeError,
@@ -124,6 +125,9 @@ def create_app(
             expose_headers=["X-Total-Count", "Retry-After"],
         )
     app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body)
+    # SPEC §11: a request's backend calls share one deadline (a database that answers nothing costs a
+    # request a few seconds and a 503, never more).
+    app.add_middleware(RequestDeadline, seconds=settings.backend_timeout * 3)
     app.add_middleware(RequestMetricsMiddleware)
     if settings.trusted_proxies:
         # The client is the TCP peer unless that peer is a proxy the operator named: then the nearest

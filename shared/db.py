@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from shared import sqlite
+from shared import deadline, sqlite
 from shared.errors import ServiceUnavailableError
 from shared.settings import Settings
 
@@ -117,6 +117,28 @@ class Database:
         async with self._transaction_on_connection(write=write) as tx:
             yield tx
 
+    def _budget(self) -> float | None:
+        """Seconds a transaction of the current request may take (None: outside a request, or SQLite,
+        a local file that cannot hang the way a network peer does)."""
+        if self.settings.is_sqlite:
+            return None
+        return deadline.budget(self.settings.backend_timeout * 2)
+
+    @asynccontextmanager
+    async def _bounded(self, conn: AsyncConnection, seconds: float) -> AsyncIterator[None]:
+        """What runs on `conn` within `seconds`. Past them the connection is dropped unanswered: closed
+        at once, never rolled back (a database that answers nothing would hold the rollback too)."""
+        scope = asyncio.timeout(seconds)
+        try:
+            with deadline.spending():
+                async with scope:
+                    yield
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            await conn.invalidate()
+            raise ServiceUnavailableError() from None
+
     @asynccontextmanager
     async def _transaction_on_connection(self, *, write: bool) -> AsyncIterator[Tx]:
         try:
@@ -124,8 +146,21 @@ class Database:
                 if write:
                     conn = await conn.execution_options(**{_WRITE: True})
                 tx = Tx(conn)
-                async with conn.begin():
-                    yield tx
+                seconds = self._budget()
+                if seconds is None:
+                    async with conn.begin():
+                        yield tx
+                else:
+                    async with self._bounded(conn, seconds):
+                        transaction = await conn.begin()
+                        try:
+                            yield tx
+                        except asyncio.CancelledError:
+                            raise  # the deadline passed: no rollback on a connection that is dropped
+                        except BaseException:
+                            await transaction.rollback()
+                            raise
+                        await transaction.commit()
         except BACKEND_ERRORS as exc:
             if isinstance(exc, sa.exc.IntegrityError):
                 raise
@@ -142,7 +177,13 @@ class Database:
                 # SQLite: our begin hook sends no BEGIN. PostgreSQL: the driver sends no BEGIN and
                 # no COMMIT (asyncpg's autocommit is a client-side flag: no round trip to set it).
                 options = {_AUTOCOMMIT: True} if self.settings.is_sqlite else {"isolation_level": "AUTOCOMMIT"}
-                yield Tx(await conn.execution_options(**options))
+                tx = Tx(await conn.execution_options(**options))
+                seconds = self._budget()
+                if seconds is None:
+                    yield tx
+                else:
+                    async with self._bounded(conn, seconds):
+                        yield tx
         except BACKEND_ERRORS as exc:
             raise ServiceUnavailableError() from exc
 

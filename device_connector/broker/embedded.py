@@ -11,6 +11,7 @@ from amqtt.session import Session
 from device_connector.broker.server import HandshakeBroker
 from device_connector.gate import Gate
 from device_connector.port import BrokerEvents, CloseReason, Connection
+from shared import deadline
 from shared.context import Context
 
 
@@ -19,6 +20,7 @@ class EmbeddedBroker:
 
     def __init__(self, ctx: Context) -> None:
         settings = ctx.settings
+        self.backend_timeout = settings.backend_timeout
         ssl = None
         if settings.tls_cert and settings.tls_key:
             ssl = {"certfile": str(settings.tls_cert), "keyfile": str(settings.tls_key)}
@@ -36,12 +38,13 @@ class EmbeddedBroker:
 
     async def _admit(self, session: Session) -> Connection:
         client_id = session.client_id or ""
-        admission = await self.gate.admit(
-            client_id=client_id,
-            username=session.username,
-            password=session.password,
-            will_topic=session.will_topic if session.will_flag else None,
-        )
+        with deadline.within(self.backend_timeout * 3):  # as an HTTP request has (SPEC §11)
+            admission = await self.gate.admit(
+                client_id=client_id,
+                username=session.username,
+                password=session.password,
+                will_topic=session.will_topic if session.will_flag else None,
+            )
         return Connection(
             client_id=client_id,
             username=session.username or "",

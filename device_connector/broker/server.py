@@ -33,7 +33,7 @@ from amqtt.mqtt.connack import ConnackPacket
 from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.session import Session
+from amqtt.session import OUTGOING, Session
 from amqtt.utils import gen_client_id
 
 from device_connector.acl import Grants, may_publish, may_receive, may_subscribe, valid_topic
@@ -65,6 +65,7 @@ def _install_strict_strings() -> None:
 
 
 CONNECT_TIMEOUT = 10.0
+REDELIVER_AFTER = 5.0  # s without a PUBACK before a QoS 1 delivery is sent again (DUP)
 DENIED = 0x80
 
 
@@ -110,7 +111,8 @@ class LimitedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped (n
 
 
 class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped (no py.typed)
-    """amqtt's handler, but a silent client is disconnected after 1.5 × its keep-alive (MQTT-3.1.2-24)."""
+    """amqtt's handler, but a silent client is disconnected after 1.5 × its keep-alive (MQTT-3.1.2-24),
+    and a QoS 1 delivery is never given up on while its connection lives."""
 
     conn: Connection | None = None
 
@@ -119,6 +121,33 @@ class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped 
             self.conn.close_reason = CloseReason.KEEPALIVE_TIMEOUT
         if self._reader_task is not None:
             self._reader_task.cancel()
+
+    async def _handle_qos1_message_flow(self, message: Any) -> None:
+        """An outgoing QoS 1 message is sent again, flagged DUP, every REDELIVER_AFTER seconds until its
+        PUBACK comes; if the connection ends first it stays in flight, and a resumed persistent session
+        gets it again (MQTT-4.4.0-1). amqtt's own flow waits 5 s, then drops it: SPEC §6 loses nothing
+        accepted from a publisher. A subscriber that never acknowledges fills its window (MAX_INFLIGHT)
+        and is disconnected."""
+        if message.direction != OUTGOING:
+            await super()._handle_qos1_message_flow(message)
+            return
+        session = self.session
+        session.inflight_out[message.packet_id] = message
+        while True:
+            packet = message.build_publish_packet(dup=message.publish_packet is not None)
+            await self._send_packet(packet)
+            message.publish_packet = packet
+            waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._puback_waiters[message.packet_id] = waiter
+            try:
+                message.puback_packet = await asyncio.wait_for(waiter, REDELIVER_AFTER)
+                break
+            except TimeoutError:
+                if not session.transitions.is_connected():
+                    return  # kept in flight for the session
+            finally:
+                self._puback_waiters.pop(message.packet_id, None)
+        session.inflight_out.pop(message.packet_id, None)
 
 
 # Authenticates a CONNECT from its fields (client id, username, password, will topic, peer address).

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import jwt
 
 from shared.context import Context
 from shared.settings import Settings
@@ -23,7 +24,7 @@ from tests.device_connector.helpers import (  # noqa: F401  (mqtt_fixture is the
     mqtt_fixture,
     owned_device,
 )
-from tests.device_manager import person, staff
+from tests.device_manager import Person, person, staff
 
 WITHIN = 5.0  # SPEC: "within 5 s"
 
@@ -103,6 +104,32 @@ async def test_an_expiring_token_closes_the_connection_and_publishes_the_will(
         return [e["detail"].get("reason") for e in found]
 
     assert await eventually(reasons) == ["token_expired"]
+
+
+async def test_revoking_a_signing_key_closes_the_connections_it_let_in(
+    client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients
+) -> None:
+    """SPEC §3: `keys revoke` refuses every token the key signed from then on, and MQTT connections
+    admitted with one are such tokens still in use: closed within 5 s, like any revocation."""
+    world = await make_world(client, users, ctx)
+    uid, owner = world.uid, world.owner
+    old_kid = jwt.get_unverified_header(world.device_token)["kid"]
+    device = await mqtt.connect(uid, uid, world.device_token)
+    app = await mqtt.connect(owner.id, owner.id, owner.tokens["access_token"])
+    ctx.key_dir.add(ctx.settings.jwt_alg)  # what `handshake keys rotate` then `keys revoke` do to the files
+    assert ctx.key_dir.remove(old_kid)
+    assert await device.wait_disconnected(WITHIN), "a device admitted with a revoked key stayed connected"
+    assert await app.wait_disconnected(WITHIN), "an app admitted with a revoked key stayed connected"
+
+    # Every token that key signed is refused, the admin's too: a fresh login is signed by the new key.
+    admin = Person(world.admin.id, world.admin.username, await users.login(world.admin.username))
+
+    async def reasons() -> list[object]:
+        found = await events(client, admin, type="device_disconnected", device_uid=uid)
+        return [e["detail"].get("reason") for e in found]
+
+    assert await eventually(reasons) == ["revoked"]
+    assert await mqtt.attempt(uid, uid, world.device_token) == 5  # and the token no longer connects
 
 
 async def test_unsharing_stops_live_deliveries(
