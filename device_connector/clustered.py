@@ -262,6 +262,7 @@ class ClusteredBroker:
         """The broker reports a connection: keep it honest if some replica admitted it, else close it.
         `recorded`: found by listing the broker's connections, its presence was written when it opened."""
         self.book.expect(name)
+        ip = self.ctx.settings.client_address(ip)
         try:
             await self._track(name, client_id, username, ip, recorded=recorded)
         finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from device_connector import store
-from device_connector.journal import Journal, NewEvent, PresenceChange
+from device_connector.journal import Journal, NewEvent, PresenceChange, write_batched
 from shared.context import Context
 from shared.db import Tx
 from shared.events import event_row
@@ -65,47 +65,25 @@ class Presence:
         async def write(tx: Tx) -> None:
             await store.mark_offline_except(tx, live=set(live), now=at)
             came = await store.offline_among(tx, uids=sorted(live))
-            if not came:
-                return
-            rows, events = [], []
-            for uid in came:
-                ip, region = live[uid], self.regions.region(live[uid])
-                rows.append(
-                    {"device": uid, "is_online": True, "since": at, "now": at, "address": ip, "country": region}
-                )
-                detail = {"region": region} if region else {}
-                events.append(
-                    event_row(
-                        EventType.DEVICE_CONNECTED,
-                        actor_type=ActorType.DEVICE,
-                        actor_id=uid,
-                        device_uid=uid,
-                        ip=ip,
-                        detail=detail,
-                        ts=at,
-                    )
-                )
-            await store.set_presence_many(tx, connected=rows, disconnected=[])
-            await self.ctx.events.record_rows(tx, events)
+            await write_batched(self.ctx, tx, [entry for uid in came for entry in self._connected(uid, live[uid], at)])
 
         self.journal.add(write)
 
     def connected(self, uid: str, ip: str | None) -> None:
-        region = self.regions.region(ip)
-        self._record(uid, ip, online=True, region=region, detail={"region": region} if region else {})
+        self.journal.add(*self._connected(uid, ip, datetime.now(UTC)))
 
     def disconnected(self, uid: str, ip: str | None, reason: str) -> None:
-        self._record(uid, ip, online=False, region=None, detail={"reason": reason})
-
-    def _record(self, uid: str, ip: str | None, *, online: bool, region: str | None, detail: dict[str, str]) -> None:
         at = datetime.now(UTC)  # stamped when it happened, written when the journal gets to it
-        event = event_row(
-            EventType.DEVICE_CONNECTED if online else EventType.DEVICE_DISCONNECTED,
-            actor_type=ActorType.DEVICE,
-            actor_id=uid,
-            device_uid=uid,
-            ip=ip,
-            detail=detail,
-            ts=at,
+        event = self._event(EventType.DEVICE_DISCONNECTED, uid, ip, {"reason": reason}, at)
+        self.journal.add(PresenceChange(uid, False, at, ip), event)
+
+    def _connected(self, uid: str, ip: str | None, at: datetime) -> tuple[PresenceChange, NewEvent]:
+        region = self.regions.region(ip)
+        event = self._event(EventType.DEVICE_CONNECTED, uid, ip, {"region": region} if region else {}, at)
+        return PresenceChange(uid, True, at, ip, region), event
+
+    @staticmethod
+    def _event(type_: EventType, uid: str, ip: str | None, detail: dict[str, str], at: datetime) -> NewEvent:
+        return NewEvent(
+            event_row(type_, actor_type=ActorType.DEVICE, actor_id=uid, device_uid=uid, ip=ip, detail=detail, ts=at)
         )
-        self.journal.add(PresenceChange(uid, online, at, ip, region), NewEvent(event))

@@ -38,8 +38,11 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = "HANDSHAKE_" + "_".join(str(part) for part in first["loc"]).upper() if first["loc"] else "settings"
-        fail(f"bad setting {name}: {first['msg']}")
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if not first["loc"]:  # a rule across settings: its message names them
+            fail(message)
+        name = "HANDSHAKE_" + "_".join(str(part) for part in first["loc"]).upper()
+        fail(f"bad setting {name}: {message}")
     except (OSError, ValueError) as exc:  # an unreadable or malformed HANDSHAKE_CONFIG file
         fail(f"cannot read the settings: {exc}")
 
@@ -172,6 +175,8 @@ def keys(args: argparse.Namespace) -> None:
     if settings.jwt_alg == "HS256":
         fail("HS256 uses the one shared HANDSHAKE_SECRET: there is no key ring to rotate, list or revoke")
     directory = KeyDirectory(settings.keys_dir)
+    if args.kid is not None and args.action != "revoke":
+        fail(f"keys {args.action} takes no KID (only `keys revoke KID` does)")
     try:
         if args.action == "rotate":
             max_ttl = max(settings.access_ttl, settings.device_token_ttl, settings.exchanged_ttl)
@@ -265,14 +270,31 @@ def users(args: argparse.Namespace) -> None:
 # --- the parser --------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake on the command line said in one line (SPEC §9), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see `{self.prog} --help`)")
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1 to 65535)")
+    return port
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="handshake", description="Handshake: IoT device-and-user identity.")
+    parser = _Parser(prog="handshake", description="Handshake: IoT device-and-user identity.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_cmd = commands.add_parser("serve", help="run the platform (all-in-one, or one service)")
     serve_cmd.add_argument("--host", default="127.0.0.1")
-    serve_cmd.add_argument("--http-port", type=int, default=8000)
-    serve_cmd.add_argument("--mqtt-port", type=int, help=f"default {DEFAULT_MQTT_PORT} (or the next free one)")
+    serve_cmd.add_argument("--http-port", type=_port, default=8000)
+    serve_cmd.add_argument("--mqtt-port", type=_port, help=f"default {DEFAULT_MQTT_PORT} (or the next free one)")
     serve_cmd.add_argument("--service", choices=sorted(SERVICES))
     serve_cmd.set_defaults(handler=serve)
 
@@ -301,6 +323,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C at any moment: whatever was running has been stopped (serve shuts down cleanly first).
+        print("handshake: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _main(argv: Sequence[str] | None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = _parser()
     args, extra = parser.parse_known_args(argv)

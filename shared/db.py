@@ -5,6 +5,7 @@ for it (busy_timeout), so "database is locked" becomes a short wait, not a 500."
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -66,6 +67,9 @@ class Database:
             path = _sqlite_path(settings.database_url)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                # Private like the keys (password hashes and sessions are in it); SQLite gives its -wal
+                # and -shm files the database file's mode.
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             # A file database gets a fixed pool like PostgreSQL (each connection is a thread and a file
             # handle, opened once); an in-memory one keeps SQLAlchemy's single shared connection.
             pool: dict[str, Any] = {}

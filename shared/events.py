@@ -27,9 +27,10 @@ _INSERT = sa.insert(tables.events).returning(tables.events.c.id)
 _LAST_ID = sa.select(sa.func.coalesce(sa.func.max(tables.events.c.id), 0))
 # The events the command line writes, from a process of its own (see EventLog.follow_database).
 FROM_COMMANDS = (EventType.USER_CREATED, EventType.KEY_ROTATED, EventType.KEY_REVOKED)
+_FROM_COMMANDS = frozenset(str(t) for t in FROM_COMMANDS)
 _NEWER = (
     sa.select(tables.events)
-    .where(tables.events.c.id > sa.bindparam("after"), tables.events.c.type.in_([str(t) for t in FROM_COMMANDS]))
+    .where(tables.events.c.id > sa.bindparam("after"), tables.events.c.type.in_(sorted(_FROM_COMMANDS)))
     .order_by(tables.events.c.id)
     .limit(500)
 )
@@ -126,15 +127,7 @@ class EventLog:
             return
         ts = datetime.now(UTC)
         rows = [
-            {
-                "ts": ts,
-                "type": str(type),
-                "actor_type": str(actor_type),
-                "actor_id": actor_id,
-                "device_uid": uid,
-                "ip": ip,
-                "detail": detail,
-            }
+            event_row(type, actor_type=actor_type, actor_id=actor_id, device_uid=uid, ip=ip, detail=detail, ts=ts)
             for uid, detail in items
         ]
         await tx.execute(sa.insert(tables.events), rows)
@@ -167,7 +160,7 @@ class EventLog:
         self._deliver(event)
 
     def _deliver(self, event: Event) -> None:
-        if self._delivered is not None:
+        if self._delivered is not None and event.type in _FROM_COMMANDS:  # (only those are read back)
             if event.id in self._delivered:
                 return  # read from the database already (follow_database), or the other way round
             self._delivered[event.id] = time.monotonic()

@@ -3,10 +3,12 @@ HANDSHAKE_CONFIG. Built once by the command line (or a test) and handed down; ne
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
 from pydantic_settings import (
@@ -117,6 +119,13 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"{value!r} is not a redis://, rediss:// or unix:// URL")
+        return value
+
     @field_validator("jwt_alg")
     @classmethod
     def _known_alg(cls, value: str) -> str:
@@ -139,6 +148,9 @@ class Settings(BaseSettings):
             raise ValueError("HANDSHAKE_PARTNER_AUDIENCES must not contain HANDSHAKE_AUDIENCE")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("HANDSHAKE_TLS_CERT and HANDSHAKE_TLS_KEY go together")
+        for name, path in (("HANDSHAKE_TLS_CERT", self.tls_cert), ("HANDSHAKE_TLS_KEY", self.tls_key)):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} names {path}, which is not a file")
         if self.mqtt_broker == "embedded":
             if self.mqtt_broker_url:
                 raise ValueError("HANDSHAKE_MQTT_BROKER_URL needs HANDSHAKE_MQTT_BROKER=rabbitmq or emqx")
@@ -149,6 +161,17 @@ class Settings(BaseSettings):
             if not self.mqtt_broker_url.startswith(("mqtt://", "mqtts://")):  # type: ignore[union-attr]
                 raise ValueError("HANDSHAKE_MQTT_BROKER_URL must look like mqtt://user:password@host:1883")
         return self
+
+    def client_address(self, ip: str | None) -> str | None:
+        """An address a broker reports for its client (EMQX's `peerhost`, RabbitMQ's `peer_host`), or
+        None if it is one of the trusted proxies: a broker behind one sees the proxy, not the client."""
+        if not ip or not self.trusted_proxies:
+            return ip or None
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        return None if any(address in network for network in self.trusted_proxies) else ip
 
     @property
     def clustered_broker(self) -> bool:

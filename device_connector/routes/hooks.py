@@ -121,9 +121,8 @@ async def authenticate(request: Request, ctx: CtxDep) -> JSONResponse:
     if body is None or not secret_ok(ctx, header_secret(request)):
         return JSONResponse(DENY)
     client_id, username = text(body, "clientid"), text(body, "username")
-    admission = await admit(
-        ctx, client_id=client_id, username=username, password=text(body, "password"), ip=text(body, "peerhost") or None
-    )
+    ip = ctx.settings.client_address(text(body, "peerhost"))
+    admission = await admit(ctx, client_id=client_id, username=username, password=text(body, "password"), ip=ip)
     if admission is None:
         return JSONResponse(DENY)
     answer: dict[str, Any] = {

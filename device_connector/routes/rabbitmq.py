@@ -45,9 +45,10 @@ async def user(request: Request, ctx: CtxDep) -> PlainTextResponse:
     client_id = text(body, "client_id") if body is not None else ""
     if body is None or not client_id:  # no client id: not an MQTT CONNECT (a management-UI login, AMQP)
         return _answer(False)
-    ip = request.client.host if request.client else None
+    # RabbitMQ sends no client address with `user` (the request's own peer is the broker node): a
+    # refusal's event carries none rather than the broker's.
     admission = await admit(
-        ctx, client_id=client_id, username=text(body, "username"), password=text(body, "password"), ip=ip
+        ctx, client_id=client_id, username=text(body, "username"), password=text(body, "password"), ip=None
     )
     return _answer(admission is not None)
 

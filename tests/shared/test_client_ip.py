@@ -9,20 +9,21 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from shared.app import create_app
 from shared.context import Context
+from tests.account_manager.test_backend_failures import running
 from tests.conftest import Backend, Users, bearer, make_settings
+from tests.device_connector.helpers import eventually
 
 PROXY = ("10.1.2.3", 50000)  # inside the trusted 10.0.0.0/8
 STRANGER = ("192.0.2.50", 50000)
+HOOK_SECRET = "s" * 32
 
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
-    return {"trusted_proxies": "10.0.0.0/8, fd00::/8"}
+    return {"trusted_proxies": "10.0.0.0/8, fd00::/8", "mqtt_hook_secret": HOOK_SECRET}
 
 
 def peer(app: FastAPI, address: tuple[str, int]) -> httpx.AsyncClient:
@@ -71,27 +72,53 @@ async def test_a_forged_header_does_not_dodge_the_lockout(app: FastAPI, users: U
     assert 429 in statuses, statuses
 
 
-async def test_no_proxy_is_trusted_by_default(backend: Backend, tmp_path: Path, migrated: Path | None) -> None:
-    from tests.conftest import _reset_postgres, fresh_database
-
+async def test_no_proxy_is_trusted_by_default(backend: Backend, tmp_path: Path) -> None:
     settings = make_settings(backend, tmp_path)
     assert settings.trusted_proxies == []
-    if settings.is_sqlite:
-        fresh_database(settings, migrated)
-    else:
-        await _reset_postgres(settings)
-    application = create_app(settings)
-    async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30) as manager:
-        application.state.lifespan_app = manager.app
-        async with peer(application, ("127.0.0.1", 50000)) as http:
-            users = Users(http)
-            _, admin = await users.admin(application.state.ctx)
-            user, _ = await users.new()
-            body = {"username": user["username"], "password": "wrong password entirely"}
-            headers = {"X-Forwarded-For": "203.0.113.9"}
-            assert (await http.post("/v1/auth/login", json=body, headers=headers)).status_code == 401
-            response = await http.get("/v1/admin/events", params={"type": "login_failed"}, headers=bearer(admin))
-            assert [event["ip"] for event in response.json()] == ["127.0.0.1"]
+    async with running(settings, ip="127.0.0.1") as (application, http):
+        users = Users(http)
+        _, admin = await users.admin(application.state.ctx)
+        user, _ = await users.new()
+        body = {"username": user["username"], "password": "wrong password entirely"}
+        headers = {"X-Forwarded-For": "203.0.113.9"}
+        assert (await http.post("/v1/auth/login", json=body, headers=headers)).status_code == 401
+        response = await http.get("/v1/admin/events", params={"type": "login_failed"}, headers=bearer(admin))
+        found = [e["ip"] for e in response.json() if e["detail"].get("username") == user["username"]]
+        assert found == ["127.0.0.1"]
+
+
+async def test_a_broker_reporting_a_proxy_as_its_client_reports_no_address(
+    app: FastAPI, ctx: Context, users: Users
+) -> None:
+    """A broker behind one of the trusted proxies sees the proxy, not the device: an address that is
+    one of them is not recorded as the client's (here EMQX's `peerhost` on a refused CONNECT)."""
+    _, admin = await users.admin(ctx)
+    for n, (peerhost, recorded) in enumerate((("10.7.7.7", None), ("198.51.100.4", "198.51.100.4"))):
+        body = {"clientid": "ABCDEFGHIJKLMNOPQRST", "username": "ABCDEFGHIJKLMNOPQRST", "password": "bad"}
+        answer = await users.client.post(
+            "/v1/mqtt/auth", json={**body, "peerhost": peerhost}, headers={"X-Hook-Secret": HOOK_SECRET}
+        )
+        assert answer.json()["result"] == "deny"
+
+        async def written(count: int = n + 1) -> list[dict[str, Any]]:  # (through the connector's journal)
+            found = await users.client.get(
+                "/v1/admin/events", params={"type": "mqtt_auth_failed"}, headers=bearer(admin)
+            )
+            events: list[dict[str, Any]] = found.json()
+            return events if len(events) >= count else []
+
+        newest = (await eventually(written))[0]
+        assert newest["ip"] == recorded, peerhost
+
+
+def test_client_address_leaves_out_the_trusted_proxies() -> None:
+    from shared.settings import Settings
+
+    behind = Settings(trusted_proxies="10.0.0.0/8,fd00::/8")
+    assert behind.client_address("10.1.2.3") is None and behind.client_address("fd00::1") is None
+    assert behind.client_address("198.51.100.4") == "198.51.100.4"
+    assert behind.client_address("not an address") is None and behind.client_address("") is None
+    assert Settings().client_address("10.1.2.3") == "10.1.2.3"
 
 
 def test_a_bad_proxy_setting_is_refused() -> None:
