@@ -186,7 +186,7 @@ def keys(args: argparse.Namespace) -> None:
             print(f"new signing key {key.kid} ({key.alg}); running servers sign with it within seconds")
             for kid in gone:
                 print(f"removed expired key {kid}")
-            _record_key_event(
+            record_key_event(
                 settings, EventType.KEY_ROTATED, {"kid": key.kid, "alg": key.alg, "retired": retired, "removed": gone}
             )
         elif args.action == "list":
@@ -205,7 +205,7 @@ def keys(args: argparse.Namespace) -> None:
                 replaced_by = key.kid
                 print(f"generated a new signing key {key.kid}")
             print(f"revoked {args.kid}: every token it signed is refused from now on")
-            _record_key_event(settings, EventType.KEY_REVOKED, {"kid": args.kid, "new_signing_key": replaced_by})
+            record_key_event(settings, EventType.KEY_REVOKED, {"kid": args.kid, "new_signing_key": replaced_by})
     except OSError as exc:
         fail(f"cannot use the key directory {settings.keys_dir}: {exc.strerror}")
     except ConfigurationError as exc:
@@ -221,7 +221,7 @@ def _operator() -> str:
     return f"{name}@{socket.gethostname()}"[:128]
 
 
-def _record_key_event(settings: Settings, type_: EventType, detail: dict[str, Any]) -> None:
+def record_key_event(settings: Settings, type_: EventType, detail: dict[str, Any]) -> None:
     """The activity stream learns who changed the key ring and when (the dashboard shows it live).
     The change is made already: a database that cannot be reached leaves one warning line, never a
     failed emergency revoke."""

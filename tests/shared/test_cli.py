@@ -626,6 +626,12 @@ def test_key_changes_reach_the_live_event_stream_with_who_made_them(server: Serv
             headers={"Authorization": f"Bearer {login(client, 'admin', admin_password(server))}"},
         )
         assert listed.status_code == 200 and [e["detail"]["kid"] for e in listed.json()] == [new]
+        # Leave the shared server settled: signing with the key made when `new` was revoked (it may sign
+        # with `new` until it reloads its ring, up to a second: such tokens then fail, as revoked).
+        deadline = time.monotonic() + PROPAGATION
+        while kid_of(login(client, "admin", admin_password(server))) == new:
+            assert time.monotonic() < deadline, "still signing with a revoked key"
+            time.sleep(0.2)
 
 
 def test_serve_believes_no_forwarded_header_by_default(server: Server) -> None:

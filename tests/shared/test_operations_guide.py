@@ -64,4 +64,5 @@ def test_every_command_in_the_guide_runs(tmp_path: Path) -> None:
     finally:
         if server is not None and server.poll() is None:
             server.send_signal(signal.SIGTERM)
-            assert server.wait(timeout=30) == 0, "the guide's server did not stop cleanly on SIGTERM"
+            # (0, or the signal itself: uvicorn re-raises it once it has shut down cleanly)
+            assert server.wait(timeout=30) in (0, -signal.SIGTERM), "the guide's server did not stop on SIGTERM"
