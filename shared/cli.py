@@ -326,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         _main(argv)
     except KeyboardInterrupt:
-        # Ctrl-C at any moment: whatever was running has been stopped (serve shuts down cleanly first).
+        # Ctrl-C: whatever was running has been stopped (serve shuts down cleanly first).
         print("handshake: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
 
