@@ -13,6 +13,8 @@ import sqlalchemy as sa
 from account_manager import store
 from account_manager.passwords import check_strength, passwords
 from account_manager.sessions import end_all_sessions, now_utc
+from shared import lockout
+from shared.cache import RowCache
 from shared.context import Context
 from shared.errors import (
     InvalidCredentialsError,
@@ -115,11 +117,27 @@ async def register(ctx: Context, *, username: str, password: str, email: str | N
     )
 
 
-async def get_user(ctx: Context, *, user_id: str) -> store.UserRow:
+def user_cache(ctx: Context) -> RowCache[store.UserRow]:
+    found = ctx.extras.get("user_cache")
+    if found is None:
+        found = ctx.extras["user_cache"] = RowCache[store.UserRow](ctx.revocations, "user")
+    assert isinstance(found, RowCache)
+    return found
+
+
+async def get_user(ctx: Context, *, user_id: str, cached: bool = False) -> store.UserRow:
+    """The user's row; with `cached`, from this process's cache where it has it (for reads that only
+    show the row: nothing that decides access reads it from the cache)."""
+    cache = user_cache(ctx) if cached else None
+    if cache is not None and (hit := cache.get(user_id)) is not None:
+        return hit
+    ticket = cache.ticket() if cache is not None else 0
     async with ctx.db.query() as tx:
         user = await store.user_by_id(tx, user_id=user_id)
     if user is None:
         raise NotFoundError("No such user.")
+    if cache is not None:
+        cache.put(user_id, user, ticket)
     return user
 
 
@@ -127,6 +145,7 @@ async def update_email(ctx: Context, *, user_id: str, email: str | None, ip: str
     check_email(email)
     async with ctx.db.write() as tx:
         await store.update_user(tx, user_id=user_id, now=now_utc(), email=email)
+        ctx.revocations.user_changed(tx, user_id)
         await ctx.events.record(
             tx, EventType.USER_UPDATED, actor_type=ActorType.USER, actor_id=user_id, ip=ip, detail={"fields": ["email"]}
         )
@@ -137,12 +156,19 @@ async def change_password(
     ctx: Context, *, user_id: str, sid: str, current_password: str, new_password: str, ip: str | None
 ) -> None:
     user = await get_user(ctx, user_id=user_id)
+    # A wrong current password is a guess like a wrong login, counted in the same place: a stolen
+    # access token buys no more guesses at the password than the login form gives (SPEC §4).
+    key = user.username.lower()
+    failures = await lockout.check(ctx, key, ip)
     if not await passwords(ctx).verify(user.password_hash, current_password):
+        await lockout.record_failure(ctx, key, ip)
         raise WrongPasswordError()
+    await lockout.record_success(ctx, key, ip, failures=failures)
     check_strength(new_password)
     password_hash = await passwords(ctx).hash(new_password)
     async with ctx.db.write() as tx:
         await store.update_user(tx, user_id=user_id, now=now_utc(), password_hash=password_hash)
+        ctx.revocations.user_changed(tx, user_id)
         ended = await end_all_sessions(ctx, tx, user_id=user_id, reason="password_changed", except_sid=sid)
         await ctx.events.record(
             tx,
@@ -168,6 +194,7 @@ async def admin_update_user(
             changes["disabled"] = disabled
         if changes:
             await store.update_user(tx, user_id=user_id, now=now_utc(), **changes)
+            ctx.revocations.user_changed(tx, user_id)
             # Disabling ends every session at once; so does a role change, so that no token goes on
             # carrying the old role until it expires.
             if changes.get("disabled") or "role" in changes:

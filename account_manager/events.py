@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,8 @@ from shared.context import Context
 from shared.errors import HandshakeError
 from shared.events import Event, event_from_row
 from shared.tokens import Claims
+
+REVOCATION_CHECK = 1.0  # s: how often a quiet stream asks whether its reader may still read
 
 
 async def list_events(
@@ -66,8 +69,18 @@ async def stream_events(
     keepalive: float = 15.0,
 ) -> AsyncIterator[bytes]:
     """Server-Sent Events: what was missed since Last-Event-ID first, then live events as they commit.
-    The stream ends when the caller's session is revoked: checked at every keep-alive."""
+    The stream ends within REVOCATION_CHECK seconds of the reader's session being revoked (a logout,
+    a disable and a role change all revoke it), or of revocation state becoming unconfirmed: checked
+    before every event sent and every REVOCATION_CHECK seconds while none comes."""
     device_uid = device_uid.upper() if device_uid else None
+
+    def still_allowed() -> bool:
+        try:
+            ctx.revocations.check(claims)
+        except HandshakeError:
+            return False
+        return True
+
     async with ctx.events.listen() as queue:
         yield b"retry: 2000\n\n"
         if last_event_id is not None:
@@ -75,17 +88,21 @@ async def stream_events(
                 missed = await store.events_after(tx, after=last_event_id, limit=500)
             for row in missed:
                 event = event_from_row(row)
-                if _matches(event, type=type, user_id=user_id, device_uid=device_uid):
+                if _matches(event, type=type, user_id=user_id, device_uid=device_uid) and still_allowed():
                     yield _frame(event)
+        quiet_since = time.monotonic()
         while True:
             try:
-                event = await asyncio.wait_for(queue.get(), keepalive)
+                event = await asyncio.wait_for(queue.get(), min(keepalive, REVOCATION_CHECK))
             except TimeoutError:
-                try:
-                    ctx.revocations.check(claims)
-                except HandshakeError:
+                if not still_allowed():
                     return
-                yield b": keep-alive\n\n"
+                if time.monotonic() - quiet_since >= keepalive:
+                    quiet_since = time.monotonic()
+                    yield b": keep-alive\n\n"
                 continue
+            if not still_allowed():
+                return
             if _matches(event, type=type, user_id=user_id, device_uid=device_uid):
+                quiet_since = time.monotonic()
                 yield _frame(event)

@@ -92,6 +92,7 @@ async def issue_session(
     now = now_utc()
     sid = secrets.token_hex(16)
     refresh_token = new_refresh_token()
+    ctx.revocations.user_changed(tx, user_id)  # its last login changes
     await store.open_session(
         tx,
         sid=sid,

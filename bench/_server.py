@@ -69,6 +69,18 @@ def _add_bench_routes(app: FastAPI, settings: Settings) -> None:
     public_key = _verification_key(settings)
     algorithms = [settings.jwt_alg]
 
+    @app.post("/bench/seed-devices", include_in_schema=False)
+    async def bench_seed_devices(request: Request, user: CurrentUser) -> dict[str, int]:
+        """Provision and bind `count` devices to the caller (bench.http's GET /v1/devices)."""
+        from device_manager import binding, provisioning
+
+        ctx = request.state.ctx
+        count = int(request.query_params.get("count", "20"))
+        made = await provisioning.provision(ctx, model="bench-plug", count=count, actor_id=None, ip=None)
+        for device in made:
+            await binding.bind(ctx, uid=device.uid, claim_code=device.claim_code, user_id=user.id, ip=None)
+        return {"bound": len(made)}
+
     @app.get("/bench/plain", include_in_schema=False)
     async def bench_plain() -> dict[str, bool]:
         return {"ok": True}

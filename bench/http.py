@@ -1,6 +1,6 @@
-"""Authenticated HTTP throughput (PERF §2): wrk -t1 -c50 against one uvicorn worker, comparing in the
-same run a trivial endpoint without authentication, the same with `CurrentUser`, the naive PyJWT
-decode per request, and GET /v1/users/me (authentication plus one database read).
+"""Authenticated HTTP throughput (PERF §2, issue 11): wrk -t1 -c50 against one uvicorn worker, comparing
+in the same run GET /healthz and a trivial endpoint without authentication, the same with `CurrentUser`,
+the naive PyJWT decode per request, GET /v1/users/me and GET /v1/devices (the caller's 20 devices).
 
 Run from the repository root:  .venv/bin/python -m bench.http [--backend sqlite|postgres|both]
 (as a module: this file is named `http`, and run as a script it would shadow the standard library)."""
@@ -33,13 +33,15 @@ from bench._server import (
     server_counts,
 )
 
-ENDPOINTS = ("/bench/plain", "/bench/auth", "/bench/pyjwt", "/v1/users/me")
-AUTHENTICATED = frozenset({"/bench/auth", "/bench/pyjwt", "/v1/users/me"})
-# (label, endpoint, what to compare with)
+ENDPOINTS = ("/healthz", "/bench/plain", "/bench/auth", "/bench/pyjwt", "/v1/users/me", "/v1/devices")
+AUTHENTICATED = frozenset({"/bench/auth", "/bench/pyjwt", "/v1/users/me", "/v1/devices"})
+DEVICES = 20
+# (label, endpoint, baseline, what to compare with)
 RATIOS = (
-    ("auth ÷ plain", "/bench/auth", "target ≥ 0.80"),
-    ("pyjwt ÷ plain", "/bench/pyjwt", "naive baseline (PERF: ~0.37)"),
-    ("me ÷ plain", "/v1/users/me", "auth + one database read"),
+    ("auth ÷ plain", "/bench/auth", "/bench/plain", "target ≥ 0.80 (PERF §2)"),
+    ("pyjwt ÷ plain", "/bench/pyjwt", "/bench/plain", "naive baseline (PERF: ~0.37)"),
+    ("me ÷ healthz", "/v1/users/me", "/healthz", "target ≥ 0.60 (issue 11)"),
+    ("devices ÷ healthz", "/v1/devices", "/healthz", f"target ≥ 0.40 (issue 11), {DEVICES} devices"),
 )
 
 
@@ -72,6 +74,11 @@ def prepare(server: Server) -> str:
     """A registered, logged-in user's access token; every endpoint checked once to answer 200."""
     with httpx.Client(base_url=server.base_url, timeout=30) as client:
         token = register_and_login(client, f"bench{secrets.token_hex(4)}")
+        seeded = client.post(
+            "/bench/seed-devices", params={"count": DEVICES}, headers={"Authorization": f"Bearer {token}"}
+        )
+        if seeded.status_code != 200:
+            raise RuntimeError(f"seeding devices: {seeded.status_code} {seeded.text}")
         for path in ENDPOINTS:
             check_ok(client, path, token if path in AUTHENTICATED else None)
     return token
@@ -109,9 +116,8 @@ def report(backend: str, rates: dict[str, list[float]], *, seconds: int, connect
     for path in ENDPOINTS:
         rounds = "  ".join(f"{value:8.0f}" for value in rates[path])
         print(f"  {path:<14} median {medians[path]:8.0f} 2xx/s   rounds: {rounds}")
-    plain = medians["/bench/plain"]
-    for label, path, target in RATIOS:
-        print(f"  {label:<14} {medians[path] / plain:5.2f}   {target}")
+    for label, path, baseline, target in RATIOS:
+        print(f"  {label:<17} {medians[path] / medians[baseline]:5.2f}   {target}")
 
 
 def bench_backend(backend: str, *, seconds: int, rounds: int, connections: int) -> None:

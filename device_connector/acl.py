@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import orjson
+
+from shared import jsonlimits
 from shared.models import DeviceRole
 
 MAX_TOPIC_LEVELS = 32
@@ -92,6 +95,33 @@ def may_publish(grants: Grants, topic: str) -> bool:
         return False
     split = _split(topic)
     return split is not None and allowed(grants, split[0], split[1], Action.PUBLISH)
+
+
+# Channels whose payloads the platform reads (a reply goes back to an HTTP caller, state is stored and
+# served, a command is the device's to parse), and the ones whose messages may be retained (SPEC §6
+# table: reported and desired state; a retained command would replay to the device on every subscribe).
+_JSON_CHANNELS = frozenset({Channel.COMMANDS, Channel.REPLIES, Channel.STATE})
+_RETAINED_CHANNELS = frozenset({Channel.STATE, Channel.DESIRED})
+
+
+def payload_refusal(topic: str, data: bytes) -> str | None:
+    """Why a publish on `topic` must be dropped for what it carries (a JSON document nested too deep,
+    or holding a NUL); None when it may go on. A payload that is not JSON at all is passed on as it
+    is (and never stored)."""
+    split = _split(topic)
+    if split is None or split[1] not in _JSON_CHANNELS:
+        return None
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    found = jsonlimits.problem(value)
+    return None if found is None else f"payload {found}"
+
+
+def may_retain(topic: str) -> bool:
+    split = _split(topic)
+    return split is not None and split[1] in _RETAINED_CHANNELS
 
 
 def may_receive(grants: Grants, topic: str) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from device_connector.client import DeviceClient, HandshakeClientError, UserClient
+from device_connector.client import DeviceClient, HandshakeClientError, MqttListenerUnknownError, UserClient
 from shared.cli import fail
 
 
@@ -31,11 +31,13 @@ def demo(args: argparse.Namespace) -> None:
         fail(f"cannot reach {args.url}: {exc}; start it with `handshake serve`")
     except HandshakeClientError as exc:
         fail(f"the server said {exc}")
+    except MqttListenerUnknownError:
+        fail(f"{args.url} does not say where its MQTT broker listens: pass --mqtt-port")
     except TimeoutError as exc:
         fail(str(exc))
 
 
-def _run(url: str, admin_name: str, admin_password: str, mqtt_port: int) -> None:
+def _run(url: str, admin_name: str, admin_password: str, mqtt_port: int | None) -> None:
     admin = UserClient(url, mqtt_port=mqtt_port)
     admin.login(admin_name, admin_password)
     _step(1, f"logged in as {admin_name}")
@@ -63,7 +65,7 @@ def _run(url: str, admin_name: str, admin_password: str, mqtt_port: int) -> None
         return {"on": bool(params.get("on"))}
 
     with device:
-        _step(5, f"simulated device connected over MQTT on port {mqtt_port} with a device token")
+        _step(5, f"simulated device connected over MQTT on port {device.mqtt_port} with a device token")
         started = time.perf_counter()
         reply = user.send_command(device_info["uid"], "switch", {"on": True})
         elapsed = (time.perf_counter() - started) * 1000
@@ -85,7 +87,7 @@ def _run(url: str, admin_name: str, admin_password: str, mqtt_port: int) -> None
 def register(commands: Any) -> None:
     cmd = commands.add_parser("demo", help="walk through the whole flow against a running server")
     cmd.add_argument("--url", default="http://127.0.0.1:8000")
-    cmd.add_argument("--mqtt-port", type=int, default=1883)
+    cmd.add_argument("--mqtt-port", type=int, default=None, help="default: the port the server says it listens on")
     cmd.add_argument("--admin", default="admin", help="an admin or manufacturer account")
     cmd.add_argument("--admin-password", help="default: HANDSHAKE_ADMIN_PASSWORD")
     cmd.set_defaults(handler=demo)

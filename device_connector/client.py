@@ -1,6 +1,6 @@
 """The SDK: a DeviceClient for firmware written in Python and a UserClient for app developers.
 
-    device = DeviceClient("http://127.0.0.1:8000", uid, secret, mqtt_port=1883)
+    device = DeviceClient("http://127.0.0.1:8000", uid, secret)  # asks the server for its MQTT port
 
     @device.command("reboot")
     def reboot(params):
@@ -31,6 +31,8 @@ log = logging.getLogger("handshake.client")
 
 CommandHandler = Callable[[dict[str, Any]], Any]
 RENEW_AT = 0.8  # renew a token when 80% of its lifetime has passed
+# CONNACK codes that mean "these credentials are no good" (as paho 2 names MQTT 3.1.1's 4 and 5).
+_REFUSED_CREDENTIALS = frozenset({"Bad user name or password", "Not authorized"})
 
 
 class HandshakeClientError(Exception):
@@ -58,6 +60,28 @@ def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
         pass
 
 
+def mqtt_port_of(http: httpx.Client) -> int:
+    """Where the server's own MQTT broker listens, as its /readyz (or discovery document) says. The
+    usual 1883 is not assumed: on many machines another broker holds it, and a client that reached
+    that one would connect, subscribe and never hear a command."""
+    for path, key in (("/readyz", "mqtt"), ("/.well-known/openid-configuration", "mqtt_port")):
+        try:
+            response = http.get(path)
+            body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+        except (httpx.HTTPError, ValueError):
+            continue
+        found = body.get(key) if isinstance(body, dict) else None
+        port = found.get("port") if isinstance(found, dict) else found
+        if isinstance(port, int) and 0 < port < 65536:
+            return port
+    raise MqttListenerUnknownError(f"{http.base_url} does not say where its MQTT broker listens: pass mqtt_port")
+
+
+class MqttListenerUnknownError(LookupError):
+    """The server runs no MQTT broker of its own (another service of the deployment does, or a
+    clustered broker): the caller must name the port."""
+
+
 def _mqtt_client(client_id: str) -> mqtt.Client:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
     client.on_socket_open = _no_delay
@@ -73,7 +97,7 @@ class DeviceClient:
         secret: str,
         *,
         mqtt_host: str | None = None,
-        mqtt_port: int = 1883,
+        mqtt_port: int | None = None,
         keepalive: int = 30,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -91,6 +115,7 @@ class DeviceClient:
         self._handlers: dict[str, CommandHandler] = {}
         self._desired_callbacks: list[Callable[[dict[str, Any]], None]] = []
         self._renewer: threading.Timer | None = None
+        self._fetching = threading.Lock()
         self.desired: dict[str, Any] | None = None
 
     # --- what firmware registers ------------------------------------------------------------------
@@ -118,6 +143,8 @@ class DeviceClient:
 
     def start(self, timeout: float = 10) -> None:
         self.fetch_token()
+        if self.mqtt_port is None:
+            self.mqtt_port = mqtt_port_of(self.http)
         self.mqtt.connect(self.mqtt_host, self.mqtt_port, keepalive=self.keepalive)
         self.mqtt.loop_start()
         if not self.connected.wait(timeout):
@@ -160,9 +187,26 @@ class DeviceClient:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
         if reason.is_failure:
             log.warning("device %s refused: %s", self.uid, reason)
+            if str(reason) in _REFUSED_CREDENTIALS:
+                # The token went bad (the device was disabled and enabled again, its key revoked...):
+                # the next automatic reconnect goes with a fresh one, not the same refused token.
+                self._fetch_in_background()
             return
         client.subscribe([(f"devices/{self.uid}/commands", 1), (f"devices/{self.uid}/desired", 1)])
         self.connected.set()
+
+    def _fetch_in_background(self) -> None:
+        if self._fetching.acquire(blocking=False):
+
+            def fetch() -> None:
+                try:
+                    self.fetch_token()
+                except Exception as exc:  # a disabled device stays refused: paho keeps retrying
+                    log.warning("device %s could not get a fresh token: %s", self.uid, exc)
+                finally:
+                    self._fetching.release()
+
+            threading.Thread(target=fetch, name=f"handshake-token-{self.uid}", daemon=True).start()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
@@ -198,7 +242,7 @@ class DeviceClient:
 class UserClient:
     """An app's view: log in over HTTPS, bind and command devices, watch their state over MQTT."""
 
-    def __init__(self, base_url: str, *, mqtt_host: str | None = None, mqtt_port: int = 1883) -> None:
+    def __init__(self, base_url: str, *, mqtt_host: str | None = None, mqtt_port: int | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.http = httpx.Client(base_url=self.base_url, timeout=70)
         self.mqtt_host = mqtt_host or urlsplit(base_url).hostname or "127.0.0.1"
@@ -284,6 +328,8 @@ class UserClient:
         client.username_pw_set(self.user_id, self.access_token)
         ready = threading.Event()
         client.on_connect = lambda c, u, f, reason, p=None: ready.set() if not reason.is_failure else None
+        if self.mqtt_port is None:
+            self.mqtt_port = mqtt_port_of(self.http)
         client.connect(self.mqtt_host, self.mqtt_port)
         client.loop_start()
         if not ready.wait(timeout):

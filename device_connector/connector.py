@@ -17,10 +17,13 @@ from typing import Any
 import orjson
 
 from device_connector import store
+from device_connector.acl import payload_refusal
+from device_connector.gate import is_device_name
 from device_connector.journal import Journal, NewEvent, Reported
 from device_connector.port import Broker, CloseReason, Connection
 from device_connector.presence import Presence
 from device_connector.relay import DeviceOfflineError, DeviceTimeoutError, Relay
+from shared import jsonlimits
 from shared.context import Context
 from shared.events import event_row
 from shared.models import ActorType, DeviceRole, EventType
@@ -106,8 +109,9 @@ class Connector:
         try:
             async with self.ctx.db.read() as tx:
                 row = await store.get_state(tx, uid=uid)
-            if row is not None and row.desired is not None:
-                await self.broker.publish(f"devices/{uid}/desired", orjson.dumps(row.desired), retain=True)
+            data = jsonlimits.dumps_or_none(row.desired) if row is not None and row.desired is not None else None
+            if data is not None:
+                await self.broker.publish(f"devices/{uid}/desired", data, retain=True)
         except Exception as exc:
             log.warning("could not send %s its desired state: %r", uid, exc)
 
@@ -116,27 +120,42 @@ class Connector:
         if parts is None:
             return
         uid, channel = parts
+        if channel in ("replies", "state"):
+            # The embedded broker dropped such a message already; a clustered one delivered it, and
+            # here it is neither relayed to an HTTP caller nor stored.
+            refusal = payload_refusal(topic, data)
+            if refusal is not None:
+                if conn is not None:
+                    self.denied(conn, topic, reason=refusal)
+                return
         if channel == "replies":
             self.relay.on_reply(uid, data)
         elif channel == "state":
             self._save_reported(uid, data)
 
-    def denied(self, conn: Connection, topic: str) -> None:
+    def denied(self, conn: Connection, topic: str, *, reason: str | None = None) -> None:
         parts = topic_parts(topic)
+        detail = {"topic": topic[:256], "action": "publish"}
+        if reason is not None:
+            detail["reason"] = reason
         self._record(
             EventType.ACL_DENIED,
             actor_type=ActorType.DEVICE if conn.is_device else ActorType.USER,
             actor_id=conn.client_id,
             device_uid=parts[0][:20] if parts else None,
             ip=conn.ip,
-            detail={"topic": topic[:256], "action": "publish"},
+            detail=detail,
         )
 
     def refused(self, *, client_id: str, username: str | None, ip: str | None, reason: str) -> None:
+        # A refused device is on its own timeline (the name is a well-formed UID; whether such a
+        # device exists is not looked up on this path, which a CONNECT flood runs on).
+        device_uid = username if username is not None and is_device_name(username) else None
         self._record(
             EventType.MQTT_AUTH_FAILED,
             actor_type=ActorType.SYSTEM,
             actor_id=(username or "")[:64] or None,
+            device_uid=device_uid,
             ip=ip,
             detail={"client_id": client_id[:64], "reason": reason},
         )
@@ -255,10 +274,11 @@ class Connector:
         self.journal.add(Reported(uid, reported, datetime.now(UTC)))
 
     async def set_desired(self, uid: str, desired: dict[str, Any]) -> datetime:
+        data = orjson.dumps(desired)  # before anything is stored: a document that cannot be sent is not kept
         now = datetime.now(UTC)
         async with self.ctx.db.write() as tx:
             await store.put_state(tx, uid=uid, desired=desired, desired_at=now)
-        await self.broker.publish(f"devices/{uid}/desired", orjson.dumps(desired), retain=True)
+        await self.broker.publish(f"devices/{uid}/desired", data, retain=True)
         return now
 
     async def _load_retained_state(self) -> None:
@@ -266,7 +286,12 @@ class Connector:
         async with self.ctx.db.read() as tx:
             rows = await store.all_states(tx)
         for row in rows:
-            if row.reported is not None:
-                self.broker.load_retained(f"devices/{row.uid}/state", orjson.dumps(row.reported))
-            if row.desired is not None:
-                self.broker.load_retained(f"devices/{row.uid}/desired", orjson.dumps(row.desired))
+            for channel, value in (("state", row.reported), ("desired", row.desired)):
+                if value is None:
+                    continue
+                data = jsonlimits.dumps_or_none(value)
+                if data is None:
+                    # Stored before documents were bounded: one device's state must not stop a start.
+                    log.warning("not retaining %s's %s: it cannot be written back as JSON", row.uid, channel)
+                    continue
+                self.broker.load_retained(f"devices/{row.uid}/{channel}", data)

@@ -19,10 +19,15 @@ async def on_start(ctx: Context) -> None:
     await connector.start()
     ctx.extras["connector"] = connector
     ctx.extras.setdefault("readiness", {})["broker"] = connector.ready
+    if not ctx.settings.clustered_broker:
+        # Where clients find the embedded broker: in /readyz and the discovery document, so that the
+        # SDKs and `handshake demo` ask instead of assuming 1883 (which may be another broker).
+        ctx.extras["mqtt_listener"] = {"port": ctx.settings.mqtt_port}
 
 
 async def on_stop(ctx: Context) -> None:
     ctx.extras.get("readiness", {}).pop("broker", None)
+    ctx.extras.pop("mqtt_listener", None)
     connector = ctx.extras.pop("connector", None)
     if connector is not None:
         await connector.stop()

@@ -16,7 +16,7 @@ async def role_of(tx: Tx, *, device: store.DeviceRow, user_id: str) -> DeviceRol
 
 
 async def require(tx: Tx, *, uid: str, user_id: str, at_least: DeviceRole) -> tuple[store.DeviceRow, DeviceRole]:
-    device = await store.device(tx, uid=uid.upper())
+    device = await store.device(tx, uid=uid.upper(), lock=tx.write)
     role = await role_of(tx, device=device, user_id=user_id) if device is not None else None
     if device is None or role is None:
         raise NotFoundError("No such device.")

@@ -88,6 +88,18 @@ async def new_pairing_token(ctx: Context, *, user_id: str, ip: str | None) -> di
 
 async def pair(ctx: Context, *, uid: str, secret: str, pairing_token: str, ip: str | None) -> dict[str, str]:
     device = await authenticate_device(ctx, uid=uid, secret=secret, ip=ip)
+    # Wrong pairing tokens are guesses: counted per device and address like wrong logins (SPEC §4).
+    failures = await lockout.check(ctx, device.uid, ip, scope="pair")
+    try:
+        result = await _redeem(ctx, device=device, pairing_token=pairing_token, ip=ip)
+    except InvalidPairingTokenError:
+        await lockout.record_failure(ctx, device.uid, ip, scope="pair")
+        raise
+    await lockout.record_success(ctx, device.uid, ip, failures=failures, scope="pair")
+    return result
+
+
+async def _redeem(ctx: Context, *, device: store.DeviceRow, pairing_token: str, ip: str | None) -> dict[str, str]:
     async with ctx.db.write() as tx:
         user_id = await store.redeem_pairing_token(
             tx, token_hash=credentials.hash_token(pairing_token), uid=device.uid, now=now_utc()

@@ -18,8 +18,16 @@ def provision(args: argparse.Namespace) -> None:
     if not 1 <= args.count <= 100_000:
         fail("--count must be between 1 and 100000")
     out: Path | None = args.out
-    if out is not None and out.exists():
-        fail(f"{out} exists already: secrets are shown once, so choose a new file")
+    handle: Any = sys.stdout
+    if out is not None:
+        if out.exists():
+            fail(f"{out} exists already: secrets are shown once, so choose a new file")
+        # Opened before anything is provisioned: secrets that cannot be written are never made.
+        try:
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # 0600: it holds every secret
+        except OSError as exc:
+            fail(f"cannot write {out}: {exc.strerror}; nothing was provisioned")
+        handle = os.fdopen(fd, "w", newline="")
 
     async def work(ctx: Context) -> list[provisioning.Provisioned]:
         from shared.migrations import upgrade
@@ -33,18 +41,22 @@ def provision(args: argparse.Namespace) -> None:
             left -= batch
         return made
 
-    made = run(with_context(load_settings(), work))
+    try:
+        made = run(with_context(load_settings(), work))
+    except BaseException:
+        if out is not None:
+            handle.close()
+            out.unlink(missing_ok=True)  # nothing in it: no device of it was made
+        raise
     rows = [device.to_json() for device in made]
     if out is None:
-        _write(sys.stdout, rows)
+        _write(handle, rows)
         return
     try:
-        # 0600: the file holds every device's secret.
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", newline="") as handle:
+        with handle:
             _write(handle, rows)
-    except OSError as exc:
-        fail(f"cannot write {out}: {exc.strerror}")
+    except OSError as exc:  # the disk filled up meanwhile: say so, the devices exist
+        fail(f"cannot write {out}: {exc.strerror}; {len(rows)} devices were provisioned without their secrets saved")
     print(f"provisioned {len(rows)} {args.model} devices into {out}", file=sys.stderr)
 
 

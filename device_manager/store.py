@@ -59,8 +59,12 @@ async def existing_uids(tx: Tx, *, uids: Sequence[str]) -> list[str]:
     return list(result.scalars())
 
 
-async def device(tx: Tx, *, uid: str) -> DeviceRow | None:
-    return _device((await tx.execute(sa.select(devices).where(devices.c.uid == uid))).first())
+async def device(tx: Tx, *, uid: str, lock: bool = False) -> DeviceRow | None:
+    """The device; with `lock`, its row stays locked until the transaction ends, so that two changes
+    decided on the same owner (two transfers, a transfer and an unbind) run one after the other and
+    the second sees the first's outcome (SPEC §11: one winner)."""
+    statement = sa.select(devices).where(devices.c.uid == uid)
+    return _device((await tx.execute(statement.with_for_update() if lock else statement)).first())
 
 
 async def claim(tx: Tx, *, uid: str, user_id: str, now: datetime) -> bool:
@@ -75,7 +79,7 @@ async def claim(tx: Tx, *, uid: str, user_id: str, now: datetime) -> bool:
 
 async def release(tx: Tx, *, uid: str) -> list[str]:
     """Remove the owner and every share; the user ids that lost access."""
-    row = await device(tx, uid=uid)
+    row = await device(tx, uid=uid, lock=tx.write)
     lost = [row.owner_id] if row is not None and row.owner_id else []
     lost += await share_user_ids(tx, uid=uid)
     await tx.execute(sa.delete(shares).where(shares.c.uid == uid))

@@ -169,9 +169,11 @@ def _common_router() -> APIRouter:
         for name, probe in ctx.extras.get("readiness", {}).items():
             checks[name] = "ok" if probe() else "unreachable"
         ready = all(value == "ok" for value in checks.values())
+        listener = ctx.extras.get("mqtt_listener")
+        where = {"mqtt": {"port": listener["port"]}} if listener else {}
         if ready:
-            return JSONResponse({"status": "ready", "checks": checks})
-        body = {"error": "service_unavailable", "detail": "A backend is unreachable.", "checks": checks}
+            return JSONResponse({"status": "ready", "checks": checks, **where})
+        body = {"error": "service_unavailable", "detail": "A backend is unreachable.", "checks": checks, **where}
         return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
 
     @router.get("/metrics", tags=["health"])
@@ -247,7 +249,8 @@ class RequestMetricsMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over the limit (SPEC §11: 64 KiB) before anything parses them."""
+    """Refuse bodies over the limit (SPEC §11: 64 KiB) before anything parses them, and a NUL in the
+    path or the query (no string with one can be stored: PostgreSQL's text cannot hold it)."""
 
     def __init__(self, app: ASGIApp, *, max_body: int) -> None:
         self.app = app
@@ -256,6 +259,11 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
+            await error_response(InvalidRequestError("The path or the query holds a NUL character."))(
+                scope, receive, send
+            )
             return
         for name, value in scope["headers"]:
             if name == b"content-length":

@@ -10,6 +10,7 @@ import orjson
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from shared import jsonlimits
 from shared.errors import InvalidRequestError, ValidationFailedError
 
 M = TypeVar("M", bound=BaseModel)
@@ -23,10 +24,10 @@ async def raw_body(request: Request) -> dict[str, object]:
         # The standard library's parser: several times cheaper than the multipart machinery's, and
         # every broker hook (a few per MQTT CONNECT on RabbitMQ) comes this way.
         text = (await request.body()).decode("utf-8", "replace")
-        return dict(parse_qsl(text, keep_blank_values=True, errors="replace"))
+        return _checked(dict(parse_qsl(text, keep_blank_values=True, errors="replace")))
     if content_type in _FORMS:
         form = await request.form()
-        return {key: value for key, value in form.items() if isinstance(value, str)}
+        return _checked({key: value for key, value in form.items() if isinstance(value, str)})
     raw = await request.body()
     try:
         data = orjson.loads(raw) if raw else {}
@@ -34,6 +35,13 @@ async def raw_body(request: Request) -> dict[str, object]:
         raise InvalidRequestError("The body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("The body must be a JSON object.")
+    return _checked(data)
+
+
+def _checked(data: dict[str, object]) -> dict[str, object]:
+    found = jsonlimits.problem(data)
+    if found is not None:
+        raise InvalidRequestError(f"The body {found}.")
     return data
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
+import fcntl
 import getpass
 import importlib
 import logging
 import os
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import tomllib
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -33,9 +36,48 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(EXIT_USAGE)
 
 
+# HANDSHAKE_* names that are not settings but are read by the platform's own tools.
+_OTHER_NAMES = frozenset({"HANDSHAKE_CONFIG", "HANDSHAKE_URL"})
+_OTHER_PREFIXES = ("HANDSHAKE_TEST_", "HANDSHAKE_BENCH_", "HANDSHAKE_RABBITMQ_")
+
+
+def unknown_setting_warnings(environ: Mapping[str, str], toml_keys: Iterable[str] = ()) -> list[str]:
+    """A line for each HANDSHAKE_* variable or settings-file key that is no setting (a typo would
+    otherwise leave the default in force without a word), naming the nearest real one."""
+    fields = sorted(Settings.model_fields)
+    variables = ["HANDSHAKE_" + name.upper() for name in fields]
+    lines = []
+    for name in sorted(environ):
+        if not name.startswith("HANDSHAKE_") or name in _OTHER_NAMES or name.startswith(_OTHER_PREFIXES):
+            continue
+        if name not in variables:
+            lines.append(_unknown(f"the variable {name}", name, variables))
+    for key in sorted(toml_keys):
+        if key not in fields:
+            lines.append(_unknown(f"the settings-file key {key!r}", key, fields))
+    return lines
+
+
+def _unknown(what: str, name: str, known: list[str]) -> str:
+    nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {nearest[0]}?" if nearest else ""
+    return f"warning: {what} is not a setting and is ignored{hint}"
+
+
+def _toml_keys() -> list[str]:
+    config = os.environ.get("HANDSHAKE_CONFIG")
+    if not config:
+        return []
+    try:
+        with open(config, "rb") as file:
+            return list(tomllib.load(file))
+    except (OSError, tomllib.TOMLDecodeError):
+        return []  # Settings() says what is wrong with the file
+
+
 def load_settings() -> Settings:
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
         message = str(first["msg"]).removeprefix("Value error, ")
@@ -45,6 +87,9 @@ def load_settings() -> Settings:
         fail(f"bad setting {name}: {message}")
     except (OSError, ValueError) as exc:  # an unreadable or malformed HANDSHAKE_CONFIG file
         fail(f"cannot read the settings: {exc}")
+    for line in unknown_setting_warnings(os.environ, _toml_keys()):
+        print(f"handshake: {line}", file=sys.stderr, flush=True)
+    return settings
 
 
 def _service(module: str) -> Any:
@@ -123,8 +168,35 @@ async def _prepare(ctx: Context, services: Sequence[str]) -> None:
             print("Created the user 'admin' with the password from HANDSHAKE_ADMIN_PASSWORD.", flush=True)
 
 
+_HELD: list[int] = []  # lock files held for the life of the process
+
+
+def _one_embedded_broker(settings: Settings) -> None:
+    """One embedded broker per deployment: a second one would take the first one's devices for gone
+    and record them offline (its start-up census finds none of them connected to itself)."""
+    path = settings.keys_dir / "serve.lock"  # the key directory exists: _prepare made or checked it
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        fail(f"cannot take the lock {path}: {exc.strerror}")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        fail(
+            f"another `handshake serve` (pid {holder}) runs this deployment's MQTT broker (it holds {path}):"
+            " stop it first, or give this one its own HANDSHAKE_DATABASE_URL and HANDSHAKE_KEYS_DIR"
+        )
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _HELD.append(fd)
+
+
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
+
+    from shared.http_guard import GuardedH11Protocol, configure
 
     settings = load_settings()
     requested = [args.service] if args.service else list(SERVICES)
@@ -136,10 +208,14 @@ def serve(args: argparse.Namespace) -> None:
     if "device-connector" in services and not settings.clustered_broker:
         mqtt_port = _mqtt_port(args.host, args.mqtt_port)
     settings = settings.model_copy(update={"mqtt_host": args.host, "mqtt_port": mqtt_port})
-    run(with_context(settings, lambda ctx: _prepare(ctx, services)))
+    run(with_context(settings, lambda ctx: _prepare(ctx, services)))  # checks the key directory too
+    if "device-connector" in services and not settings.clustered_broker:
+        _one_embedded_broker(settings)
     app = create_app(settings, services=services)
+    configure()  # the HTTP connection cap, below the file limit (held-open connections, issue 17)
     config = uvicorn.Config(
         app,
+        http=GuardedH11Protocol,
         host=args.host,
         port=args.http_port,
         log_level="info",

@@ -5,10 +5,10 @@ for it (busy_timeout), so "database is locked" becomes a short wait, not a 500."
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from shared import deadline, sqlite
 from shared.errors import ServiceUnavailableError
-from shared.settings import Settings
+from shared.settings import Settings, sqlite_file
+
+log = logging.getLogger("handshake.db")
 
 _WRITE = "handshake_write"
 _AUTOCOMMIT = "handshake_autocommit"
@@ -37,8 +39,11 @@ BACKEND_ERRORS: tuple[type[BaseException], ...] = (
 class Tx:
     """A connection in a transaction, plus what to do once it has committed."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, *, write: bool = False) -> None:
         self.conn = conn
+        # A write transaction: rows read to decide a change are locked (SELECT ... FOR UPDATE on
+        # PostgreSQL; SQLite's BEGIN IMMEDIATE holds the whole database already).
+        self.write = write
         self._after_commit: list[Callable[[], Awaitable[None] | None]] = []
 
     def after_commit(self, callback: Callable[[], Awaitable[None] | None]) -> None:
@@ -47,11 +52,6 @@ class Tx:
     async def execute(self, statement: Any, params: Any = None) -> sa.CursorResult[*tuple[Any, ...]]:
         result: sa.CursorResult[*tuple[Any, ...]] = await self.conn.execute(statement, params)
         return result
-
-
-def _sqlite_path(url: str) -> Path | None:
-    path = sa.engine.make_url(url).database
-    return Path(path) if path and path != ":memory:" else None
 
 
 class Database:
@@ -64,10 +64,10 @@ class Database:
     def _create_engine(settings: Settings) -> AsyncEngine:
         timeout = settings.backend_timeout
         if settings.is_sqlite:
-            path = _sqlite_path(settings.database_url)
+            path = sqlite_file(settings.database_url)
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                # Private like the keys (password hashes and sessions are in it); SQLite gives its -wal
+                # Its directory exists (Settings checks it: a mistyped path is an error, not a new
+                # empty deployment). Private like the keys (password hashes and sessions are in it); SQLite gives its -wal
                 # and -shm files the database file's mode.
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             # A file database gets a fixed pool like PostgreSQL (each connection is a thread and a file
@@ -140,6 +140,7 @@ class Database:
         except TimeoutError:
             if not scope.expired():
                 raise
+            log.warning("database call dropped: its %.2f s budget ran out", seconds)
             await conn.invalidate()
             raise ServiceUnavailableError() from None
 
@@ -149,7 +150,7 @@ class Database:
             async with self.engine.connect() as conn:
                 if write:
                     conn = await conn.execution_options(**{_WRITE: True})
-                tx = Tx(conn)
+                tx = Tx(conn, write=write)
                 seconds = self._budget()
                 if seconds is None:
                     async with conn.begin():
@@ -168,6 +169,7 @@ class Database:
         except BACKEND_ERRORS as exc:
             if isinstance(exc, sa.exc.IntegrityError):
                 raise
+            log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
             raise ServiceUnavailableError() from exc
         for callback in tx._after_commit:
             result = callback()
@@ -189,6 +191,7 @@ class Database:
                     async with self._bounded(conn, seconds):
                         yield tx
         except BACKEND_ERRORS as exc:
+            log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
             raise ServiceUnavailableError() from exc
 
     def query(self) -> Any:

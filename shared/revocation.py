@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -40,6 +40,9 @@ _RECONCILE = sa.union_all(
         tables.revoked_tokens.c.revoked_at >= sa.bindparam("since")
     ),
     sa.select(sa.literal("device"), tables.devices.c.uid).where(tables.devices.c.disabled.is_(True)),
+    # Users changed since the last pass: what per-process caches of user rows must forget, whatever
+    # the fan-out dropped (shared.cache).
+    sa.select(sa.literal("user"), tables.users.c.id).where(tables.users.c.updated_at >= sa.bindparam("users_since")),
 )
 
 
@@ -66,6 +69,8 @@ class Revocations:
         self._redis_ok = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[asyncio.Queue[tuple[str, str]]] = []
+        self._watchers: dict[str, list[Callable[[list[str]], None]]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         fanout.subscribe(CHANNEL, self._on_message)
         fanout.on_reconnect.append(self.reconcile)
 
@@ -118,17 +123,40 @@ class Revocations:
         """Called by the device manager inside the transaction that flips the flag."""
         tx.after_commit(lambda: self.announce("device" if disabled else "device_enabled", [uid]))
 
+    def user_changed(self, tx: Tx, user_id: str) -> None:
+        """A user row changed (profile, role, disabled, password, last login): caches of it forget it,
+        in this process at commit and in the others through the fan-out, sent in the background (the
+        caller does not wait on Redis for it: reconciliation bounds a lost or late message)."""
+
+        def committed() -> None:
+            self._apply("user", [user_id])
+            task = asyncio.get_running_loop().create_task(self._publish("user", [user_id]))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        tx.after_commit(committed)
+
+    def watch(self, kind: str, callback: Callable[[list[str]], None]) -> None:
+        """Call `callback` with the ids of every change of `kind` this process learns of: by its own
+        writes, by the fan-out, and by each reconciliation pass (what the fan-out may have dropped)."""
+        self._watchers.setdefault(kind, []).append(callback)
+
     def access_changed(self, tx: Tx, uid: str) -> None:
         """Someone gained or lost a role on a device: live MQTT permissions are re-read (SPEC §5)."""
         tx.after_commit(lambda: self.announce("access", [uid]))
 
     async def announce(self, kind: str, ids: list[str]) -> None:
         self._apply(kind, ids)
+        await self._publish(kind, ids)
+
+    async def _publish(self, kind: str, ids: list[str]) -> None:
         try:
-            await self.fanout.publish(CHANNEL, {"kind": kind, "ids": ids, "at": time.time()})
+            # Bounded: a Redis that accepts connections and answers nothing must not hold the request.
+            async with asyncio.timeout(self.settings.backend_timeout):
+                await self.fanout.publish(CHANNEL, {"kind": kind, "ids": ids, "at": time.time()})
         except Exception as exc:
             # Already in the database: the others will see it at their next reconciliation.
-            log.warning("could not fan out a revocation (%s); reconciliation will carry it", exc)
+            log.warning("could not fan out a revocation (%r); reconciliation will carry it", exc)
 
     def listen(self) -> asyncio.Queue[tuple[str, str]]:
         """A queue of (kind, id) for every revocation this process learns of (the broker's kick)."""
@@ -144,6 +172,8 @@ class Revocations:
             self._apply(kind, [i for i in ids if isinstance(i, str)])
 
     def _apply(self, kind: str, ids: list[str]) -> None:
+        for callback in self._watchers.get(kind, ()):
+            callback(ids)
         target = {"sid": self.sids, "jti": self.jtis, "device": self.devices}.get(kind)
         if target is not None:
             fresh = [i for i in ids if i not in target]
@@ -209,12 +239,16 @@ class Revocations:
         # Under a reconnect storm every hop waits for a busy event loop: a pass of several hops would
         # time out, and every CONNECT would be refused as if the database were gone. A busy event loop
         # is not a dead database.
-        found: dict[str, list[str]] = {"sid": [], "jti": [], "device": []}
+        # Caches start empty: the first pass has no user changes to tell them of.
+        users_since = started if self._since is None else since
+        found: dict[str, list[str]] = {"sid": [], "jti": [], "device": [], "user": []}
         async with asyncio.timeout(self.settings.backend_timeout * 2):
             async with self.db.query() as tx:
-                for kind, id_ in await tx.execute(_RECONCILE, {"since": since}):
+                for kind, id_ in await tx.execute(_RECONCILE, {"since": since, "users_since": users_since}):
                     found[kind].append(id_)
         sids, jtis, devices = found["sid"], found["jti"], set(found["device"])
+        if found["user"]:
+            self._apply("user", found["user"])
         self._apply("sid", sids)
         self._apply("jti", jtis)
         self._apply("device", sorted(devices - self.devices.keys()))

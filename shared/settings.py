@@ -151,6 +151,13 @@ class Settings(BaseSettings):
         for name, path in (("HANDSHAKE_TLS_CERT", self.tls_cert), ("HANDSHAKE_TLS_KEY", self.tls_key)):
             if path is not None and not path.is_file():
                 raise ValueError(f"{name} names {path}, which is not a file")
+        if self.is_sqlite:
+            database = sqlite_file(self.database_url)
+            if database is not None and not database.parent.is_dir():
+                # A typo in the path must not quietly start an empty deployment somewhere else.
+                raise ValueError(f"HANDSHAKE_DATABASE_URL: the directory {database.parent} does not exist")
+        if self.geoip_db is not None and not self.geoip_db.is_file():
+            raise ValueError(f"HANDSHAKE_GEOIP_DB names {self.geoip_db}, which is not a file")
         if self.mqtt_broker == "embedded":
             if self.mqtt_broker_url:
                 raise ValueError("HANDSHAKE_MQTT_BROKER_URL needs HANDSHAKE_MQTT_BROKER=rabbitmq or emqx")
@@ -180,3 +187,10 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite database URL; None for an in-memory one."""
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    path = path.split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None

@@ -51,7 +51,8 @@ users = sa.Table(
     sa.Column("role", sa.String(16), nullable=False, index=True),
     sa.Column("disabled", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("updated_at", UTCDateTime, nullable=False),
+    # Indexed: every reconciliation pass asks which users changed since the last one (shared.cache).
+    sa.Column("updated_at", UTCDateTime, nullable=False, index=True),
     sa.Column("last_login_at", UTCDateTime),
 )
 

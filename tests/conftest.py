@@ -5,9 +5,11 @@ where it fails. HANDSHAKE_TEST_BACKENDS=sqlite (or postgres) runs one of them on
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import secrets
 import shutil
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,3 +241,64 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     assert isinstance(body["error"], str) and isinstance(body["detail"], str), body
     if code is not None:
         assert body["error"] == code, body
+
+
+# --- when a test fails on a backend timeout: what else was going on ----------------------------------
+#
+# A backend call that overruns its budget is either a slow backend or a process that could not run
+# (a long garbage collection, a starved CPU). The report of a failed PostgreSQL test says which.
+
+_GC_PAUSES: list[tuple[float, float, int]] = []  # (monotonic end, seconds, generation)
+_gc_started = 0.0
+
+
+def _gc_timer(phase: str, info: dict[str, int]) -> None:
+    global _gc_started
+    now = time.monotonic()
+    if phase == "start":
+        _gc_started = now
+    elif now - _gc_started > 0.05:
+        _GC_PAUSES.append((now, now - _gc_started, info.get("generation", -1)))
+        del _GC_PAUSES[:-50]
+
+
+gc.callbacks.append(_gc_timer)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed and "postgres" in item.name:
+        report.sections.append(("what else was going on at the failure", _activity()))
+    return report
+
+
+def _activity() -> str:
+    import subprocess
+
+    recent = [
+        f"{seconds:.2f} s (generation {gen}) {time.monotonic() - end:.0f} s ago" for end, seconds, gen in _GC_PAUSES
+    ]
+    query = (
+        "SELECT datname, pid, state, wait_event_type, wait_event, now() - xact_start AS in_tx, left(query, 100)"
+        " FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    )
+    try:
+        found = subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-c", query],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        top = subprocess.run(
+            ["ps", "-eo", "pid,pcpu,etime,comm", "--sort=-pcpu"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"could not ask: {exc}"
+    return (
+        f"garbage collections over 50 ms: {recent or 'none'}\n\n"
+        + found.stdout
+        + found.stderr
+        + "\nbusiest processes:\n"
+        + "\n".join(top.stdout.splitlines()[:8])
+    )

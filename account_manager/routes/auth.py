@@ -152,4 +152,7 @@ async def discovery(ctx: CtxDep) -> JSONResponse:
         "response_types_supported": ["token"],
         "subject_types_supported": ["public"],
     }
+    listener = ctx.extras.get("mqtt_listener")
+    if listener:  # an extension (RFC 8414 §2 allows them): where this deployment's MQTT broker listens
+        document["mqtt_port"] = listener["port"]
     return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})

@@ -16,7 +16,7 @@ router = APIRouter(tags=["users"])
 
 @router.get("/v1/users/me", response_model=UserOut)
 async def me(ctx: CtxDep, user: CurrentUser) -> dict[str, Any]:
-    return accounts.public_user(await accounts.get_user(ctx, user_id=user.id))
+    return accounts.public_user(await accounts.get_user(ctx, user_id=user.id, cached=True))
 
 
 @router.patch("/v1/users/me", response_model=UserOut, openapi_extra=body_doc(EmailIn))

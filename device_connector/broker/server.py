@@ -36,7 +36,15 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import OUTGOING, Session
 from amqtt.utils import gen_client_id
 
-from device_connector.acl import Grants, may_publish, may_receive, may_subscribe, valid_topic
+from device_connector.acl import (
+    Grants,
+    may_publish,
+    may_receive,
+    may_retain,
+    may_subscribe,
+    payload_refusal,
+    valid_topic,
+)
 from device_connector.broker.index import SubscriptionIndex, matches
 from device_connector.port import NO_WILL, BrokerEvents, CloseReason, Connection, Refused
 
@@ -53,9 +61,12 @@ async def _strict_decode_string(reader: ReaderAdapter) -> str:
     length = int.from_bytes(await read_or_raise(reader, 2), "big")
     data = await read_or_raise(reader, length) if length else b""
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise NotUtf8Error("an MQTT string that is not UTF-8") from None
+    if "\x00" in text:
+        raise NotUtf8Error("an MQTT string with a NUL character (MQTT-1.5.3-2)")
+    return text
 
 
 def _install_strict_strings() -> None:
@@ -317,14 +328,18 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         conn = self.records.get(client_session.client_id)
         reason = conn.close_reason if conn is not None else None
         if not isinstance(result, DisconnectPacket):
-            if client_session.will_flag and client_session.will_topic:
-                await self._broadcast_message(
-                    client_session, client_session.will_topic, client_session.will_message, client_session.will_qos
+            if client_session.will_flag and client_session.will_topic and conn is not None:
+                # Authorized when published, not when it was stored at CONNECT: a role lost since
+                # takes the will with it (SPEC §6).
+                await self._publish_from(
+                    client_session,
+                    conn,
+                    client_session.will_topic,
+                    bytes(client_session.will_message or b""),
+                    retain=bool(client_session.will_retain),
+                    retain_qos=client_session.will_qos,
+                    force_qos=client_session.will_qos,
                 )
-                if client_session.will_retain:
-                    await self.retain_message(
-                        client_session, client_session.will_topic, client_session.will_message, client_session.will_qos
-                    )
         await self._stop_handler(handler)
         with contextlib.suppress(Exception):
             client_session.transitions.disconnect()
@@ -409,18 +424,38 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         conn = self.records.get(client_session.client_id)
         if conn is None:
             return True
+        data = bytes(message.data or b"")
+        retain = bool(message.publish_packet and message.publish_packet.retain_flag)
+        await self._publish_from(client_session, conn, topic, data, retain=retain, retain_qos=message.qos)
+        return True
+
+    async def _publish_from(
+        self,
+        session: Session,
+        conn: Connection,
+        topic: str,
+        data: bytes,
+        *,
+        retain: bool,
+        retain_qos: int | None,
+        force_qos: int | None = None,
+    ) -> None:
+        """A client's message (or its will), authorized now: by the grants the client has at this
+        moment and by what it carries. The retain flag counts only on the state topics (SPEC §6)."""
         if not may_publish(conn.grants, topic):
             if self.events is not None:
                 _safely(self.events.denied, conn, topic)
-            return True
-        data = bytes(message.data or b"")
-        retain = bool(message.publish_packet and message.publish_packet.retain_flag)
-        await self._broadcast_message(client_session, topic, data)
-        if retain:
-            await self.retain_message(client_session, topic, data, message.qos)
+            return
+        refusal = payload_refusal(topic, data)
+        if refusal is not None:
+            if self.events is not None:
+                _safely(self.events.denied, conn, topic, reason=refusal)
+            return
+        await self._broadcast_message(session, topic, data, force_qos)
+        if retain and may_retain(topic):
+            await self.retain_message(session, topic, data, retain_qos)
         if self.events is not None:
             _safely(self.events.published, conn, topic, data)
-        return True
 
     async def publish_internal(self, topic: str, data: bytes, *, qos: int = QOS_1, retain: bool = False) -> None:
         """A message from the platform itself (commands, desired state)."""
@@ -479,7 +514,9 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         grants = self._grants(session)
         for topic, retained in list(self._retained_messages.items()):
             granted = [qos for topic_filter, qos in filters.items() if matches(topic, topic_filter)]
-            if granted and may_receive(grants, topic):
+            # Only state is ever retained, and only its device (or the connector) may publish it: the
+            # publisher's right is the topic's own, checked again here for anything kept before.
+            if granted and may_retain(topic) and may_receive(grants, topic):
                 qos = max(granted)
                 tasks.append(
                     asyncio.ensure_future(

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from device_connector import store
 from device_connector.connector import Connector
 from device_connector.schemas import CommandIn
+from shared import jsonlimits
 from shared.bodies import body_doc, parse_body, raw_body
 from shared.context import Context
 from shared.deps import ClientIp, CtxDep, CurrentUser
@@ -55,11 +56,16 @@ async def get_state(uid: str, ctx: CtxDep, user: CurrentUser) -> dict[str, Any]:
     if row is None:
         return {"reported": None, "reported_at": None, "desired": None, "desired_at": None}
     return {
-        "reported": row.reported,
+        "reported": _servable(row.reported),
         "reported_at": _iso(row.reported_at),
-        "desired": row.desired,
+        "desired": _servable(row.desired),
         "desired_at": _iso(row.desired_at),
     }
+
+
+def _servable(value: Any) -> Any:
+    """A document stored before documents were bounded, too deep to write back, reads as none."""
+    return None if value is not None and jsonlimits.problem(value) is not None else value
 
 
 @router.put("/v1/devices/{uid}/state/desired")

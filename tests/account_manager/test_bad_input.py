@@ -71,6 +71,11 @@ BODY_CASES = [
     Case("nested 10000 levels", post(NESTED, JSON), None),
     Case("not UTF-8 (JSON)", post(NOT_UTF8, JSON), None),
     Case("not UTF-8 (form)", post(b"username=\xff\xfe%FF&password=\xc3\x28&token=\xa0\xa1", FORM), None),
+    # PostgreSQL's text cannot hold NUL: these were 500s there, the anonymous login among them.
+    Case("NUL in a string (JSON)", post(b'{"username": "a\\u0000b", "password": "x\\u0000"}', JSON), 400),
+    Case("NUL in a key (JSON)", post(b'{"user\\u0000name": "a", "password": "x"}', JSON), 400),
+    Case("NUL in a string (form)", post(b"username=a%00b&password=x&grant_type=password", FORM), 400),
+    Case("nested 300 levels", post(b'{"username": "a", "x": ' + b"[" * 300 + b"]" * 300 + b"}", JSON), 400),
 ]
 
 

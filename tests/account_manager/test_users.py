@@ -134,3 +134,17 @@ async def test_password_change_to_a_weak_password_is_422(client: httpx.AsyncClie
 async def test_password_change_without_token_is_401(client: httpx.AsyncClient) -> None:
     body = {"current_password": PASSWORD, "new_password": NEW_PASSWORD}
     assert_error(await client.post("/v1/users/me/password", json=body), 401, "invalid_token")
+
+
+async def test_wrong_current_passwords_are_throttled_like_logins(client: httpx.AsyncClient, users: Users) -> None:
+    """A stolen access token must not buy unlimited guesses at the password (issue 17: twelve wrong
+    `current_password` went unthrottled). They count where wrong logins count, and the login form,
+    asked from the same address, is blocked too."""
+    user, tokens = await users.new()
+    for _ in range(5):
+        assert_error(await change_password(client, tokens, current="not it at all"), 403, "invalid_credentials")
+    blocked = await change_password(client, tokens)  # even the right one: a refused guess tells nothing
+    assert_error(blocked, 429, "too_many_attempts")
+    assert int(blocked.headers["retry-after"]) > 0
+    assert_error(await login(client, user["username"], PASSWORD), 429, "too_many_attempts")
+    assert (await me(client, tokens)).status_code == 200  # the session itself is untouched

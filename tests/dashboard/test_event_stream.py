@@ -124,6 +124,45 @@ async def test_stream_replays_what_was_missed_after_last_event_id(live_server: L
     assert all(event["type"] == "login_failed" and event["id"] > newest for event in seen)
 
 
+async def ended_within(stream: Stream, seconds: float) -> bool:
+    """Whether the server ends the stream within `seconds` (reading whatever it still sends)."""
+    try:
+        async with asyncio.timeout(seconds):
+            async for _ in stream.lines:
+                pass
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["logout", "disable", "demote"])
+async def test_stream_ends_within_seconds_of_its_reader_losing_the_right(live_server: LiveServer, how: str) -> None:
+    """SPEC §4/§11: a revoked session is refused everywhere at once; a live stream is no exception (it
+    kept delivering 9 s after a logout when revocation was checked only at the 15 s keep-alive)."""
+    admin = live_server.login(live_server.staff("admin"))
+    reader = live_server.staff("support")
+    headers = live_server.login(reader)
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=10) as http:
+        async with http.stream("GET", STREAM, headers=headers) as response:
+            stream = Stream(response)
+            await stream.opened()
+            if how == "logout":
+                done = await http.post("/v1/auth/logout", headers=headers)
+            elif how == "disable":
+                done = await http.patch(f"/v1/admin/users/{reader.id}", json={"disabled": True}, headers=admin)
+            else:
+                done = await http.patch(f"/v1/admin/users/{reader.id}", json={"role": "user"}, headers=admin)
+            assert done.status_code in (200, 204), done.text
+            # Events keep coming (a stream that delivers stays open as long as a quiet one).
+            noise = asyncio.ensure_future(
+                asyncio.to_thread(lambda: [failed_login(live_server.url, f"noise{n}") for n in range(8)])
+            )
+            try:
+                assert await ended_within(stream, 5.0), f"the stream outlived its reader's {how} by 5 s"
+            finally:
+                await noise
+
+
 # --- across processes ----------------------------------------------------------------------------
 
 

@@ -98,6 +98,11 @@ async def test_bad_tokens_are_refused(
     found = await auth_failures(client, admin, len(cases))
     assert len(found) == len(cases), found
     assert all(e["type"] == "mqtt_auth_failed" for e in found)
+    # A refused device is on its own timeline; a refused user is not on any device's.
+    device_cases = sum(name.startswith("device:") for name in cases)
+    assert sorted(str(e["device_uid"]) for e in found) == sorted(
+        [uid] * device_cases + ["None"] * (len(cases) - device_cases)
+    )
     # The genuine credentials still work afterwards.
     assert await mqtt.attempt(uid, uid, device_token) == 0
     assert await mqtt.attempt(me, me, access) == 0
@@ -308,3 +313,11 @@ async def test_a_will_only_on_a_topic_the_client_may_publish_to(
     assert await late.subscribe(f"devices/{uid}/#") == [1]
     assert await late.subscribe(f"devices/{uid}/events") == [1]
     assert b"bad-will" not in late.payloads()
+
+
+async def test_the_server_says_where_its_broker_listens(client: httpx.AsyncClient, settings: Settings) -> None:
+    """So that the SDKs and `handshake demo` need not assume 1883, where another broker may listen."""
+    ready = await client.get("/readyz")
+    assert ready.json()["mqtt"] == {"port": settings.mqtt_port}, ready.text
+    discovery = await client.get("/.well-known/openid-configuration")
+    assert discovery.json()["mqtt_port"] == settings.mqtt_port, discovery.text

@@ -46,8 +46,7 @@ def test_demo_walks_the_whole_flow(tmp_path: Path) -> None:
                 "demo",
                 "--url",
                 f"http://127.0.0.1:{http_port}",
-                "--mqtt-port",
-                str(mqtt_port),
+                # No --mqtt-port: demo asks the server, and 1883 here is the machine's Mosquitto.
             ],
             env=env,
             capture_output=True,
@@ -67,6 +66,7 @@ def test_demo_walks_the_whole_flow(tmp_path: Path) -> None:
     assert "{'on': True}" in steps[6]
     assert "{'brightness': 80}" in steps[7]
     assert "online=True" in steps[8] and "online=False" in steps[9]
+    assert f"on port {mqtt_port}" in steps[4], steps[4]
 
 
 def test_demo_without_a_server_is_one_line_and_exit_2(tmp_path: Path) -> None:

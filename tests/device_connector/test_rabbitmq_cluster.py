@@ -439,6 +439,7 @@ async def test_desired_state_reaches_a_device_on_another_node(served: Served, wo
 async def test_two_replicas_kick_and_record_once(
     backend: Backend, tmp_path: Path, served: Served, world: World, mqtt: Clients, rabbit: RabbitCluster
 ) -> None:
+    (tmp_path / "second").mkdir()
     second = replica_settings(backend, tmp_path / "second", rabbit, A)
     second = second.model_copy(
         update={

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from device_connector.client import DeviceClient
@@ -201,8 +202,8 @@ async def test_retained_reported_state_reaches_a_late_subscriber(
     (message,) = late.messages(f"devices/{uid}/state")
     assert json.loads(message.payload) == {"temperature": 21.5}
     assert message.retain
-    # Retained messages are authorized at delivery: a retained reply goes to a controller's wildcard
-    # subscription, not to a viewer's (a viewer may see state, never replies).
+    # Only state (and desired state) is retained: a reply published with the retain flag is delivered
+    # live and never kept, so that it cannot replay to anyone who subscribes later (issue 17).
     reply = b'{"id":"r-1","status":"ok","result":"for controllers"}'
     info = sdk.mqtt.publish(f"devices/{uid}/replies", reply, qos=1, retain=True)
     await asyncio.to_thread(info.wait_for_publish, 5)
@@ -216,8 +217,9 @@ async def test_retained_reported_state_reaches_a_late_subscriber(
         assert await conn.wait_for(f"devices/{uid}/state")
         # The SUBACK of a second SUBSCRIBE comes after every retained message of the first.
         assert await conn.subscribe(f"devices/{uid}/events") == [1]
-    assert wide["controller"].payloads(f"devices/{uid}/replies") == [reply]
+    assert wide["controller"].payloads(f"devices/{uid}/replies") == []
     assert wide["viewer"].payloads(f"devices/{uid}/replies") == []
+    assert all(conn.payloads(f"devices/{uid}/state") for conn in wide.values())
 
     # A stranger subscribing gets neither the subscription nor the retained message.
     stranger = await mqtt.connect(world.stranger.id, world.stranger.id, world.stranger.tokens["access_token"])
@@ -279,3 +281,28 @@ async def test_a_command_over_mqtt(
     assert await app.wait_for(f"devices/{uid}/replies")
     (reply,) = app.payloads(f"devices/{uid}/replies")
     assert json.loads(reply) == {"id": "c-1", "status": "ok", "result": {"echoed": {"x": 1}}}
+
+
+async def test_the_sdk_gets_a_fresh_token_when_its_token_is_refused(
+    client: httpx.AsyncClient, users: Users, ctx: Context, devices: Devices
+) -> None:
+    """Refused at CONNECT, the SDK gets a fresh token before it tries again: after the key that signed
+    its token was revoked it used to retry the refused token until its renewal time, ~48 min later."""
+    world = await make_world(client, users, ctx)
+    uid = world.uid
+    broker = ctx.extras["connector"].broker
+    sdk = await devices.start(echo_device(devices, world.device))
+    old_kid = jwt.get_unverified_header(sdk.mqtt.password or "")["kid"]
+    ctx.key_dir.add(ctx.settings.jwt_alg)  # what `handshake keys rotate` then `keys revoke` do
+    assert ctx.key_dir.remove(old_kid)
+    assert await eventually(lambda: not broker.is_online(uid)), "a connection of a revoked key stayed up"
+    # Every token of the old key is refused now, the people's too: they log in again.
+    admin, owner = [Person(p.id, p.username, await users.login(p.username)) for p in (world.admin, world.owner)]
+
+    async def refused() -> list[dict[str, Any]]:
+        return await events(client, admin, type="mqtt_auth_failed", device_uid=uid)
+
+    assert await eventually(refused, timeout=10), "the SDK never tried again"
+    assert await eventually(lambda: broker.is_online(uid), timeout=20), "the SDK stayed offline with its old token"
+    response = await command(client, owner, uid, "echo", {"back": True})
+    assert response.status_code == 200, response.text

@@ -5,6 +5,7 @@ unbinding and a factory reset release the device and its shares for the next own
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -340,3 +341,19 @@ async def test_pairing_a_device_owned_by_another_is_409(client: httpx.AsyncClien
 async def test_pairing_tokens_need_a_user(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/devices/pairing-tokens")
     assert_error(response, 401, "invalid_token")
+
+
+async def test_wrong_pairing_tokens_are_throttled_per_device(
+    client: httpx.AsyncClient, users: Users, ctx: Context
+) -> None:
+    """Thirty wrong pairing tokens went unthrottled (issue 17): counted like wrong logins, per device
+    and address, and blocked from the fifth on, even with the right one."""
+    admin, owner = await staff(users, ctx), await person(users)
+    device, other = await provision(client, admin, count=2)
+    for _ in range(5):
+        assert_error(await pair(client, device, "hsp_" + secrets.token_hex(16)), 403, "invalid_pairing_token")
+    token = await new_pairing_token(client, owner)
+    assert_rate_limited(await pair(client, device, token))
+    assert await owner_of(ctx, device.uid) is None
+    # Another device at the same address is not blocked by this one's failures.
+    assert (await pair(client, other, token)).status_code == 201

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -188,3 +189,49 @@ async def test_every_device_change_writes_its_event_with_actor_device_and_ip(
     assert friend.id in repr(by_type["device_shared"]["detail"])
     assert friend.id in repr(by_type["device_unshared"]["detail"])
     assert buyer.id in repr(by_type["device_transferred"]["detail"])
+
+
+# --- races: one winner (SPEC §11) -----------------------------------------------------------------
+
+
+async def stored_owner(ctx: Context, uid: str) -> str | None:
+    async with ctx.db.read() as tx:
+        found = await tx.execute(sa.select(tables.devices.c.owner_id).where(tables.devices.c.uid == uid))
+        owner: str | None = found.scalar_one()
+    return owner
+
+
+async def test_two_concurrent_transfers_have_one_winner(client: httpx.AsyncClient, users: Users, ctx: Context) -> None:
+    """On PostgreSQL both used to succeed, and once the one told 200 did not own the device (issue 17)."""
+    admin = await staff(users, ctx)
+    for _ in range(8):
+        owner, first, second = await person(users), await person(users), await person(users)
+        device = await bound_device(client, admin, owner)
+        answers = await asyncio.gather(
+            transfer(client, owner, device.uid, first), transfer(client, owner, device.uid, second)
+        )
+        statuses = sorted(response.status_code for response in answers)
+        assert statuses == [200, 404], [(r.status_code, r.text) for r in answers]
+        (won,) = [r.json() for r in answers if r.status_code == 200]
+        assert await stored_owner(ctx, device.uid) == won["owner_id"]
+        kinds = [e["type"] for e in await events(client, admin, device_uid=device.uid, type="device_transferred")]
+        assert kinds == ["device_transferred"], kinds
+
+
+async def test_a_transfer_and_an_unbind_at_once_have_one_winner(
+    client: httpx.AsyncClient, users: Users, ctx: Context
+) -> None:
+    admin = await staff(users, ctx)
+    for _ in range(8):
+        owner, heir = await person(users), await person(users)
+        device = await bound_device(client, admin, owner)
+        moved, released = await asyncio.gather(
+            transfer(client, owner, device.uid, heir),
+            client.delete(f"/v1/devices/{device.uid}/binding", headers=owner.headers),
+        )
+        assert sorted((moved.status_code, released.status_code)) in ([200, 404], [204, 404]), (
+            moved.text,
+            released.text,
+        )
+        expected = heir.id if moved.status_code == 200 else None
+        assert await stored_owner(ctx, device.uid) == expected

@@ -4,6 +4,7 @@ talked to over real sockets."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -201,12 +202,12 @@ class Server:
         return self.proc.returncode
 
 
-def launch_server(workdir: Path, env: dict[str, str], name: str = "serve") -> Server:
+def launch_server(workdir: Path, env: dict[str, str], name: str = "serve", *extra: str) -> Server:
     port = free_port()
     out, err = workdir / f"{name}.out", workdir / f"{name}.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen(
-            [*HANDSHAKE, "serve", "--http-port", str(port), "--mqtt-port", str(free_port())],
+            [*HANDSHAKE, "serve", "--http-port", str(port), "--mqtt-port", str(free_port()), *extra],
             cwd=workdir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -216,8 +217,8 @@ def launch_server(workdir: Path, env: dict[str, str], name: str = "serve") -> Se
     return Server(proc, workdir, env, port, out, err, time.monotonic() + START_TIMEOUT)
 
 
-def start_server(workdir: Path, env: dict[str, str], name: str = "serve") -> Server:
-    server = launch_server(workdir, env, name)
+def start_server(workdir: Path, env: dict[str, str], name: str = "serve", *extra: str) -> Server:
+    server = launch_server(workdir, env, name, *extra)
     try:
         server.wait_ready()
     except BaseException:
@@ -356,7 +357,8 @@ def test_first_serve_creates_the_key_directory_private(server: Server) -> None:
 
 def test_second_serve_on_the_same_database_prints_no_password_and_stops_on_sigterm(server: Server) -> None:
     password = admin_password(server)
-    second = start_server(server.workdir, server.env, name="second")
+    # Another account manager beside the running deployment (a second MQTT broker is refused: below).
+    second = start_server(server.workdir, server.env, "second", "--service", "account-manager")
     try:
         with http(second.base_url) as client:
             assert me(client, login(client, "admin", password)).status_code == 200
@@ -367,6 +369,19 @@ def test_second_serve_on_the_same_database_prints_no_password_and_stops_on_sigte
     assert not second.killed, f"`handshake serve` ignored SIGTERM for 15 s\n{second.tail()}"
     assert code in (0, -signal.SIGTERM), f"exit {code} on SIGTERM\n{second.tail()}"
     assert "Traceback" not in second.stdout() + second.stderr(), second.tail()
+
+
+def test_a_second_broker_on_the_same_deployment_is_refused_in_one_line(server: Server) -> None:
+    """It used to start and record the first one's connected devices offline."""
+    second = launch_server(server.workdir, server.env, "second-broker")
+    try:
+        code = second.proc.wait(timeout=CLI_TIMEOUT)
+    finally:
+        second.stop()
+    result = subprocess.CompletedProcess(second.proc.args, code, second.stdout(), second.stderr())
+    assert_one_line_failure(result, "another `handshake serve`", str(server.proc.pid))
+    with http(server.base_url) as client:
+        assert client.get("/healthz").status_code == 200  # the first one goes on
 
 
 def test_ctrl_c_is_a_clean_stop_not_a_traceback(tmp_path: Path) -> None:
@@ -568,6 +583,38 @@ def test_bad_settings_are_one_line_that_names_them(tmp_path: Path) -> None:
     half = make_env(tmp_path, HANDSHAKE_TLS_CERT=str(tmp_path / "no.pem"))
     line = assert_one_line_failure(cli(tmp_path, half, "serve"), "HANDSHAKE_TLS_KEY")
     assert "Value error" not in line and "settings:" not in line, line
+
+
+def test_settings_that_name_what_is_not_there_are_one_line(tmp_path: Path) -> None:
+    geoip = make_env(tmp_path, HANDSHAKE_GEOIP_DB=str(tmp_path / "GeoLite2-City.mmdb"))
+    assert_one_line_failure(cli(tmp_path, geoip, "migrate"), "HANDSHAKE_GEOIP_DB", "GeoLite2-City.mmdb")
+    nowhere = make_env(tmp_path, HANDSHAKE_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/no/such/dir/h.db")
+    assert_one_line_failure(cli(tmp_path, nowhere, "migrate"), "HANDSHAKE_DATABASE_URL", "does not exist")
+    assert not (tmp_path / "no").exists(), "the missing directories were created"
+
+
+def test_a_misspelled_setting_is_a_warning_naming_the_real_one(tmp_path: Path) -> None:
+    config = tmp_path / "handshake.toml"
+    config.write_text("acess_ttl = 600\n")
+    env = make_env(tmp_path, HANDSHAKE_DATABSE_URL="sqlite+aiosqlite:///elsewhere.db", HANDSHAKE_CONFIG=str(config))
+    result = cli(tmp_path, env, "migrate")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert any("HANDSHAKE_DATABSE_URL" in line and "HANDSHAKE_DATABASE_URL" in line for line in lines), lines
+    assert any("'acess_ttl'" in line and "access_ttl" in line for line in lines), lines
+    assert all(line.startswith("handshake: warning:") for line in lines if "acess" in line or "DATABSE" in line)
+
+
+def test_provision_to_an_unwritable_file_provisions_nothing(tmp_path: Path) -> None:
+    env = make_env(tmp_path)
+    assert cli(tmp_path, env, "migrate").returncode == 0
+    target = tmp_path / "no-such-dir" / "devices.csv"
+    result = cli(tmp_path, env, "devices", "provision", "--model", "plug", "--count", "3", "--out", str(target))
+    assert_one_line_failure(result, str(target), "nothing was provisioned")
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "h.db")) as db:
+        assert db.execute("SELECT count(*) FROM devices").fetchone() == (0,)
 
 
 def test_the_database_file_is_private_like_the_keys(tmp_path: Path) -> None:
