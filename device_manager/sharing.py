@@ -43,7 +43,9 @@ async def _record(
 
 
 async def list_devices(ctx: Context, *, user_id: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
-    async with ctx.db.read() as tx:
+    # Outside a transaction (no BEGIN/COMMIT): one statement, one snapshot, except for a page past
+    # the end, whose second statement only counts.
+    async with ctx.db.query() as tx:
         rows, total = await store.list_for_user(tx, user_id=user_id, limit=limit, offset=offset)
     return [
         {

@@ -235,3 +235,24 @@ async def test_a_transfer_and_an_unbind_at_once_have_one_winner(
         )
         expected = heir.id if moved.status_code == 200 else None
         assert await stored_owner(ctx, device.uid) == expected
+
+
+async def test_the_device_list_pages_with_its_total(client: httpx.AsyncClient, users: Users, ctx: Context) -> None:
+    admin, owner, friend = await staff(users, ctx), await person(users), await person(users)
+    mine = [await bound_device(client, admin, owner) for _ in range(2)]
+    theirs = await bound_device(client, admin, friend)
+    assert (await share(client, friend, theirs.uid, owner, "viewer")).status_code == 201
+    expected = sorted([(d.uid, "owner") for d in mine] + [(theirs.uid, "viewer")])
+    pages = []
+    for offset, count in ((0, 2), (2, 1), (5, 0)):
+        response = await client.get("/v1/devices", params={"limit": 2, "offset": offset}, headers=owner.headers)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-total-count"] == "3", (offset, response.headers)
+        assert len(response.json()) == count, (offset, response.json())
+        pages += [(row["uid"], row["role"]) for row in response.json()]
+    assert pages == expected
+    nobody = await person(users)
+    response = await client.get("/v1/devices", headers=nobody.headers)
+    assert (response.json(), response.headers["x-total-count"]) == ([], "0")
+    (row,) = [r for r in (await client.get("/v1/devices", headers=friend.headers)).json()]
+    assert set(row) == {"uid", "name", "model", "role", "online", "last_seen"}
