@@ -227,7 +227,9 @@ def serve(args: argparse.Namespace) -> None:
     )
     scheme = "https" if settings.tls_cert else "http"
     where = f"{scheme}://{args.host}:{args.http_port}"
-    print(f"Handshake ({', '.join(services)}) on {where}  docs: {where}/docs  dashboard: {where}/admin", flush=True)
+    # The dashboard is the account manager's: a banner of another service must not point at a 404.
+    dashboard = f"  dashboard: {where}/admin" if "account-manager" in services else ""
+    print(f"Handshake ({', '.join(services)}) on {where}  docs: {where}/docs{dashboard}", flush=True)
     if "device-connector" in services and not settings.clustered_broker:
         print(f"MQTT broker on {args.host}:{mqtt_port}", flush=True)
     uvicorn.Server(config).run()

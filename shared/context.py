@@ -98,10 +98,15 @@ class Context:
 
     async def check_backends(self) -> None:
         """Start-up: say plainly which backend is missing instead of failing later."""
-        if not await self.db.ping():
+        problem = await self.db.problem()
+        if problem is not None:
+            where = _redact(self.settings.database_url)
+            if problem.startswith("it "):  # nothing answered: start it, or point at the right place
+                raise ConfigurationError(
+                    f"cannot reach the database at {where} ({problem}): start it or fix HANDSHAKE_DATABASE_URL"
+                )
             raise ConfigurationError(
-                f"cannot reach the database at {_redact(self.settings.database_url)}: "
-                "start it or fix HANDSHAKE_DATABASE_URL"
+                f"the database at {where} refused the connection: {problem}; fix HANDSHAKE_DATABASE_URL"
             )
         if self.redis is not None:
             try:

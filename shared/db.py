@@ -208,13 +208,38 @@ class Database:
         return self._transaction(write=False)
 
     async def ping(self) -> bool:
+        return await self.problem() is None
+
+    async def problem(self) -> str | None:
+        """What keeps the database from answering, in a few words; None when it answers."""
         try:
-            async with asyncio.timeout(self.settings.backend_timeout):
+            async with asyncio.timeout(self.settings.backend_timeout * 2):
                 async with self.engine.connect() as conn:
                     await conn.execute(sa.text("SELECT 1"))
-            return True
-        except Exception:
-            return False
+            return None
+        except Exception as exc:
+            return _describe(exc)
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+# PostgreSQL's answers at connection time that are not "the server is not there" (SQLSTATE classes 28
+# and 3D): the server runs, and something in HANDSHAKE_DATABASE_URL is wrong.
+_REFUSALS = {
+    "28P01": "the password was refused",
+    "28000": "the user (role) is not allowed or does not exist",
+    "3D000": "the database does not exist",
+}
+
+
+def _describe(exc: BaseException) -> str:
+    found: BaseException | None = exc
+    while found is not None:
+        code = getattr(found, "sqlstate", None)
+        if isinstance(code, str) and code in _REFUSALS:
+            return _REFUSALS[code]
+        found = getattr(found, "orig", None) or found.__cause__ or found.__context__
+    if isinstance(exc, TimeoutError):
+        return "it did not answer in time"
+    return "it is not running or not reachable"

@@ -617,6 +617,29 @@ def test_provision_to_an_unwritable_file_provisions_nothing(tmp_path: Path) -> N
         assert db.execute("SELECT count(*) FROM devices").fetchone() == (0,)
 
 
+def test_a_database_that_refuses_says_why(tmp_path: Path) -> None:
+    """A wrong user and a missing database are not "start it": the server runs, the URL is wrong."""
+    base = "postgresql+asyncpg://{user}@127.0.0.1:5432/{db}"
+    for url, mentions in (
+        (base.format(user="nosuchrole", db="test"), ("refused", "user", "HANDSHAKE_DATABASE_URL")),
+        (base.format(user="postgres", db="nosuchdatabase"), ("refused", "does not exist", "HANDSHAKE_DATABASE_URL")),
+    ):
+        line = assert_one_line_failure(
+            cli(tmp_path, make_env(tmp_path, HANDSHAKE_DATABASE_URL=url), "migrate"), *mentions
+        )
+        assert "start it" not in line, line
+
+
+def test_a_banner_names_the_dashboard_only_where_it_is(tmp_path: Path) -> None:
+    env = make_env(tmp_path)
+    server = start_server(tmp_path, env, "manager", "--service", "device-manager")
+    try:
+        banner = [line for line in server.stdout().splitlines() if line.startswith("Handshake (")]
+    finally:
+        server.stop()
+    assert banner and "dashboard" not in banner[0] and "/docs" in banner[0], server.stdout()
+
+
 def test_the_database_file_is_private_like_the_keys(tmp_path: Path) -> None:
     migrated = cli(tmp_path, make_env(tmp_path), "migrate")
     assert migrated.returncode == 0, migrated.stderr
