@@ -120,9 +120,9 @@ class Connector:
         if parts is None:
             return
         uid, channel = parts
-        if channel in ("replies", "state"):
-            # The embedded broker dropped such a message already; a clustered one delivered it, and
-            # here it is neither relayed to an HTTP caller nor stored.
+        if channel in ("replies", "state") and not self.broker.checks_payloads:
+            # A clustered broker delivered it (the embedded one drops it itself): here it is neither
+            # relayed to an HTTP caller nor stored.
             refusal = payload_refusal(topic, data)
             if refusal is not None:
                 if conn is not None:

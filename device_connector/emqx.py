@@ -77,6 +77,7 @@ class ClientsApi:
 
 class EmqxBroker(ClusteredBroker):
     keeps_retained = True  # (and presence follows EMQX's webhooks alone: no census of its clients)
+    checks_payloads = False
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)

@@ -109,6 +109,9 @@ class Broker(Protocol):
     # False where a retained message stays on the node it was published to (RabbitMQ): the connector
     # then sends a device its desired state when it subscribes (`BrokerEvents.subscribed`).
     keeps_retained: bool
+    # True where the broker drops a message whose payload breaks the JSON bounds before delivering it
+    # (the embedded one); otherwise the connector checks what it is told was published.
+    checks_payloads: bool
 
     async def start(self, events: BrokerEvents) -> None: ...
 

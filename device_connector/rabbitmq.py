@@ -116,6 +116,7 @@ class ManagementApi:
 
 class RabbitBroker(ClusteredBroker):
     keeps_retained = False
+    checks_payloads = False
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)

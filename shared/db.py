@@ -208,12 +208,13 @@ class Database:
         return self._transaction(write=False)
 
     async def ping(self) -> bool:
-        return await self.problem() is None
+        return await self.problem(self.settings.backend_timeout) is None
 
-    async def problem(self) -> str | None:
-        """What keeps the database from answering, in a few words; None when it answers."""
+    async def problem(self, timeout: float | None = None) -> str | None:
+        """What keeps the database from answering, in a few words; None when it answers. Start-up
+        waits twice the backend timeout (a first connection), /readyz the timeout itself."""
         try:
-            async with asyncio.timeout(self.settings.backend_timeout * 2):
+            async with asyncio.timeout(timeout or self.settings.backend_timeout * 2):
                 async with self.engine.connect() as conn:
                     await conn.execute(sa.text("SELECT 1"))
             return None

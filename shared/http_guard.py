@@ -76,8 +76,8 @@ class GuardedH11Protocol(H11Protocol):
         state = self.conn.their_state
         if state is h11.SEND_BODY:
             if not self._reading_body:
-                self._reading_body = True
                 self._arm(BODY_TIMEOUT)
+                self._reading_body = True  # after _arm, which clears it: later chunks buy no more time
         elif state is not h11.IDLE:
             self._disarm()  # read whole (or the connection is done): the app has it now
 

@@ -17,6 +17,7 @@ from shared.context import Context
 
 class EmbeddedBroker:
     keeps_retained = True
+    checks_payloads = True
 
     def __init__(self, ctx: Context) -> None:
         settings = ctx.settings
