@@ -63,7 +63,9 @@ class Presence:
         at = datetime.now(UTC)
 
         async def write(tx: Tx) -> None:
-            await store.mark_offline_except(tx, live=set(live), now=at)
+            gone = await store.mark_offline_except(tx, live=set(live), now=at)
+            if gone:
+                self.ctx.revocations.changed_soon(tx, "device_row", gone)
             came = await store.offline_among(tx, uids=sorted(live))
             await write_batched(self.ctx, tx, [entry for uid in came for entry in self._connected(uid, live[uid], at)])
 

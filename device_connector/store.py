@@ -23,11 +23,8 @@ _OWNED_BY = sa.select(devices.c.uid).where(devices.c.owner_id == _b("user_id"))
 _SHARED_WITH = sa.select(shares.c.uid, shares.c.role).where(shares.c.user_id == _b("user_id"))
 _OWNER_OF = sa.select(devices.c.owner_id).where(devices.c.uid == _b("uid"))
 _SHARES_OF = sa.select(shares.c.user_id, shares.c.role).where(shares.c.uid == _b("uid"))
-_SET_ONLINE = (
-    sa.update(devices)
-    .where(devices.c.uid == _b("device"))
-    .values(online=True, connected_at=_b("now"), last_seen=_b("now"), ip=_b("address"), region=_b("country"))
-)
+# `changed` is the writer's clock at commit time, not when the change happened (a backlog may be
+# written seconds later): reconciliation finds devices by it (shared.device_lists).
 _SET_PRESENCE = (
     sa.update(devices)
     .where(devices.c.uid == _b("device"))
@@ -37,9 +34,14 @@ _SET_PRESENCE = (
         last_seen=_b("now"),
         ip=_b("address"),
         region=_b("country"),
+        changed_at=_b("changed"),
     )
 )
-_SET_OFFLINE = sa.update(devices).where(devices.c.uid == _b("device")).values(online=False, last_seen=_b("now"))
+_SET_OFFLINE = (
+    sa.update(devices)
+    .where(devices.c.uid == _b("device"))
+    .values(online=False, last_seen=_b("now"), changed_at=_b("changed"))
+)
 
 
 async def roles_of_user(tx: Tx, *, user_id: str) -> dict[str, DeviceRole]:
@@ -69,18 +71,10 @@ async def device_exists(tx: Tx, *, uid: str) -> bool:
     return (await tx.execute(sa.select(devices.c.uid).where(devices.c.uid == uid))).first() is not None
 
 
-async def set_online(tx: Tx, *, uid: str, now: datetime, ip: str | None, region: str | None) -> None:
-    await tx.execute(_SET_ONLINE, {"device": uid, "now": now, "address": ip, "country": region})
-
-
-async def set_offline(tx: Tx, *, uid: str, now: datetime) -> None:
-    await tx.execute(_SET_OFFLINE, {"device": uid, "now": now})
-
-
 async def set_presence_many(tx: Tx, *, connected: list[dict[str, Any]], disconnected: list[dict[str, Any]]) -> None:
     """Presence of many devices, one statement each way (executemany). `connected`: devices that
     connected (and maybe left again) in the batch, rows of device, is_online, since, now, address,
-    country; `disconnected`: devices that only left, rows of device and now."""
+    country, changed; `disconnected`: devices that only left, rows of device, now and changed."""
     if connected:
         await tx.execute(_SET_PRESENCE, connected)
     if disconnected:
@@ -100,14 +94,15 @@ async def put_reported_many(tx: Tx, rows: list[dict[str, Any]]) -> None:
     await tx.execute(statement, rows)
 
 
-async def mark_offline_except(tx: Tx, *, live: set[str], now: datetime) -> int:
-    """Every device marked online but not in `live` goes offline."""
+async def mark_offline_except(tx: Tx, *, live: set[str], now: datetime) -> list[str]:
+    """Every device marked online but not in `live` goes offline; those it took offline."""
     online = (await tx.execute(sa.select(devices.c.uid).where(devices.c.online.is_(True)))).scalars()
     stale = sorted(set(online) - live)
     for start in range(0, len(stale), 500):
         chunk = stale[start : start + 500]
-        await tx.execute(sa.update(devices).where(devices.c.uid.in_(chunk)).values(online=False, last_seen=now))
-    return len(stale)
+        values = {"online": False, "last_seen": now, "changed_at": now}
+        await tx.execute(sa.update(devices).where(devices.c.uid.in_(chunk)).values(**values))
+    return stale
 
 
 async def offline_among(tx: Tx, *, uids: list[str]) -> list[str]:

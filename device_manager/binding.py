@@ -12,7 +12,7 @@ from typing import Any
 from device_manager import credentials, store
 from device_manager.access import require
 from device_manager.provisioning import DeviceDisabledError, authenticate_device, now_utc
-from shared import lockout
+from shared import device_lists, lockout
 from shared.context import Context
 from shared.db import Tx
 from shared.errors import HandshakeError
@@ -67,7 +67,7 @@ async def bind(ctx: Context, *, uid: str, claim_code: str, user_id: str, ip: str
                 raise AlreadyBoundError()
             return {"uid": device.uid, "role": DeviceRole.OWNER.value}  # bound to the caller already
         await _record(ctx, tx, EventType.DEVICE_BOUND, uid=device.uid, actor_id=user_id, ip=ip, method="claim_code")
-        ctx.revocations.access_changed(tx, device.uid)
+        await device_lists.members_changed(tx, ctx.revocations, device.uid)
     await lockout.record_success(ctx, user_id, ip, failures=failures, scope="bind")
     return {"uid": device.uid, "role": DeviceRole.OWNER.value}
 
@@ -120,7 +120,7 @@ async def _redeem(ctx: Context, *, device: store.DeviceRow, pairing_token: str, 
             method="pairing",
             user_id=user_id,
         )
-        ctx.revocations.access_changed(tx, device.uid)
+        await device_lists.members_changed(tx, ctx.revocations, device.uid)
     return {"uid": device.uid, "owner_id": user_id, "role": DeviceRole.OWNER.value}
 
 
@@ -129,7 +129,7 @@ async def unbind(ctx: Context, *, uid: str, user_id: str, ip: str | None) -> Non
         device, _ = await require(tx, uid=uid, user_id=user_id, at_least=DeviceRole.OWNER)
         lost = await store.release(tx, uid=device.uid)
         await _record(ctx, tx, EventType.DEVICE_UNBOUND, uid=device.uid, actor_id=user_id, ip=ip, users=lost)
-        ctx.revocations.access_changed(tx, device.uid)
+        await device_lists.members_changed(tx, ctx.revocations, device.uid)
 
 
 async def reset(ctx: Context, *, uid: str, secret: str, ip: str | None) -> None:
@@ -140,4 +140,4 @@ async def reset(ctx: Context, *, uid: str, secret: str, ip: str | None) -> None:
         await _record(
             ctx, tx, EventType.DEVICE_UNBOUND, uid=device.uid, actor_id=device.uid, ip=ip, reason="reset", users=lost
         )
-        ctx.revocations.access_changed(tx, device.uid)
+        await device_lists.members_changed(tx, ctx.revocations, device.uid)

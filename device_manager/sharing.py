@@ -7,6 +7,7 @@ from typing import Any
 from device_manager import store
 from device_manager.access import require
 from device_manager.provisioning import now_utc
+from shared import device_lists
 from shared.context import Context
 from shared.db import Tx
 from shared.errors import ForbiddenError, HandshakeError, NotFoundError
@@ -43,8 +44,11 @@ async def _record(
 
 
 async def list_devices(ctx: Context, *, user_id: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
-    # Outside a transaction (no BEGIN/COMMIT): one statement, one snapshot, except for a page past
-    # the end, whose second statement only counts.
+    mine = await ctx.device_lists.of_user(user_id)
+    if mine is not None:  # from memory, kept right by the fan-out and reconciliation
+        return [entry.as_json() for entry in mine.entries[offset : offset + limit]], len(mine.entries)
+    # More devices than a process keeps per user: one page from the database, outside a transaction
+    # (one statement, one snapshot, except for a page past the end, whose second statement only counts).
     async with ctx.db.query() as tx:
         rows, total = await store.list_for_user(tx, user_id=user_id, limit=limit, offset=offset)
     return [
@@ -70,6 +74,7 @@ async def rename(ctx: Context, *, uid: str, user_id: str, name: str, ip: str | N
     async with ctx.db.write() as tx:
         device, role = await require(tx, uid=uid, user_id=user_id, at_least=DeviceRole.OWNER)
         await store.update_device(tx, uid=device.uid, name=name)
+        await device_lists.listing_changed(tx, ctx.revocations, device.uid)
         device = await store.device(tx, uid=device.uid)  # type: ignore[assignment]
     return device_view(device, role.value)
 
@@ -101,7 +106,7 @@ async def share(
             user_id=target.id,
             role=role.value,
         )
-        ctx.revocations.access_changed(tx, device.uid)
+        await device_lists.members_changed(tx, ctx.revocations, device.uid)
     return {"uid": device.uid, "user_id": target.id, "username": target.username, "role": role.value, "created_at": now}
 
 
@@ -122,7 +127,7 @@ async def unshare(ctx: Context, *, uid: str, user_id: str, sharee_id: str, ip: s
         if not await store.delete_share(tx, uid=device.uid, user_id=sharee_id):
             raise NotFoundError("No such share.")
         await _record(ctx, tx, EventType.DEVICE_UNSHARED, uid=device.uid, actor_id=user_id, ip=ip, user_id=sharee_id)
-        ctx.revocations.access_changed(tx, device.uid)
+        await device_lists.members_changed(tx, ctx.revocations, device.uid)
 
 
 async def transfer(ctx: Context, *, uid: str, user_id: str, username: str, ip: str | None) -> dict[str, Any]:
@@ -144,5 +149,5 @@ async def transfer(ctx: Context, *, uid: str, user_id: str, username: str, ip: s
             from_user=user_id,
             to_user=target.id,
         )
-        ctx.revocations.access_changed(tx, device.uid)
+        await device_lists.members_changed(tx, ctx.revocations, device.uid)
     return {"uid": device.uid, "owner_id": target.id, "owner_username": target.username}

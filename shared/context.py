@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from shared.auth import Authenticator
 from shared.counters import Counters, MemoryCounters, RedisCounters
 from shared.db import Database
+from shared.device_lists import DeviceLists
 from shared.errors import ConfigurationError
 from shared.events import EventLog
 from shared.fanout import Fanout
@@ -46,6 +47,7 @@ class Context:
     auth: Authenticator
     hashing: BoundedPool
     metrics: Metrics
+    device_lists: DeviceLists
     # Per-service state that lives as long as the context (the account manager's password hasher...).
     extras: dict[str, Any] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -94,6 +96,7 @@ class Context:
             auth=Authenticator(verifier, revocations=revocations, metrics=metrics),
             hashing=BoundedPool(workers=settings.hash_workers, queue=settings.hash_queue),
             metrics=metrics,
+            device_lists=DeviceLists(revocations, db),
         )
 
     async def check_backends(self) -> None:

@@ -42,7 +42,18 @@ _RECONCILE = sa.union_all(
     sa.select(sa.literal("device"), tables.devices.c.uid).where(tables.devices.c.disabled.is_(True)),
     # Users changed since the last pass: what per-process caches of user rows must forget, whatever
     # the fan-out dropped (shared.cache).
-    sa.select(sa.literal("user"), tables.users.c.id).where(tables.users.c.updated_at >= sa.bindparam("users_since")),
+    sa.select(sa.literal("user"), tables.users.c.id).where(tables.users.c.updated_at >= sa.bindparam("caches_since")),
+    # Devices whose listing or membership changed, and who holds a role on them now: what the
+    # per-process device lists must forget (shared.device_lists).
+    sa.select(sa.literal("device_row"), tables.devices.c.uid).where(
+        tables.devices.c.changed_at >= sa.bindparam("caches_since")
+    ),
+    sa.select(sa.literal("members"), tables.devices.c.owner_id).where(
+        tables.devices.c.changed_at >= sa.bindparam("caches_since"), tables.devices.c.owner_id.is_not(None)
+    ),
+    sa.select(sa.literal("members"), tables.device_shares.c.user_id)
+    .join(tables.devices, tables.devices.c.uid == tables.device_shares.c.uid)
+    .where(tables.devices.c.changed_at >= sa.bindparam("caches_since")),
 )
 
 
@@ -124,13 +135,17 @@ class Revocations:
         tx.after_commit(lambda: self.announce("device" if disabled else "device_enabled", [uid]))
 
     def user_changed(self, tx: Tx, user_id: str) -> None:
-        """A user row changed (profile, role, disabled, password, last login): caches of it forget it,
-        in this process at commit and in the others through the fan-out, sent in the background (the
-        caller does not wait on Redis for it: reconciliation bounds a lost or late message)."""
+        """A user row changed (profile, role, disabled, password, last login): caches of it forget it."""
+        self.changed_soon(tx, "user", [user_id])
+
+    def changed_soon(self, tx: Tx, kind: str, ids: list[str]) -> None:
+        """Rows that caches keep changed: they forget them in this process at commit and in the others
+        through the fan-out, sent in the background (the writer does not wait on Redis for it:
+        reconciliation bounds a lost or late message)."""
 
         def committed() -> None:
-            self._apply("user", [user_id])
-            task = asyncio.get_running_loop().create_task(self._publish("user", [user_id]))
+            self._apply(kind, ids)
+            task = asyncio.get_running_loop().create_task(self._publish(kind, ids))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -240,15 +255,16 @@ class Revocations:
         # time out, and every CONNECT would be refused as if the database were gone. A busy event loop
         # is not a dead database.
         # Caches start empty: the first pass has no user changes to tell them of.
-        users_since = started if self._since is None else since
-        found: dict[str, list[str]] = {"sid": [], "jti": [], "device": [], "user": []}
+        caches_since = started if self._since is None else since
+        found: dict[str, list[str]] = {"sid": [], "jti": [], "device": [], "user": [], "device_row": [], "members": []}
         async with asyncio.timeout(self.settings.backend_timeout * 2):
             async with self.db.query() as tx:
-                for kind, id_ in await tx.execute(_RECONCILE, {"since": since, "users_since": users_since}):
+                for kind, id_ in await tx.execute(_RECONCILE, {"since": since, "caches_since": caches_since}):
                     found[kind].append(id_)
         sids, jtis, devices = found["sid"], found["jti"], set(found["device"])
-        if found["user"]:
-            self._apply("user", found["user"])
+        for kind in ("user", "device_row", "members"):
+            if found[kind]:
+                self._apply(kind, found[kind])
         self._apply("sid", sids)
         self._apply("jti", jtis)
         self._apply("device", sorted(devices - self.devices.keys()))
