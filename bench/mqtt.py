@@ -62,7 +62,7 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench._server import PASSWORD, load_note, percentile
+from bench._server import BACKENDS, PASSWORD, _backend_env, load_note, percentile
 from shared.testing import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,7 +107,7 @@ FULL = Plan(
     connect_devices=200, connect_rounds=3, connect_threads=4,
     flow_rounds=3, qos0_messages=10_000, qos1_messages=5_000, churn_messages=3_000,
     idle_devices=200, idle_clients=10, idle_messages=3_000, idle_rounds=3,
-    command_devices=50, commands_sequential=300, commands_each=10, commands_each_same=4,
+    command_devices=50, commands_sequential=300, commands_each=20, commands_each_same=10,
     run_timeout=25.0, connect_time=30.0, flow_time=95.0, idle_time=35.0, budget=300.0,
 )  # fmt: skip
 QUICK = Plan(
@@ -244,14 +244,13 @@ class Platform:
         self.not_ready.append(time.monotonic() - t0)
 
 
-def start_platform(workdir: Path) -> Platform:
+def start_platform(workdir: Path, backend_env: dict[str, str]) -> Platform:
     http_port, mqtt_port = free_port(), free_port()
     base_url = f"http://{HOST}:{http_port}"
     admin_password = secrets.token_urlsafe(16)
     env = {
         **_clean_env(),
-        "HANDSHAKE_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'h.db'}",
-        "HANDSHAKE_KEYS_DIR": str(workdir / "keys"),
+        **backend_env,
         "HANDSHAKE_ADMIN_PASSWORD": admin_password,
         "HANDSHAKE_ISSUER": base_url,
     }
@@ -1190,6 +1189,11 @@ def bench_commands(plan: Plan, platform: Platform, world: World, amqtt: Target, 
                 out["c50same"] = await _timed_requests(
                     http, [[command(first, i) for i in range(plan.commands_each_same)] for _ in range(50)], is_pong, pid
                 )
+                settle([pid])
+                # The floor, with the same client and concurrency (issue 11: commands ≥ 0.3× of it).
+                out["healthz"] = await _timed_requests(
+                    http, [[("GET", "/healthz", None)] * plan.commands_each] * 50, lambda b: True, pid
+                )
                 return out
 
         found = asyncio.run(run())
@@ -1210,6 +1214,12 @@ def bench_commands(plan: Plan, platform: Platform, world: World, amqtt: Target, 
     print(line("1 concurrent", found["seq"]))
     print(line(f"50 concurrent, {len(devices)} devices", found["c50"]))
     print(line("50 concurrent, one device", found["c50same"]))
+    print(line("GET /healthz, 50 concurrent (the floor)", found["healthz"]))
+    floor = found["healthz"].rate
+    for key, label in (("c50", f"{len(devices)} devices"), ("c50same", "one device")):
+        lat = found[key]
+        print(f"  50 concurrent, {label:<11}: {lat.rate / floor:4.2f}× /healthz (target ≥ 0.30) "
+              f"{verdict(lat.rate / floor >= 0.3)}; p99 {lat.p99:.0f} ms (target < 250) {verdict(lat.p99 < 250)}")  # fmt: skip
     print("  its parts, alone, 1 concurrent:")
     print(line("GET /v1/devices/{uid}/state (auth + 1 read)", found["state"]))
     print(line("MQTT request/reply, bare amqtt (its CPU)", rr))
@@ -1226,6 +1236,7 @@ def _alarm(signum: int, frame: Any) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short run (fewer devices, messages and rounds)")
+    parser.add_argument("--backend", choices=BACKENDS, default="sqlite", help="the platform's storage (default sqlite)")
     parser.add_argument(
         "--only", choices=["connect", "flow", "idle", "commands"], action="append", help="run only these parts"
     )
@@ -1240,11 +1251,11 @@ def main() -> None:
     signal.signal(signal.SIGALRM, _alarm)  # whatever happens, the finally below stops every child
     signal.alarm(int(plan.budget))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
-    print(f"bench.mqtt{' --quick' if args.quick else ''}: {load_note()}")
-    with tempfile.TemporaryDirectory(prefix="handshake-bench-mqtt-") as tmp:
+    print(f"bench.mqtt{' --quick' if args.quick else ''} ({args.backend}): {load_note()}")
+    with tempfile.TemporaryDirectory(prefix="handshake-bench-mqtt-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         try:
-            platform = start_platform(workdir)
+            platform = start_platform(workdir, stack.enter_context(_backend_env(args.backend, workdir)))
             amqtt_child, amqtt_port = start_amqtt(workdir)
             t0 = time.monotonic()
             world = prepare_world(platform, plan)

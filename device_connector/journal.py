@@ -28,6 +28,7 @@ log = logging.getLogger("handshake.journal")
 MAX_BATCH = 5000
 MAX_QUEUE = 100_000
 RETRIES = 5
+LINGER = 0.05  # s an entry may wait for others to share its transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,10 @@ class Journal:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            # Let a batch gather for a moment: every transaction costs a few hops to the database's
+            # thread (SQLite) or round trips, and each hop a hand-over of the GIL that stalls the event
+            # loop; at a command's pace a batch would otherwise be one or two entries (issue 11).
+            await asyncio.sleep(LINGER)
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             await self._commit(batch)

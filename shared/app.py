@@ -5,6 +5,7 @@ metrics and the JWKS, and the one error handler that renders every error as {"er
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -75,6 +76,16 @@ def load_services(names: Sequence[str]) -> list[ModuleType]:
     return modules
 
 
+# FastAPI's built-in OpenTelemetry (0.16x) asks for the global tracer and meter providers on every
+# request even when nothing is configured: a few percent of an everyday request (issue 11). The
+# platform's own /metrics counts requests; tracing stays off. Older FastAPI has no such argument.
+_NO_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -111,7 +122,9 @@ def create_app(
             if ctx is None:
                 await context.stop()
 
-    app = FastAPI(title="Handshake", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Handshake", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, **_NO_TELEMETRY
+    )
     docs.install(app)
     for router in (_common_router(), *(module.router for module in modules)):
         app.router.routes.extend(_leaf_routes(router))

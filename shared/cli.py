@@ -219,6 +219,7 @@ def serve(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.http_port,
         log_level="info",
+        access_log=settings.access_log,
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         server_header=False,

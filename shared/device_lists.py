@@ -18,6 +18,7 @@ before its read, and any forget of its user or of one of its devices since then 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -102,6 +103,7 @@ class DeviceLists:
         self._user_ticks: dict[str, int] = {}  # user id -> the tick it was last forgotten at
         self._device_ticks: dict[str, int] = {}  # device uid -> the tick it was last forgotten at
         self._floor = 0  # puts of reads older than this are refused (the record of forgets was cleared)
+        self._loading: dict[str, tuple[int, asyncio.Future[UserDevices | None]]] = {}
         revocations.watch("members", self.forget_users)
         revocations.watch("access", self.forget_devices)
         revocations.watch("device_row", self.forget_devices)
@@ -115,6 +117,23 @@ class DeviceLists:
             found = self._lists.get(user_id)
             if found is not None:
                 return found
+        # Requests that miss together share one read, but only a read that began after the last
+        # forget: one from before a change must not answer a request made after it.
+        found_loading = self._loading.get(user_id)
+        if found_loading is None or found_loading[0] != self._tick:
+            loading: asyncio.Future[UserDevices | None] = asyncio.ensure_future(self._load(user_id))
+            self._loading[user_id] = (self._tick, loading)
+            loading.add_done_callback(lambda done: self._loaded(user_id, done))
+        else:
+            loading = found_loading[1]
+        return await asyncio.shield(loading)
+
+    def _loaded(self, user_id: str, done: asyncio.Future[UserDevices | None]) -> None:
+        current = self._loading.get(user_id)
+        if current is not None and current[1] is done:
+            del self._loading[user_id]
+
+    async def _load(self, user_id: str) -> UserDevices | None:
         tick = self._tick
         async with self.db.query() as tx:
             rows = list(await tx.execute(_ALL_FOR_USER, {"user_id": user_id}))

@@ -102,12 +102,12 @@ class Fanout:
             except asyncio.CancelledError:
                 self.connected = False
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # unannotated before redis-py 8
                 raise
             except Exception as exc:
                 if self.connected:
                     log.warning("Redis subscription lost (%s); retrying", exc)
                 self.connected = False
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # unannotated before redis-py 8
                 await asyncio.sleep(0.3)

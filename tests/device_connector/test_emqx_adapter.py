@@ -241,6 +241,10 @@ async def test_commands_relay_once_emqx_says_the_device_is_connected(
     assert offline.status_code == 409 and offline.json()["error"] == "device_offline"
     with Firmware(world.uid):
         assert await broker.connect(world.uid, world.uid, world.device_token)
+        # EMQX's webhook reaches every replica through the fan-out: the connector learns of the
+        # connection a moment after EMQX says so, as it would from a real EMQX.
+        connector = emqx.app.state.ctx.extras["connector"]  # type: ignore[attr-defined]
+        await eventually(lambda: connector.broker.is_online(world.uid))
         reply = await emqx.post(f"/v1/devices/{world.uid}/commands", json=command, headers=world.owner.headers)
         assert reply.status_code == 200, reply.text
         assert reply.json()["result"] == {"on": True}
