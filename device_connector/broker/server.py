@@ -45,6 +45,7 @@ from device_connector.acl import (
     payload_refusal,
     valid_topic,
 )
+from device_connector.broker import lifecycle
 from device_connector.broker.index import SubscriptionIndex, matches
 from device_connector.port import NO_WILL, BrokerEvents, CloseReason, Connection, Refused
 
@@ -184,6 +185,7 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
             # SPEC §10: with TLS_CERT and TLS_KEY, MQTT over TLS as well, on 8883.
             listeners["tls"] = {"type": "tcp", "bind": f"{host}:{tls_port}", "ssl": True, **ssl}
         _install_strict_strings()
+        lifecycle.install()
         super().__init__({"listeners": listeners, "plugins": {}})
         self.admit = admit
         self.max_packet = max_packet

@@ -1,0 +1,52 @@
+"""amqtt's session life cycle without a `transitions` state machine per session.
+
+amqtt builds a `transitions.Machine` (states, five transitions, callbacks) for every session it makes:
+a third of the broker's CPU per CONNECT+DISCONNECT on this machine (issue 11's profile), for three
+states and two triggers. `SessionStates` answers the same calls amqtt and our broker make of
+`session.transitions` (`state`, `connect()`, `disconnect()`, `is_connected()`, ...) with the same rules:
+connect from new or disconnected, disconnect from anywhere, the session's enter callbacks on every
+transition. Installed only when an embedded broker is built (importing this module changes nothing)."""
+
+from __future__ import annotations
+
+from amqtt.session import Session
+from transitions import MachineError
+
+NEW, CONNECTED, DISCONNECTED = "new", "connected", "disconnected"
+
+
+class SessionStates:
+    __slots__ = ("_session", "state")
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self.state = NEW
+
+    def connect(self) -> bool:
+        if self.state == CONNECTED:
+            raise MachineError("Can't trigger event connect from state connected!")  # as transitions would
+        self.state = CONNECTED
+        self._session._on_enter_connected()
+        return True
+
+    def disconnect(self) -> bool:
+        self.state = DISCONNECTED  # from new, connected or disconnected alike (amqtt's table)
+        self._session._on_enter_disconnected()
+        return True
+
+    def is_new(self) -> bool:
+        return self.state == NEW
+
+    def is_connected(self) -> bool:
+        return self.state == CONNECTED
+
+    def is_disconnected(self) -> bool:
+        return self.state == DISCONNECTED
+
+
+def _init_states(session: Session) -> None:
+    session.transitions = SessionStates(session)
+
+
+def install() -> None:
+    Session._init_states = _init_states
