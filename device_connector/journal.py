@@ -1,6 +1,6 @@
 """One writer for what the broker records: presence, events and reported state. Entries queue here in
 the order they happened and a single task commits them in batches, each batch one transaction of a
-few multi-row statements: a reconnect storm of 10,000 devices is a handful of transactions, not 40,000
+few multi-row statements: a reconnect storm of 10,000 devices is some forty transactions, not 40,000
 statements, and a device's connect is never written after its disconnect. A presence change and its
 event are in the same transaction (SPEC §11: complete or absent, with its event)."""
 
@@ -23,9 +23,10 @@ from shared.errors import ServiceUnavailableError
 
 log = logging.getLogger("handshake.journal")
 
-# Entries in one transaction: a storm's backlog goes in a few large batches, each a handful of
-# statements, so what bounds it is rows written, not round trips waited on.
-MAX_BATCH = 5000
+# Entries in one transaction: a storm's backlog goes in large batches, each a handful of statements,
+# so what bounds it is rows written, not round trips waited on. Not larger: preparing a batch's
+# parameters runs on the event loop, and 5,000 rows held it for tens of milliseconds at a time.
+MAX_BATCH = 1000
 MAX_QUEUE = 100_000
 RETRIES = 5
 LINGER = 0.05  # s an entry may wait for others to share its transaction
