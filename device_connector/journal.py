@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -91,14 +91,13 @@ class _Statements:
     async def flush(self, ctx: Context, tx: Tx) -> None:
         if self.presence:
             rows = list(self.presence.values())
-            changed = datetime.now(UTC)
-            for row in rows:
-                row["changed"] = changed
             await store.set_presence_many(
                 tx,
                 connected=[row for row in rows if "since" in row],
                 disconnected=[row for row in rows if "since" not in row],
             )
+            # Cached device lists show presence: they forget these devices (a lost message is bounded
+            # by the lists' time to live, shared.device_lists.PRESENCE_TTL).
             ctx.revocations.changed_soon(tx, "device_row", list(self.presence))
         await store.put_reported_many(tx, list(self.reported.values()))
         await ctx.events.record_rows(tx, self.events)

@@ -23,8 +23,6 @@ _OWNED_BY = sa.select(devices.c.uid).where(devices.c.owner_id == _b("user_id"))
 _SHARED_WITH = sa.select(shares.c.uid, shares.c.role).where(shares.c.user_id == _b("user_id"))
 _OWNER_OF = sa.select(devices.c.owner_id).where(devices.c.uid == _b("uid"))
 _SHARES_OF = sa.select(shares.c.user_id, shares.c.role).where(shares.c.uid == _b("uid"))
-# `changed` is the writer's clock at commit time, not when the change happened (a backlog may be
-# written seconds later): reconciliation finds devices by it (shared.device_lists).
 _SET_PRESENCE = (
     sa.update(devices)
     .where(devices.c.uid == _b("device"))
@@ -34,14 +32,9 @@ _SET_PRESENCE = (
         last_seen=_b("now"),
         ip=_b("address"),
         region=_b("country"),
-        changed_at=_b("changed"),
     )
 )
-_SET_OFFLINE = (
-    sa.update(devices)
-    .where(devices.c.uid == _b("device"))
-    .values(online=False, last_seen=_b("now"), changed_at=_b("changed"))
-)
+_SET_OFFLINE = sa.update(devices).where(devices.c.uid == _b("device")).values(online=False, last_seen=_b("now"))
 
 
 async def roles_of_user(tx: Tx, *, user_id: str) -> dict[str, DeviceRole]:
@@ -74,7 +67,7 @@ async def device_exists(tx: Tx, *, uid: str) -> bool:
 async def set_presence_many(tx: Tx, *, connected: list[dict[str, Any]], disconnected: list[dict[str, Any]]) -> None:
     """Presence of many devices, one statement each way (executemany). `connected`: devices that
     connected (and maybe left again) in the batch, rows of device, is_online, since, now, address,
-    country, changed; `disconnected`: devices that only left, rows of device, now and changed."""
+    country; `disconnected`: devices that only left, rows of device and now."""
     if connected:
         await tx.execute(_SET_PRESENCE, connected)
     if disconnected:
@@ -100,8 +93,7 @@ async def mark_offline_except(tx: Tx, *, live: set[str], now: datetime) -> list[
     stale = sorted(set(online) - live)
     for start in range(0, len(stale), 500):
         chunk = stale[start : start + 500]
-        values = {"online": False, "last_seen": now, "changed_at": now}
-        await tx.execute(sa.update(devices).where(devices.c.uid.in_(chunk)).values(**values))
+        await tx.execute(sa.update(devices).where(devices.c.uid.in_(chunk)).values(online=False, last_seen=now))
     return stale
 
 

@@ -7,11 +7,15 @@ Kept right the way revocations are (shared.revocation), within the same bound:
   device ("access") and the users who hold a role on it now ("members"): processes forget every list
   that holds the device, and the lists of its new members, which cannot hold it yet;
 - a change of what the list shows (a rename, presence) announces the device ("device_row");
-- every such write also stamps `devices.changed_at`, and each reconciliation pass (every second) tells
-  this cache of the devices changed since the last pass and of their members, whatever the fan-out
-  dropped. Lost fan-out or not, a list is at most about one reconciliation interval behind, never
-  past the staleness bound: once reconciliation has not succeeded for `REVOCATION_MAX_STALENESS`
-  seconds the cache answers nothing and every read goes to the database.
+- a change of who may see a device, or of its name, also stamps `devices.changed_at`, and each
+  reconciliation pass (every second) tells this cache of the devices changed since the last pass and of
+  their members, whatever the fan-out dropped. Lost fan-out or not, a role is at most about one
+  reconciliation interval behind, never past the staleness bound: once reconciliation has not
+  succeeded for `REVOCATION_MAX_STALENESS` seconds the cache answers nothing and every read goes to
+  the database;
+- presence changes by the thousand in a reconnect storm, too often to stamp (every pass would read
+  them all back): a list is kept at most PRESENCE_TTL seconds, which bounds what a lost presence
+  message can leave stale. Presence decides nothing; roles do, and they are reconciled.
 
 A read that raced a change cannot put back what it read before the change: a put carries the tick from
 before its read, and any forget of its user or of one of its devices since then makes it a no-op."""
@@ -19,6 +23,7 @@ before its read, and any forget of its user or of one of its devices since then 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +40,7 @@ from shared.revocation import Revocations
 # is an integrator's account, not a phone's, and caching it would let one user fill the memory.
 MAX_DEVICES = 1000
 MAX_USERS = 50_000
+PRESENCE_TTL = 10.0  # s a list is served from memory at most (see above)
 
 _devices, _shares = tables.devices, tables.device_shares
 _VISIBLE = sa.union_all(
@@ -81,11 +87,12 @@ class DeviceEntry:
 class UserDevices:
     entries: tuple[DeviceEntry, ...]  # in UID order
     roles: Mapping[str, DeviceRole]
+    loaded: float  # time.monotonic() when read from the database
 
     @classmethod
     def of(cls, entries: Iterable[DeviceEntry]) -> UserDevices:
         ordered = tuple(entries)
-        return cls(ordered, {entry.uid: entry.role for entry in ordered})
+        return cls(ordered, {entry.uid: entry.role for entry in ordered}, time.monotonic())
 
 
 def utcnow() -> datetime:
@@ -113,10 +120,9 @@ class DeviceLists:
     async def of_user(self, user_id: str) -> UserDevices | None:
         """The user's devices, from memory when the view is confirmed; None for a user with more than
         MAX_DEVICES (the caller pages them from the database)."""
-        if self.revocations.confirmed:
-            found = self._lists.get(user_id)
-            if found is not None:
-                return found
+        found = self.cached(user_id)
+        if found is not None:
+            return found
         # Requests that miss together share one read, but only a read that began after the last
         # forget: one from before a change must not answer a request made after it.
         found_loading = self._loading.get(user_id)
@@ -146,7 +152,12 @@ class DeviceLists:
         return value
 
     def cached(self, user_id: str) -> UserDevices | None:
-        return self._lists.get(user_id) if self.revocations.confirmed else None
+        found = self._lists.get(user_id)
+        if found is None or not self.revocations.confirmed:
+            return None
+        if time.monotonic() - found.loaded > PRESENCE_TTL:
+            return None
+        return found
 
     def _put(self, user_id: str, value: UserDevices, tick: int) -> None:
         if tick < self._floor or self._user_ticks.get(user_id, -1) > tick:

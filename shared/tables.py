@@ -127,9 +127,10 @@ devices = sa.Table(
     sa.Column("last_seen", UTCDateTime),
     sa.Column("ip", sa.String(64)),
     sa.Column("region", sa.String(64)),
-    # When its listing (name, presence) or who may see it last changed, by the clock of the writer at
-    # commit time: each reconciliation pass asks which devices changed since the last one, so that the
-    # per-process device lists (shared.device_lists) forget what a lost fan-out message did not tell them.
+    # When its name or who may see it last changed: each reconciliation pass asks which devices changed
+    # since the last one, so that the per-process device lists (shared.device_lists) forget what a lost
+    # fan-out message did not tell them. Presence does not stamp it (a storm would make every pass read
+    # thousands of rows): the lists' time to live bounds a lost presence message instead.
     sa.Column("changed_at", UTCDateTime, index=True),
 )
 

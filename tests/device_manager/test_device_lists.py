@@ -12,11 +12,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from device_connector.journal import PresenceChange, write_batched
 from device_manager import sharing
-from shared import tables
+from shared import device_lists, tables
 from shared.context import Context
 from shared.device_lists import DeviceEntry, UserDevices
 from shared.models import DeviceRole
@@ -172,3 +173,21 @@ async def test_a_read_that_raced_a_change_is_not_kept(ctx: Context) -> None:
     assert lists.cached("v" * 20) is None
     lists._put("v" * 20, UserDevices.of([]), lists._tick)  # a read that began after it is kept
     assert lists.cached("v" * 20) is not None
+
+
+async def test_presence_whose_message_was_lost_shows_within_the_lists_time_to_live(
+    client: httpx.AsyncClient, users: Users, ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Presence does not stamp `changed_at` (a storm would make every reconciliation read it all back):
+    a list lives PRESENCE_TTL seconds at most, which bounds a lost presence message."""
+    monkeypatch.setattr(device_lists, "PRESENCE_TTL", 0.5)
+    admin, owner = await staff(users, ctx), await person(users)
+    device = await bound_device(client, admin, owner)
+    await cached(ctx, client, owner)
+    async with ctx.db.write() as tx:  # presence written with no message to anyone
+        await tx.execute(sa.update(tables.devices).where(tables.devices.c.uid == device.uid).values(online=True))
+
+    async def shown() -> bool:
+        return (await listed(client, owner))[device.uid]["online"] is True
+
+    await within(2.0, shown, "presence whose message was lost outlived the lists' time to live")
