@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import APIRouter
 
 from device_connector.connector import Connector
@@ -17,7 +19,12 @@ router.include_router(rabbitmq.router)
 
 async def on_start(ctx: Context) -> None:
     connector = Connector(ctx)
-    await connector.start()
+    try:
+        await connector.start()
+    except BaseException:  # a start cut short (a stop signal, a broker that cannot start): undo what ran
+        with contextlib.suppress(Exception):
+            await connector.stop()
+        raise
     ctx.extras["connector"] = connector
     ctx.extras.setdefault("readiness", {})["broker"] = connector.ready
     if not ctx.settings.clustered_broker:

@@ -5,18 +5,23 @@ on its own port, with no plaintext MQTT beside it unless the operator asks for i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import uvicorn
+from fastapi import FastAPI
+
 from shared.app import SERVICES, create_app, load_services
-from shared.cli import fail, load_settings, run, service_module, with_context
+from shared.cli import fail, load_settings, service_module
 from shared.context import Context
-from shared.errors import ConfigurationError, WeakPasswordError
+from shared.errors import ConfigurationError, HandshakeError, WeakPasswordError
 from shared.settings import Settings
+from shared.signals import Interrupted, StopSignals
 
 DEFAULT_MQTT_PORT = 1883
 DEFAULT_MQTT_TLS_PORT = 8883
@@ -124,9 +129,20 @@ def check_tls_files(settings: Settings) -> None:
 # --- start-up ----------------------------------------------------------------------------------
 
 
+async def _prepare_deployment(settings: Settings, services: Sequence[str], stops: StopSignals) -> None:
+    """The backends reachable, the schema up to date, the first admin: cut short by a stop signal,
+    while the clean-up after it (closing the database) always runs to its end."""
+    ctx = Context.build(settings)  # makes or checks the key directory
+    try:
+        await stops.starting(_prepare(ctx, services))
+    finally:
+        await ctx.stop()
+
+
 async def _prepare(ctx: Context, services: Sequence[str]) -> None:
     from shared.migrations import upgrade
 
+    await ctx.check_backends()
     await upgrade(ctx.db)
     if "account-manager" in services:
         try:
@@ -185,6 +201,26 @@ def banner(settings: Settings, services: Sequence[str], host: str, http_port: in
 
 
 def serve(args: argparse.Namespace) -> None:
+    """Start, serve, stop. A stop signal at any moment ends it cleanly (shared.signals); a start-up
+    that cannot go on is one line and exit code 2."""
+    with StopSignals() as stops:
+        try:
+            _start_and_serve(args, stops)
+        except Interrupted:
+            pass
+        except ConfigurationError as exc:
+            if stops.received is None:
+                fail(str(exc))
+        except HandshakeError as exc:
+            if stops.received is None:
+                fail(exc.detail)
+        except Exception:
+            if stops.received is None:  # not the clean-up of an interrupted start-up: a fault of ours
+                raise
+    stops.exit()
+
+
+def _start_and_serve(args: argparse.Namespace, stops: StopSignals) -> None:
     import uvicorn
 
     from shared.http_guard import GuardedH11Protocol, configure
@@ -201,7 +237,7 @@ def serve(args: argparse.Namespace) -> None:
     if embedded:
         update.update(mqtt_ports(settings, args))
     settings = settings.model_copy(update=update)
-    run(with_context(settings, lambda ctx: _prepare(ctx, services)))  # checks the key directory too
+    stops.run(_prepare_deployment(settings, services, stops))
     if embedded:
         _one_embedded_broker(settings)
     app = create_app(settings, services=services)
@@ -212,6 +248,7 @@ def serve(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.http_port,
         log_level="info",
+        lifespan="off",  # the application's start-up and shutdown are run by _serve, a signal can cut them short
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         server_header=False,
@@ -220,4 +257,27 @@ def serve(args: argparse.Namespace) -> None:
     )
     for line in banner(settings, services, args.host, args.http_port):
         print(line, flush=True)
-    uvicorn.Server(config).run()
+    stops.run(_serve(app, config, stops), loop_factory=config.get_loop_factory())
+
+
+async def _serve(app: FastAPI, config: uvicorn.Config, stops: StopSignals) -> None:
+    """The application's lifespan around uvicorn: its start-up (the broker, the journal, the key and
+    revocation watchers) is cancelled by a stop signal instead of running to its end first."""
+    async with contextlib.AsyncExitStack() as stack:
+        state = await stops.starting(stack.enter_async_context(app.router.lifespan_context(app)))
+        await _Server(config, state, stops).serve()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server for an application that has started already: its lifespan state goes to every
+    request, and a stop signal that came just before uvicorn took the signals over still stops it."""
+
+    def __init__(self, config: uvicorn.Config, state: Mapping[str, Any] | None, stops: StopSignals) -> None:
+        super().__init__(config)
+        self.app_state = dict(state or {})
+        self.stops = stops
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self.lifespan.state.update(self.app_state)
+        self.should_exit = self.should_exit or self.stops.received is not None
+        await super().startup(sockets)
