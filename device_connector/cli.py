@@ -71,7 +71,9 @@ def demo(args: argparse.Namespace) -> None:
             fail(f"{where} has a certificate that is not trusted here: pass --ca-file with the CA that signed it")
         fail(f"cannot reach {where}: {exc}; start it with `handshake serve`")
     except HandshakeClientError as exc:
-        fail(f"the server said {exc}")
+        separate = args.device_manager_url is None or args.device_connector_url is None
+        hint = " (separate services? pass --device-manager-url and --device-connector-url)" if separate else ""
+        fail(f"the server said {exc}{hint if exc.status == 404 else ''}")
     except MqttListenerUnknownError as exc:
         fail(f"{exc} (demo: --mqtt-port)")
     except ssl.SSLCertVerificationError as exc:
