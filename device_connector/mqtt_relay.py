@@ -19,6 +19,7 @@ log = logging.getLogger("handshake.mqtt-relay")
 
 OnMessage = Callable[[str, bytes], None]
 SUBSCRIPTIONS = [("devices/+/replies", 1), ("devices/+/state", 1)]
+RECONNECT_MAX_DELAY = 5
 
 
 def _no_delay(client: mqtt.Client, userdata: Any, sock: mqtt.SocketLike) -> None:
@@ -40,6 +41,9 @@ class MqttRelay:
         if parts.scheme == "mqtts":
             self.client.tls_set()
         self.client.max_inflight_messages_set(1000)
+        # paho waits up to 2 minutes between reconnects by default: commands would fail that long after a
+        # broker restart. A few seconds at most, and a stop ends the wait within one (loop_stop).
+        self.client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_DELAY)
         self.client.on_socket_open = _no_delay
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
