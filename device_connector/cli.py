@@ -1,18 +1,52 @@
-"""`handshake demo`: the whole flow against a running server, one printed step at a time."""
+"""`handshake demo`: the whole flow against a running server, one printed step at a time. Against
+separate services it takes the account manager's, the device manager's and the device connector's URL
+each; against a server with a private CA, that CA."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import secrets
+import ssl
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from device_connector.client import DeviceClient, HandshakeClientError, MqttListenerUnknownError, UserClient
 from shared.cli import fail
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the demo goes: the server (or its account manager), the other services, and its trust."""
+
+    url: str
+    device_manager_url: str | None
+    device_connector_url: str | None
+    mqtt_port: int | None
+    ca_file: str | None
+
+    def user(self) -> UserClient:
+        return UserClient(
+            self.url,
+            device_manager_url=self.device_manager_url,
+            device_connector_url=self.device_connector_url,
+            mqtt_port=self.mqtt_port,
+            ca_file=self.ca_file,
+        )
+
+    def device(self, uid: str, secret: str) -> DeviceClient:
+        return DeviceClient(
+            self.device_manager_url or self.url,
+            uid,
+            secret,
+            device_connector_url=self.device_connector_url or self.url,
+            mqtt_port=self.mqtt_port,
+            ca_file=self.ca_file,
+        )
 
 
 def _step(number: int, text: str) -> None:
@@ -25,29 +59,39 @@ def demo(args: argparse.Namespace) -> None:
         fail(
             "demo needs an admin or manufacturer to provision a device: pass --admin-password or set HANDSHAKE_ADMIN_PASSWORD"
         )
+    if args.ca_file and not os.path.isfile(args.ca_file):
+        fail(f"--ca-file {args.ca_file} is not a file")
+    target = Target(args.url, args.device_manager_url, args.device_connector_url, args.mqtt_port, args.ca_file)
     try:
-        _run(args.url, args.admin, password, args.mqtt_port)
+        _run(target, args.admin, password)
     except httpx.HTTPError as exc:
-        fail(f"cannot reach {args.url}: {exc}; start it with `handshake serve`")
+        url = exc.request.url if isinstance(exc, httpx.RequestError) else httpx.URL(args.url)
+        where = f"{url.scheme}://{url.netloc.decode()}"
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            fail(f"{where} has a certificate that is not trusted here: pass --ca-file with the CA that signed it")
+        fail(f"cannot reach {where}: {exc}; start it with `handshake serve`")
     except HandshakeClientError as exc:
-        fail(f"the server said {exc}")
-    except MqttListenerUnknownError:
-        fail(f"{args.url} does not say where its MQTT broker listens: pass --mqtt-port")
+        separate = args.device_manager_url is None or args.device_connector_url is None
+        hint = " (separate services? pass --device-manager-url and --device-connector-url)" if separate else ""
+        fail(f"the server said {exc}{hint if exc.status == 404 else ''}")
+    except MqttListenerUnknownError as exc:
+        fail(f"{exc} (demo: --mqtt-port)")
+    except ssl.SSLCertVerificationError as exc:
+        fail(f"the MQTT broker's certificate is not trusted here ({exc.verify_message}): pass --ca-file")
     except TimeoutError as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot reach the MQTT broker: {exc.strerror or exc}")
 
 
-def _run(url: str, admin_name: str, admin_password: str, mqtt_port: int | None) -> None:
-    admin = UserClient(url, mqtt_port=mqtt_port)
+def _run(target: Target, admin_name: str, admin_password: str) -> None:
+    admin = target.user()
     admin.login(admin_name, admin_password)
     _step(1, f"logged in as {admin_name}")
-    made: dict[str, Any] = admin.http.post(
-        "/v1/admin/devices", json={"model": "demo-plug", "name": "Demo plug"}, headers=admin._auth()
-    ).json()
-    device_info = made["devices"][0]
+    device_info = admin.provision("demo-plug", name="Demo plug")[0]
     _step(2, f"provisioned device {device_info['uid']} (claim code {device_info['claim_code']})")
 
-    user = UserClient(url, mqtt_port=mqtt_port)
+    user = target.user()
     username, user_password = f"demo-{secrets.token_hex(3)}", secrets.token_urlsafe(12)
     user.register(username, user_password)
     user.login(username, user_password)
@@ -55,7 +99,7 @@ def _run(url: str, admin_name: str, admin_password: str, mqtt_port: int | None) 
     user.bind(device_info["uid"], device_info["claim_code"])
     _step(4, f"{username} bound {device_info['uid']} with its claim code")
 
-    device = DeviceClient(url, device_info["uid"], device_info["secret"], mqtt_port=mqtt_port)
+    device = target.device(device_info["uid"], device_info["secret"])
     switched = threading.Event()
 
     @device.command("switch")
@@ -65,7 +109,8 @@ def _run(url: str, admin_name: str, admin_password: str, mqtt_port: int | None) 
         return {"on": bool(params.get("on"))}
 
     with device:
-        _step(5, f"simulated device connected over MQTT on port {device.mqtt_port} with a device token")
+        over = "MQTT over TLS" if device.tls else "MQTT"
+        _step(5, f"simulated device connected over {over} on port {device.mqtt_port} with a device token")
         started = time.perf_counter()
         reply = user.send_command(device_info["uid"], "switch", {"on": True})
         elapsed = (time.perf_counter() - started) * 1000
@@ -86,8 +131,13 @@ def _run(url: str, admin_name: str, admin_password: str, mqtt_port: int | None) 
 
 def register(commands: Any) -> None:
     cmd = commands.add_parser("demo", help="walk through the whole flow against a running server")
-    cmd.add_argument("--url", default="http://127.0.0.1:8000")
+    cmd.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="the server, or with separate services the account manager"
+    )
+    cmd.add_argument("--device-manager-url", help="with separate services: the device manager (default: --url)")
+    cmd.add_argument("--device-connector-url", help="with separate services: the device connector (default: --url)")
     cmd.add_argument("--mqtt-port", type=int, default=None, help="default: the port the server says it listens on")
+    cmd.add_argument("--ca-file", help="the CA that signed the server's certificate (default: the system's CAs)")
     cmd.add_argument("--admin", default="admin", help="an admin or manufacturer account")
     cmd.add_argument("--admin-password", help="default: HANDSHAKE_ADMIN_PASSWORD")
     cmd.set_defaults(handler=demo)

@@ -9,6 +9,16 @@
     with device:               # gets a device token, connects, renews it before it expires
         device.report_state({"on": True})
 
+Separate services (`handshake serve --service NAME`): give each client the URL of each service it
+talks to, `DeviceClient(device_manager_url, uid, secret, device_connector_url=...)` and
+`UserClient(account_manager_url, device_manager_url=..., device_connector_url=...)`; one URL serves an
+all-in-one server.
+
+TLS: an https:// device-connector URL means MQTT over TLS as well (`tls=` says otherwise), on the port
+the server names for it. `ca_file` is the CA that signed the server's certificate (default: the
+system's trusted CAs), for HTTPS and MQTT alike; the server's host name is checked unless
+`check_hostname=False`.
+
 Both set TCP_NODELAY on the MQTT socket: paho does not, and Nagle's algorithm turns a 1 ms
 request/response into 40-90 ms (PERF §5)."""
 
@@ -16,16 +26,25 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+
+from device_connector.endpoints import (
+    Endpoints,
+    HandshakeClientError,
+    MqttListenerUnknownError,
+    check,
+    mqtt_client,
+    mqtt_port_of,
+    tls_context,
+    uses_tls,
+)
 
 log = logging.getLogger("handshake.client")
 
@@ -33,60 +52,14 @@ CommandHandler = Callable[[dict[str, Any]], Any]
 RENEW_AT = 0.8  # renew a token when 80% of its lifetime has passed
 # CONNACK codes that mean "these credentials are no good" (as paho 2 names MQTT 3.1.1's 4 and 5).
 _REFUSED_CREDENTIALS = frozenset({"Bad user name or password", "Not authorized"})
-
-
-class HandshakeClientError(Exception):
-    def __init__(self, status: int, body: Any) -> None:
-        self.status = status
-        self.body = body
-        error = body.get("error") if isinstance(body, dict) else None
-        super().__init__(f"{status} {error or body}")
-
-
-def _check(response: httpx.Response) -> Any:
-    try:
-        body = response.json() if response.content else None
-    except ValueError:
-        body = response.text
-    if response.status_code >= 400:
-        raise HandshakeClientError(response.status_code, body)
-    return body
-
-
-def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass
-
-
-def mqtt_port_of(http: httpx.Client) -> int:
-    """Where the server's own MQTT broker listens, as its /readyz (or discovery document) says. The
-    usual 1883 is not assumed: on many machines another broker holds it, and a client that reached
-    that one would connect, subscribe and never hear a command."""
-    for path, key in (("/readyz", "mqtt"), ("/.well-known/openid-configuration", "mqtt_port")):
-        try:
-            response = http.get(path)
-            body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
-        except (httpx.HTTPError, ValueError):
-            continue
-        found = body.get(key) if isinstance(body, dict) else None
-        port = found.get("port") if isinstance(found, dict) else found
-        if isinstance(port, int) and 0 < port < 65536:
-            return port
-    raise MqttListenerUnknownError(f"{http.base_url} does not say where its MQTT broker listens: pass mqtt_port")
-
-
-class MqttListenerUnknownError(LookupError):
-    """The server runs no MQTT broker of its own (another service of the deployment does, or a
-    clustered broker): the caller must name the port."""
-
-
-def _mqtt_client(client_id: str) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-    client.on_socket_open = _no_delay
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
-    return client
+__all__ = [
+    "DeviceClient",
+    "HandshakeClientError",
+    "MqttListenerUnknownError",
+    "UserClient",
+    "mqtt_port_of",
+    "tls_context",
+]
 
 
 class DeviceClient:
@@ -96,18 +69,28 @@ class DeviceClient:
         uid: str,
         secret: str,
         *,
+        device_connector_url: str | None = None,
         mqtt_host: str | None = None,
         mqtt_port: int | None = None,
+        tls: bool | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        check_hostname: bool = True,
         keepalive: int = 30,
     ) -> None:
+        """`base_url`: the server, or with separate services the device manager (it issues device
+        tokens); `device_connector_url` (default `base_url`) is where the broker is asked about."""
         self.base_url = base_url.rstrip("/")
+        connector_url = device_connector_url or base_url
         self.uid = uid.upper()
         self.secret = secret
-        self.mqtt_host = mqtt_host or urlsplit(base_url).hostname or "127.0.0.1"
+        self.mqtt_host = mqtt_host or urlsplit(connector_url).hostname or "127.0.0.1"
         self.mqtt_port = mqtt_port
+        self.tls = uses_tls(tls, connector_url)
         self.keepalive = keepalive
-        self.http = httpx.Client(base_url=self.base_url, timeout=10)
-        self.mqtt = _mqtt_client(self.uid)
+        self.endpoints = Endpoints(tls_context(ca_file, check_hostname=check_hostname), timeout=10)
+        self.http = self.endpoints.client(self.base_url)
+        self.connector = self.endpoints.client(connector_url)
+        self.mqtt = mqtt_client(self.uid, self.endpoints.context if self.tls else None)
         self.mqtt.on_connect = self._on_connect
         self.mqtt.on_message = self._on_message
         self.connected = threading.Event()
@@ -136,7 +119,7 @@ class DeviceClient:
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def fetch_token(self) -> str:
-        body = _check(self.http.post("/v1/devices/token", json={"uid": self.uid, "secret": self.secret}))
+        body = check(self.http.post("/v1/devices/token", json={"uid": self.uid, "secret": self.secret}))
         self.token_expires_at = time.time() + int(body["expires_in"])
         self.mqtt.username_pw_set(self.uid, body["access_token"])
         return str(body["access_token"])
@@ -144,7 +127,7 @@ class DeviceClient:
     def start(self, timeout: float = 10) -> None:
         self.fetch_token()
         if self.mqtt_port is None:
-            self.mqtt_port = mqtt_port_of(self.http)
+            self.mqtt_port = mqtt_port_of(self.connector, tls=self.tls)
         self.mqtt.connect(self.mqtt_host, self.mqtt_port, keepalive=self.keepalive)
         self.mqtt.loop_start()
         if not self.connected.wait(timeout):
@@ -158,6 +141,7 @@ class DeviceClient:
         self.mqtt.disconnect()
         self.mqtt.loop_stop()
         self.http.close()
+        self.endpoints.close()
 
     def __enter__(self) -> DeviceClient:
         self.start()
@@ -242,11 +226,30 @@ class DeviceClient:
 class UserClient:
     """An app's view: log in over HTTPS, bind and command devices, watch their state over MQTT."""
 
-    def __init__(self, base_url: str, *, mqtt_host: str | None = None, mqtt_port: int | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        device_manager_url: str | None = None,
+        device_connector_url: str | None = None,
+        mqtt_host: str | None = None,
+        mqtt_port: int | None = None,
+        tls: bool | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        check_hostname: bool = True,
+    ) -> None:
+        """`base_url`: the server, or with separate services the account manager; the device manager
+        (devices, binding) and the device connector (commands, state, MQTT) default to it."""
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base_url, timeout=70)
-        self.mqtt_host = mqtt_host or urlsplit(base_url).hostname or "127.0.0.1"
+        connector_url = device_connector_url or base_url
+        # Commands wait up to 60 s for a device: the HTTP timeout is longer.
+        self.endpoints = Endpoints(tls_context(ca_file, check_hostname=check_hostname), timeout=70)
+        self.http = self.endpoints.client(self.base_url)
+        self.device_manager = self.endpoints.client(device_manager_url or base_url)
+        self.device_connector = self.endpoints.client(connector_url)
+        self.mqtt_host = mqtt_host or urlsplit(connector_url).hostname or "127.0.0.1"
         self.mqtt_port = mqtt_port
+        self.tls = uses_tls(tls, connector_url)
         self.access_token: str | None = None
         self.refresh_token: str | None = None
         self.user_id: str | None = None
@@ -262,47 +265,59 @@ class UserClient:
         return pair
 
     def register(self, username: str, password: str) -> dict[str, Any]:
-        body: dict[str, Any] = _check(
+        body: dict[str, Any] = check(
             self.http.post("/v1/auth/register", json={"username": username, "password": password})
         )
         return body
 
     def login(self, username: str, password: str) -> dict[str, Any]:
-        pair = self._take(_check(self.http.post("/v1/auth/login", json={"username": username, "password": password})))
-        self.user_id = _check(self.http.get("/v1/users/me", headers=self._auth()))["id"]
+        pair = self._take(check(self.http.post("/v1/auth/login", json={"username": username, "password": password})))
+        self.user_id = check(self.http.get("/v1/users/me", headers=self._auth()))["id"]
         return pair
 
     def refresh(self) -> dict[str, Any]:
-        return self._take(_check(self.http.post("/v1/auth/refresh", json={"refresh_token": self.refresh_token})))
+        return self._take(check(self.http.post("/v1/auth/refresh", json={"refresh_token": self.refresh_token})))
+
+    def provision(self, model: str, *, count: int = 1, name: str | None = None) -> list[dict[str, Any]]:
+        """As an admin or manufacturer: new devices, each `{uid, secret, claim_code}` (shown only now)."""
+        body = {"model": model, "count": count, **({"name": name} if name else {})}
+        made: list[dict[str, Any]] = check(
+            self.device_manager.post("/v1/admin/devices", json=body, headers=self._auth())
+        )["devices"]
+        return made
 
     def bind(self, uid: str, claim_code: str) -> dict[str, Any]:
-        body: dict[str, Any] = _check(
-            self.http.post("/v1/devices/bind", json={"uid": uid, "claim_code": claim_code}, headers=self._auth())
+        body: dict[str, Any] = check(
+            self.device_manager.post(
+                "/v1/devices/bind", json={"uid": uid, "claim_code": claim_code}, headers=self._auth()
+            )
         )
         return body
 
     def devices(self) -> list[dict[str, Any]]:
-        body: list[dict[str, Any]] = _check(self.http.get("/v1/devices", headers=self._auth()))
+        body: list[dict[str, Any]] = check(self.device_manager.get("/v1/devices", headers=self._auth()))
         return body
 
     def device(self, uid: str) -> dict[str, Any]:
-        body: dict[str, Any] = _check(self.http.get(f"/v1/devices/{uid}", headers=self._auth()))
+        body: dict[str, Any] = check(self.device_manager.get(f"/v1/devices/{uid}", headers=self._auth()))
         return body
 
     def send_command(
         self, uid: str, action: str, params: dict[str, Any] | None = None, timeout: int = 10
     ) -> dict[str, Any]:
         body = {"action": action, "params": params or {}, "timeout": timeout}
-        reply: dict[str, Any] = _check(self.http.post(f"/v1/devices/{uid}/commands", json=body, headers=self._auth()))
+        reply: dict[str, Any] = check(
+            self.device_connector.post(f"/v1/devices/{uid}/commands", json=body, headers=self._auth())
+        )
         return reply
 
     def state(self, uid: str) -> dict[str, Any]:
-        body: dict[str, Any] = _check(self.http.get(f"/v1/devices/{uid}/state", headers=self._auth()))
+        body: dict[str, Any] = check(self.device_connector.get(f"/v1/devices/{uid}/state", headers=self._auth()))
         return body
 
     def set_desired(self, uid: str, desired: dict[str, Any]) -> dict[str, Any]:
-        body: dict[str, Any] = _check(
-            self.http.put(f"/v1/devices/{uid}/state/desired", json=desired, headers=self._auth())
+        body: dict[str, Any] = check(
+            self.device_connector.put(f"/v1/devices/{uid}/state/desired", json=desired, headers=self._auth())
         )
         return body
 
@@ -324,12 +339,12 @@ class UserClient:
             return self._mqtt
         if self.user_id is None or self.access_token is None:
             raise HandshakeClientError(401, {"error": "not_logged_in"})
-        client = _mqtt_client(f"{self.user_id}-app")
+        client = mqtt_client(f"{self.user_id}-app", self.endpoints.context if self.tls else None)
         client.username_pw_set(self.user_id, self.access_token)
         ready = threading.Event()
         client.on_connect = lambda c, u, f, reason, p=None: ready.set() if not reason.is_failure else None
         if self.mqtt_port is None:
-            self.mqtt_port = mqtt_port_of(self.http)
+            self.mqtt_port = mqtt_port_of(self.device_connector, tls=self.tls)
         client.connect(self.mqtt_host, self.mqtt_port)
         client.loop_start()
         if not ready.wait(timeout):
@@ -342,7 +357,7 @@ class UserClient:
         if self._mqtt is not None:
             self._mqtt.disconnect()
             self._mqtt.loop_stop()
-        self.http.close()
+        self.endpoints.close()
 
     def __enter__(self) -> UserClient:
         return self

@@ -28,8 +28,14 @@ log = logging.getLogger("handshake.journal")
 # parameters runs on the event loop, and 5,000 rows held it for tens of milliseconds at a time.
 MAX_BATCH = 1000
 MAX_QUEUE = 100_000
+# A batch the database cannot take is tried this many times, waiting BACKOFF * 2**attempt between
+# (6.2 s in all): a database restart is ridden out. Once the journal stops it is not retried at all.
 RETRIES = 5
 LINGER = 0.05  # s an entry may wait for others to share its transaction
+BACKOFF = 0.2
+# How long a stop waits for what is queued to be written: the connector's part of a shutdown that
+# ends within 5 s (SIGTERM: the HTTP server's graceful close comes first).
+DRAIN_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +124,8 @@ class Journal:
         self.ctx = ctx
         self._queue: asyncio.Queue[Entry] = asyncio.Queue(maxsize=MAX_QUEUE)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._abandoned = False  # stopping, and the database failed: what is queued is dropped
         self.dropped = 0
 
     def add(self, *entries: Entry) -> None:
@@ -130,8 +138,12 @@ class Journal:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="handshake-journal")
 
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Write what is queued (for a bounded time), then stop."""
+    async def stop(self, timeout: float = DRAIN_TIMEOUT) -> None:
+        """Write what is queued, for a bounded time, then stop. A write that fails once stopping is
+        not retried: the database is away, and what is left is dropped (counted, and said in the log)
+        rather than holding the shutdown up."""
+        self._stopping.set()
+        before = self.dropped
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._queue.join()
@@ -139,6 +151,11 @@ class Journal:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.dropped += self._queue.qsize()
+        if self.dropped > before:
+            log.error(
+                "journal stopped with %d entries unwritten: the database did not take them", self.dropped - before
+            )
 
     async def _run(self) -> None:
         while True:
@@ -149,7 +166,10 @@ class Journal:
             await asyncio.sleep(LINGER)
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._commit(batch)
+            if self._abandoned:
+                self.dropped += len(batch)
+            else:
+                await self._commit(batch)
             for _ in batch:
                 self._queue.task_done()
 
@@ -159,8 +179,14 @@ class Journal:
                 await self._write(batch)
                 return
             except (ServiceUnavailableError, OSError) as exc:  # the database is away: wait for it
+                if self._stopping.is_set():
+                    self._abandoned = True
+                    self.dropped += len(batch)
+                    log.warning("journal write failed while stopping (%r): not retried", exc)
+                    return
                 log.warning("journal write of %d entries failed (%r); retrying", len(batch), exc)
-                await asyncio.sleep(0.2 * 2**attempt)
+                with contextlib.suppress(TimeoutError):  # a stop ends the wait
+                    await asyncio.wait_for(self._stopping.wait(), BACKOFF * 2**attempt)
             except sa.exc.SQLAlchemyError as exc:
                 # An entry the database refuses (its device was deleted meanwhile, say) must not take
                 # the rest of the batch with it: write them one by one, and drop only what fails.
@@ -170,6 +196,7 @@ class Journal:
                 for entry in batch:
                     await self._commit([entry])
                 return
+        self.dropped += len(batch)
         log.error("journal dropped %d entries after retries", len(batch))
 
     async def _write(self, batch: list[Entry]) -> None:

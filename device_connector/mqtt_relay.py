@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -14,12 +13,13 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from shared.errors import ServiceUnavailableError
+from shared.errors import ConfigurationError, ServiceUnavailableError
 
 log = logging.getLogger("handshake.mqtt-relay")
 
 OnMessage = Callable[[str, bytes], None]
 SUBSCRIPTIONS = [("devices/+/replies", 1), ("devices/+/state", 1)]
+RECONNECT_MAX_DELAY = 5
 
 
 def _no_delay(client: mqtt.Client, userdata: Any, sock: mqtt.SocketLike) -> None:
@@ -41,21 +41,39 @@ class MqttRelay:
         if parts.scheme == "mqtts":
             self.client.tls_set()
         self.client.max_inflight_messages_set(1000)
+        # paho waits up to 2 minutes between reconnects by default: commands would fail that long after a
+        # broker restart. A few seconds at most, and a stop ends the wait within one (loop_stop).
+        self.client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_DELAY)
         self.client.on_socket_open = _no_delay
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
-        self._ready = threading.Event()
+        self._ready: asyncio.Event | None = None  # set (in the loop) at the first CONNACK that accepts
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_message_cb: OnMessage | None = None
+        self._refusal: str | None = None  # why the broker refused the last CONNECT, if it did
 
     async def start(self, on_message: OnMessage, *, timeout: float = 10.0) -> None:
         self._loop = asyncio.get_running_loop()
         self._on_message_cb = on_message
+        # Awaited in the loop, not in a thread: a stop signal during start-up cancels the wait at once.
+        self._ready = asyncio.Event()
         self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
-        if not await asyncio.to_thread(self._ready.wait, timeout):
-            self.client.loop_stop()
-            raise ConnectionError(f"cannot reach the MQTT broker at {self.host}:{self.port}")
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+        except BaseException as exc:
+            await asyncio.to_thread(self.client.loop_stop)
+            if not isinstance(exc, TimeoutError):
+                raise
+            where = f"the MQTT broker at {self.host}:{self.port}"
+            if self._refusal is not None:
+                raise ConfigurationError(
+                    f"{where} refused the connector ({self._refusal}): fix the user in HANDSHAKE_MQTT_BROKER_URL"
+                ) from None
+            raise ConfigurationError(
+                f"cannot reach {where} within {timeout:.0f} s: start it or fix HANDSHAKE_MQTT_BROKER_URL"
+            ) from None
 
     async def stop(self) -> None:
         self.client.disconnect()
@@ -67,9 +85,11 @@ class MqttRelay:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
         if reason.is_failure:
             log.warning("the MQTT broker refused the connector: %s", reason)
+            self._refusal = str(reason)
             return
         client.subscribe(SUBSCRIPTIONS)  # again after every reconnect
-        self._ready.set()
+        if self._loop is not None and self._ready is not None:
+            self._loop.call_soon_threadsafe(self._ready.set)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         # paho's thread: hand the message to the event loop.

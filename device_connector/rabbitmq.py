@@ -29,6 +29,7 @@ from device_connector.clustered import ClusteredBroker, ours
 from device_connector.port import BrokerEvents, CloseReason
 from device_connector.routes.rabbitmq import mqtt_topic
 from shared.context import Context
+from shared.errors import ConfigurationError
 
 log = logging.getLogger("handshake.rabbitmq")
 EVENTS = "amq.rabbitmq.event"
@@ -134,7 +135,10 @@ class RabbitBroker(ClusteredBroker):
             self._amqp = await aio_pika.connect_robust(self.amqp_url, timeout=10)
         except Exception as exc:
             await self.relay.stop()
-            raise ConnectionError(f"cannot reach RabbitMQ over AMQP for presence events: {exc}") from exc
+            raise ConfigurationError(
+                f"cannot reach RabbitMQ over AMQP for presence events ({exc}): start it or fix"
+                " HANDSHAKE_MQTT_BROKER_AMQP_URL (default: HANDSHAKE_MQTT_BROKER_URL's host on 5672)"
+            ) from exc
         channel = await self._amqp.channel()
         queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
         for key in ("connection.created", "connection.closed", "binding.created"):

@@ -183,7 +183,7 @@ def _common_router() -> APIRouter:
             checks[name] = "ok" if probe() else "unreachable"
         ready = all(value == "ok" for value in checks.values())
         listener = ctx.extras.get("mqtt_listener")
-        where = {"mqtt": {"port": listener["port"]}} if listener else {}
+        where = {"mqtt": dict(listener)} if listener else {}  # port and tls_port: where the broker listens
         if ready:
             return JSONResponse({"status": "ready", "checks": checks, **where})
         body = {"error": "service_unavailable", "detail": "A backend is unreachable.", "checks": checks, **where}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import difflib
-import fcntl
 import getpass
 import importlib
 import logging
@@ -20,15 +19,13 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from shared.app import SERVICES, create_app, load_services
 from shared.context import Context
-from shared.errors import ConfigurationError, HandshakeError, WeakPasswordError
+from shared.errors import ConfigurationError, HandshakeError
 from shared.keys import KeyDirectory
 from shared.models import ActorType, EventType
 from shared.settings import Settings
 
 EXIT_USAGE = 2
-DEFAULT_MQTT_PORT = 1883
 
 
 def fail(message: str) -> NoReturn:
@@ -92,7 +89,7 @@ def load_settings() -> Settings:
     return settings
 
 
-def _service(module: str) -> Any:
+def service_module(module: str) -> Any:
     # shared names the services by import string: it never imports them at module level.
     return importlib.import_module(module)
 
@@ -115,125 +112,6 @@ def run(coroutine: Awaitable[Any]) -> Any:
         fail(str(exc))
     except HandshakeError as exc:
         fail(exc.detail)
-
-
-# --- serve -------------------------------------------------------------------------------------
-
-
-def _port_error(host: str, port: int) -> OSError | None:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            return exc
-    return None
-
-
-def _check_port(host: str, port: int, flag: str) -> None:
-    error = _port_error(host, port)
-    if error is not None:
-        fail(f"cannot listen on {host}:{port} ({error.strerror}): stop what uses it or pass another {flag}")
-
-
-def _mqtt_port(host: str, asked: int | None) -> int:
-    """A port given with --mqtt-port must be free. The default 1883 is often held by a local broker
-    (Mosquitto), so without the flag the next free port up to 1893 is taken, and said."""
-    if asked is not None:
-        _check_port(host, asked, "--mqtt-port")
-        return asked
-    for port in range(DEFAULT_MQTT_PORT, DEFAULT_MQTT_PORT + 11):
-        if _port_error(host, port) is None:
-            if port != DEFAULT_MQTT_PORT:
-                print(f"MQTT port {DEFAULT_MQTT_PORT} is taken; the broker listens on {port}", flush=True)
-            return port
-    fail(f"MQTT ports {DEFAULT_MQTT_PORT}-{DEFAULT_MQTT_PORT + 10} on {host} are taken: pass --mqtt-port")
-
-
-async def _prepare(ctx: Context, services: Sequence[str]) -> None:
-    from shared.migrations import upgrade
-
-    await upgrade(ctx.db)
-    if "account-manager" in services:
-        try:
-            password = await _service("account_manager.accounts").ensure_admin(
-                ctx, password=ctx.settings.admin_password
-            )
-        except WeakPasswordError as exc:  # only a given password can be weak
-            raise ConfigurationError(f"HANDSHAKE_ADMIN_PASSWORD is refused: {exc.detail}") from exc
-        if password is not None and not ctx.settings.admin_password:
-            print(f"Created the user 'admin' with the password: {password}", flush=True)
-            print("It is shown only this once.", flush=True)
-        elif password is not None:
-            print("Created the user 'admin' with the password from HANDSHAKE_ADMIN_PASSWORD.", flush=True)
-
-
-_HELD: list[int] = []  # lock files held for the life of the process
-
-
-def _one_embedded_broker(settings: Settings) -> None:
-    """One embedded broker per deployment: a second one would take the first one's devices for gone
-    and record them offline (its start-up census finds none of them connected to itself)."""
-    path = settings.keys_dir / "serve.lock"  # the key directory exists: _prepare made or checked it
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        fail(f"cannot take the lock {path}: {exc.strerror}")
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        fail(
-            f"another `handshake serve` (pid {holder}) runs this deployment's MQTT broker (it holds {path}):"
-            " stop it first, or give this one its own HANDSHAKE_DATABASE_URL and HANDSHAKE_KEYS_DIR"
-        )
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    _HELD.append(fd)
-
-
-def serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from shared.http_guard import GuardedH11Protocol, configure
-
-    settings = load_settings()
-    requested = [args.service] if args.service else list(SERVICES)
-    services = [name for name in requested if SERVICES[name] in {m.__name__ for m in load_services(requested)}]
-    if not services:
-        fail(f"the service {args.service} is not part of this installation")
-    _check_port(args.host, args.http_port, "--http-port")
-    mqtt_port = args.mqtt_port or DEFAULT_MQTT_PORT
-    if "device-connector" in services and not settings.clustered_broker:
-        mqtt_port = _mqtt_port(args.host, args.mqtt_port)
-    settings = settings.model_copy(update={"mqtt_host": args.host, "mqtt_port": mqtt_port})
-    run(with_context(settings, lambda ctx: _prepare(ctx, services)))  # checks the key directory too
-    if "device-connector" in services and not settings.clustered_broker:
-        _one_embedded_broker(settings)
-    app = create_app(settings, services=services)
-    configure()  # the HTTP connection cap, below the file limit (held-open connections, issue 17)
-    config = uvicorn.Config(
-        app,
-        http=GuardedH11Protocol,
-        host=args.host,
-        port=args.http_port,
-        log_level="info",
-        access_log=settings.access_log,
-        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-        server_header=False,
-        proxy_headers=False,  # X-Forwarded-* only from HANDSHAKE_TRUSTED_PROXIES (shared.app)
-        timeout_graceful_shutdown=5,  # open event streams must not hold a shutdown up
-    )
-    scheme = "https" if settings.tls_cert else "http"
-    where = f"{scheme}://{args.host}:{args.http_port}"
-    # The dashboard is the account manager's: a banner of another service must not point at a 404.
-    dashboard = f"  dashboard: {where}/admin" if "account-manager" in services else ""
-    print(f"Handshake ({', '.join(services)}) on {where}  docs: {where}/docs{dashboard}", flush=True)
-    if "device-connector" in services and not settings.clustered_broker:
-        print(f"MQTT broker on {args.host}:{mqtt_port}", flush=True)
-    uvicorn.Server(config).run()
 
 
 # --- migrate, keys, users ----------------------------------------------------------------------
@@ -336,7 +214,7 @@ def users(args: argparse.Namespace) -> None:
         from shared.migrations import upgrade
 
         await upgrade(ctx.db)
-        user = await _service("account_manager.accounts").create_user(
+        user = await service_module("account_manager.accounts").create_user(
             ctx, username=args.name, password=password, role=role
         )
         print(f"created {role.value} {user.username} (id {user.id})")
@@ -370,12 +248,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="handshake", description="Handshake: IoT device-and-user identity.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve_cmd = commands.add_parser("serve", help="run the platform (all-in-one, or one service)")
-    serve_cmd.add_argument("--host", default="127.0.0.1")
-    serve_cmd.add_argument("--http-port", type=_port, default=8000)
-    serve_cmd.add_argument("--mqtt-port", type=_port, help=f"default {DEFAULT_MQTT_PORT} (or the next free one)")
-    serve_cmd.add_argument("--service", choices=sorted(SERVICES))
-    serve_cmd.set_defaults(handler=serve)
+    from shared import serving  # it builds on this module's helpers
+
+    serving.register(commands, _port)
 
     commands.add_parser("migrate", help="bring the database schema up to date").set_defaults(handler=migrate)
 

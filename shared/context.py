@@ -104,6 +104,8 @@ class Context:
         problem = await self.db.problem()
         if problem is not None:
             where = _redact(self.settings.database_url)
+            if self.settings.is_sqlite:  # a file: nothing to start
+                raise ConfigurationError(f"cannot use the database at {where}: {problem}")
             if problem.startswith("it "):  # nothing answered: start it, or point at the right place
                 raise ConfigurationError(
                     f"cannot reach the database at {where} ({problem}): start it or fix HANDSHAKE_DATABASE_URL"

@@ -243,4 +243,6 @@ def _describe(exc: BaseException) -> str:
         found = getattr(found, "orig", None) or found.__cause__ or found.__context__
     if isinstance(exc, TimeoutError):
         return "it did not answer in time"
+    if "database is locked" in str(exc):  # SQLite: a file another process is writing (a new one, not WAL yet)
+        return "another process holds it locked"
     return "it is not running or not reachable"

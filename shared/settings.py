@@ -56,9 +56,13 @@ class Settings(BaseSettings):
     # messages kept for an offline persistent session (past it the oldest go).
     mqtt_max_inflight: int = Field(default=1000, ge=1)
     mqtt_max_queued: int = Field(default=10_000, ge=1)
-    # Where the embedded broker listens; the command line's --host and --mqtt-port set them.
+    # Where the embedded broker listens; the command line's --host, --mqtt-port and --mqtt-tls-port set
+    # them. With TLS_CERT and TLS_KEY it listens for MQTT over TLS on MQTT_TLS_PORT and, unless
+    # MQTT_PLAINTEXT asks for it too, not for plain MQTT: a TLS deployment leaks nothing in clear text.
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(default=1883, ge=0, le=65535)
+    mqtt_tls_port: int = Field(default=8883, ge=0, le=65535)
+    mqtt_plaintext: bool = False
     # SPEC §6 "On a clustered broker": `embedded` (amqtt in this process), or RabbitMQ / EMQX with the
     # connector as their identity backend. Then MQTT_BROKER_URL is where the connector connects as an
     # MQTT client (mqtt://user:password@host:1883), MQTT_BROKER_API_URL the broker's management API
@@ -154,6 +158,8 @@ class Settings(BaseSettings):
         for name, path in (("HANDSHAKE_TLS_CERT", self.tls_cert), ("HANDSHAKE_TLS_KEY", self.tls_key)):
             if path is not None and not path.is_file():
                 raise ValueError(f"{name} names {path}, which is not a file")
+        if self.tls and self.mqtt_plain and self.mqtt_port and self.mqtt_port == self.mqtt_tls_port:
+            raise ValueError("HANDSHAKE_MQTT_PORT and HANDSHAKE_MQTT_TLS_PORT must differ")
         if self.is_sqlite:
             database = sqlite_file(self.database_url)
             if database is not None and not database.parent.is_dir():
@@ -182,6 +188,17 @@ class Settings(BaseSettings):
         except ValueError:
             return None
         return None if any(address in network for network in self.trusted_proxies) else ip
+
+    @property
+    def tls(self) -> bool:
+        """HTTPS, and MQTT over TLS on the embedded broker (TLS_CERT and TLS_KEY, which go together)."""
+        return self.tls_cert is not None
+
+    @property
+    def mqtt_plain(self) -> bool:
+        """Whether the embedded broker listens for plain MQTT: without TLS always, with TLS only when
+        the operator asked for it (MQTT_PLAINTEXT)."""
+        return not self.tls or self.mqtt_plaintext
 
     @property
     def clustered_broker(self) -> bool:

@@ -154,5 +154,7 @@ async def discovery(ctx: CtxDep) -> JSONResponse:
     }
     listener = ctx.extras.get("mqtt_listener")
     if listener:  # an extension (RFC 8414 §2 allows them): where this deployment's MQTT broker listens
-        document["mqtt_port"] = listener["port"]
+        for key in ("port", "tls_port"):
+            if key in listener:
+                document[f"mqtt_{key}"] = listener[key]
     return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})

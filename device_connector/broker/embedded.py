@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from amqtt.errors import BrokerError
 from amqtt.session import Session
 
 from device_connector.broker.server import HandshakeBroker
@@ -13,6 +14,7 @@ from device_connector.gate import Gate
 from device_connector.port import BrokerEvents, CloseReason, Connection
 from shared import deadline
 from shared.context import Context
+from shared.errors import ConfigurationError
 
 
 class EmbeddedBroker:
@@ -28,7 +30,8 @@ class EmbeddedBroker:
         self.gate = Gate(ctx)
         self.server = HandshakeBroker(
             host=settings.mqtt_host,
-            port=settings.mqtt_port,
+            port=settings.mqtt_port if settings.mqtt_plain else None,
+            tls_port=settings.mqtt_tls_port,
             admit=self._admit,
             max_packet=settings.mqtt_max_packet,
             max_conn_per_ip=settings.mqtt_max_conn_per_ip,
@@ -56,7 +59,10 @@ class EmbeddedBroker:
 
     async def start(self, events: BrokerEvents) -> None:
         self.server.events = events
-        await self.server.start()
+        try:
+            await self.server.start()
+        except BrokerError as exc:  # a port taken since `serve` checked it, TLS files it cannot use
+            raise ConfigurationError(f"the MQTT broker cannot start: {exc.__cause__ or exc}") from None
         events.census(self.server.live())
 
     async def stop(self) -> None:

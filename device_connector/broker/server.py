@@ -76,6 +76,15 @@ def _install_strict_strings() -> None:
         module.decode_string = _strict_decode_string
 
 
+class _QuietStartFailure(logging.Filter):
+    """amqtt logs a start that failed (a port taken, TLS files it cannot load) with its traceback; the
+    embedded adapter says it in one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Broker startup failed"
+
+
+_QUIET_START_FAILURE = _QuietStartFailure()
 CONNECT_TIMEOUT = 10.0
 SET_UP_AT_ONCE = 8  # CONNECTs authenticated and set up concurrently (the rest wait their turn)
 REDELIVER_AFTER = 5.0  # s without a PUBACK before a QoS 1 delivery is sent again (DUP)
@@ -172,7 +181,7 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         self,
         *,
         host: str,
-        port: int,
+        port: int | None,
         admit: Admit,
         max_packet: int,
         max_conn_per_ip: int = 0,
@@ -181,12 +190,21 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         ssl: dict[str, str] | None = None,
         tls_port: int = 8883,
     ) -> None:
-        listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": f"{host}:{port}"}}
+        """Plain MQTT on `port` (None: none), and MQTT over TLS on `tls_port` when `ssl` names the
+        certificate and key files (SPEC §10)."""
+        listeners: dict[str, Any] = {}
+        if port is not None:
+            listeners["default"] = {"type": "tcp", "bind": f"{host}:{port}"}
         if ssl:
-            # SPEC §10: with TLS_CERT and TLS_KEY, MQTT over TLS as well, on 8883.
-            listeners["tls"] = {"type": "tcp", "bind": f"{host}:{tls_port}", "ssl": True, **ssl}
+            # amqtt requires a listener named "default" and fills the others' unset fields from it.
+            tls = {"type": "tcp", "bind": f"{host}:{tls_port}", "ssl": True, **ssl}
+            listeners["tls" if listeners else "default"] = tls
+        if not listeners:
+            raise ValueError("a broker with no listener: give it a port, or TLS files and a TLS port")
         _install_strict_strings()
         lifecycle.install()
+        if _QUIET_START_FAILURE not in logging.getLogger("amqtt.broker").filters:
+            logging.getLogger("amqtt.broker").addFilter(_QUIET_START_FAILURE)
         super().__init__({"listeners": listeners, "plugins": {}})
         self.admit = admit
         self._setting_up = asyncio.Semaphore(SET_UP_AT_ONCE)

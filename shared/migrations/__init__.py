@@ -8,7 +8,8 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from shared.db import Database
+from shared.db import BACKEND_ERRORS, Database
+from shared.errors import ConfigurationError
 
 _HERE = Path(__file__).parent
 # Any constant will do: it only has to be the same in every process that migrates at once.
@@ -30,10 +31,19 @@ def _upgrade(connection: sa.Connection) -> None:
 
 
 async def upgrade(db: Database) -> None:
-    async with db.engine.connect() as conn:
-        conn = await conn.execution_options(handshake_write=True)
-        async with conn.begin():
-            await conn.run_sync(_upgrade)
+    try:
+        async with db.engine.connect() as conn:
+            conn = await conn.execution_options(handshake_write=True)
+            async with conn.begin():
+                await conn.run_sync(_upgrade)
+    except BACKEND_ERRORS as exc:  # found at start-up (serve, migrate): one line, not a traceback
+        cause = getattr(exc, "orig", None) or exc  # the driver's own error, not SQLAlchemy's wrapping
+        lines = str(cause).splitlines() or [type(cause).__name__]
+        why = "it stopped answering" if isinstance(exc, TimeoutError) else lines[0]
+        raise ConfigurationError(
+            f"could not bring the database schema up to date ({why}); another process may be migrating it"
+            " (each waits for the one before): try again, or check the database"
+        ) from exc
 
 
 def _current(connection: sa.Connection) -> str | None:

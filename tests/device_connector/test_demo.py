@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
+from shared.settings import Settings
 from shared.testing import free_port
+from tests.conftest import Backend, _reset_postgres
+from tests.shared.test_cli import HANDSHAKE, Server, launch_server, make_env
+
+ADMIN_PASSWORD = "demo admin password 42"
 
 
 def test_demo_walks_the_whole_flow(tmp_path: Path) -> None:
@@ -89,3 +98,71 @@ def test_demo_without_a_server_is_one_line_and_exit_2(tmp_path: Path) -> None:
     )
     assert demo.returncode == 2
     assert demo.stderr.count("\n") == 1 and demo.stderr.startswith("handshake:"), demo.stderr
+
+
+@pytest.fixture
+def separate_services(backend: Backend, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The three services as processes of their own (`serve --service NAME`) on one PostgreSQL, Redis
+    and key directory, each on its own port: what docker-compose.yml runs."""
+    if backend.database_url is None:
+        pytest.skip("separate services share state through PostgreSQL and Redis")
+    asyncio.run(_reset_postgres(Settings(database_url=backend.database_url, keys_dir=tmp_path / "keys")))
+    env = make_env(
+        tmp_path,
+        HANDSHAKE_DATABASE_URL=backend.database_url,
+        HANDSHAKE_REDIS_URL=backend.redis_url or "",
+        HANDSHAKE_REDIS_PREFIX=f"hs-demo-{secrets.token_hex(4)}:",
+        HANDSHAKE_ADMIN_PASSWORD=ADMIN_PASSWORD,
+    )
+    urls: dict[str, str] = {}
+    running: list[Server] = []
+    try:
+        # The account manager first: it makes the key ring the others verify with.
+        for name in ("account-manager", "device-manager", "device-connector"):
+            running.append(launch_server(tmp_path, env, name, "--service", name))
+            running[-1].wait_ready()
+            urls[name] = running[-1].base_url
+        yield urls
+    finally:
+        for server in running:
+            server.stop()
+
+
+def test_demo_walks_the_whole_flow_across_separate_services(separate_services: dict[str, str]) -> None:
+    urls = separate_services
+    demo = subprocess.run(
+        [
+            *HANDSHAKE,
+            "demo",
+            "--url",
+            urls["account-manager"],
+            "--device-manager-url",
+            urls["device-manager"],
+            "--device-connector-url",
+            urls["device-connector"],
+            "--admin-password",
+            ADMIN_PASSWORD,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    steps = [line for line in demo.stdout.splitlines() if line.startswith("[")]
+    assert len(steps) == 10, demo.stdout
+    assert "'status': 'ok'" in steps[5] and "{'brightness': 80}" in steps[7], demo.stdout
+    assert "online=True" in steps[8] and "online=False" in steps[9], demo.stdout
+
+
+def test_demo_given_only_the_account_manager_says_what_is_missing(separate_services: dict[str, str]) -> None:
+    """The account manager serves no device routes: one line naming the answer, not a KeyError."""
+    demo = subprocess.run(
+        [*HANDSHAKE, "demo", "--url", separate_services["account-manager"], "--admin-password", ADMIN_PASSWORD],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert demo.returncode == 2, demo.stdout + demo.stderr
+    assert "Traceback" not in demo.stderr and "KeyError" not in demo.stderr, demo.stderr
+    assert demo.stderr.count("\n") == 1 and "404" in demo.stderr, demo.stderr
+    assert "--device-manager-url" in demo.stderr, demo.stderr

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import secrets
 import socket
 import threading
 import time
@@ -25,10 +27,12 @@ import pytest
 from asgi_lifespan import LifespanManager
 from paho.mqtt.enums import CallbackAPIVersion
 
+from device_connector.mqtt_relay import RECONNECT_MAX_DELAY, MqttRelay
 from shared.app import create_app
 from shared.testing import forge
 from tests.conftest import Backend, Users, _reset_postgres, make_settings
 from tests.device_connector.helpers import World, events, eventually, make_world
+from tests.proxy import TcpProxy
 
 MOSQUITTO = ("127.0.0.1", 1883)
 SECRET = "emqx-hook-secret-" + "z" * 24
@@ -105,8 +109,48 @@ def emqx_api() -> Iterator[EmqxApi]:
         api.server_close()
 
 
-@pytest.fixture
-async def emqx(backend: Backend, tmp_path: Path, emqx_api: EmqxApi) -> AsyncIterator[httpx.AsyncClient]:
+def retained_under(topic_filter: str, wait: float = 1.0) -> dict[str, bytes]:
+    """The retained messages the machine's Mosquitto holds on topics matching the filter."""
+    found: dict[str, bytes] = {}
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"hs-test-retained-{secrets.token_hex(4)}")
+    client.on_message = lambda c, u, message: (
+        found.update({message.topic: bytes(message.payload)}) if message.retain else None
+    )
+    client.connect(*MOSQUITTO)
+    client.subscribe(topic_filter, qos=1)
+    client.loop_start()
+    time.sleep(wait)  # a broker sends what it retains right after the SUBACK
+    client.disconnect()
+    client.loop_stop()
+    return found
+
+
+def clear_retained(topics: list[str]) -> None:
+    """An empty retained payload removes what a topic retains (MQTT-3.3.1-10): the suite leaves the
+    shared broker as it found it."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"hs-test-clear-{secrets.token_hex(4)}")
+    client.connect(*MOSQUITTO)
+    client.loop_start()
+    for topic in topics:
+        client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
+
+
+def retain_for(topic: str, payload: bytes) -> None:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"hs-test-leftover-{secrets.token_hex(4)}")
+    client.connect(*MOSQUITTO)
+    client.loop_start()
+    client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
+
+
+@contextlib.asynccontextmanager
+async def connector_on_mosquitto(
+    backend: Backend, tmp_path: Path, emqx_api: EmqxApi
+) -> AsyncIterator[tuple[httpx.AsyncClient, LifespanManager]]:
+    """The whole platform with the EMQX adapter, its MQTT client on the machine's Mosquitto."""
     if not mosquitto_up():
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("Mosquitto at 127.0.0.1:1883 is not reachable (CI=true)")
@@ -126,7 +170,13 @@ async def emqx(backend: Backend, tmp_path: Path, emqx_api: EmqxApi) -> AsyncIter
         transport = httpx.ASGITransport(app=manager.app, client=("203.0.113.7", 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             http.app = app  # type: ignore[attr-defined]
-            yield http
+            yield http, manager
+
+
+@pytest.fixture
+async def emqx(backend: Backend, tmp_path: Path, emqx_api: EmqxApi) -> AsyncIterator[httpx.AsyncClient]:
+    async with connector_on_mosquitto(backend, tmp_path, emqx_api) as (http, _):
+        yield http
 
 
 class Emqx:
@@ -222,9 +272,15 @@ class Firmware:
 
 
 @pytest.fixture
-async def world(emqx: httpx.AsyncClient) -> World:
+async def world(emqx: httpx.AsyncClient) -> AsyncIterator[World]:
+    """A world whose device has a UID of its own (its topics are this test's alone); whatever the test
+    left retained on the machine's Mosquitto under them is cleared afterwards, and checked gone."""
     ctx = emqx.app.state.ctx  # type: ignore[attr-defined]
-    return await make_world(emqx, Users(emqx), ctx)
+    made = await make_world(emqx, Users(emqx), ctx)
+    yield made
+    mine = f"devices/{made.uid}/#"
+    await asyncio.to_thread(clear_retained, list(await asyncio.to_thread(retained_under, mine)))
+    assert await asyncio.to_thread(retained_under, mine, 0.5) == {}
 
 
 async def disconnect_reasons(http: httpx.AsyncClient, world: World) -> list[Any]:
@@ -356,3 +412,69 @@ async def test_the_events_route_refuses_what_is_not_an_event(emqx: httpx.AsyncCl
     assert unauthorized.status_code == 401
     garbage = await emqx.post("/v1/mqtt/emqx/events", content=b"\xff{", headers={"X-Hook-Secret": SECRET})
     assert garbage.status_code == 400
+
+
+async def test_desired_state_is_retained_on_the_broker_and_reaches_the_device(
+    emqx: httpx.AsyncClient, world: World
+) -> None:
+    """EMQX keeps retained messages itself: the connector publishes desired state retained there (the
+    world fixture clears it afterwards, so the shared broker keeps nothing of this test)."""
+    put = await emqx.put(f"/v1/devices/{world.uid}/state/desired", json={"brightness": 80}, headers=world.owner.headers)
+    assert put.status_code == 200, put.text
+    retained = await asyncio.to_thread(retained_under, f"devices/{world.uid}/desired")
+    assert json.loads(retained[f"devices/{world.uid}/desired"]) == {"brightness": 80}
+    with Firmware(world.uid) as firmware:  # connects after the PUT: the broker hands it the retained state
+        assert await eventually(lambda: firmware.desired) == [{"brightness": 80}]
+
+
+async def test_what_others_left_retained_on_the_broker_changes_nothing(
+    backend: Backend, tmp_path: Path, emqx_api: EmqxApi
+) -> None:
+    """Leftovers on the shared broker from someone else (state of a device this deployment does not
+    know, a stray reply, a payload that is not JSON) reach the connector as it subscribes: it starts,
+    relays, and still shuts down within 5 s; the leftovers are cleared afterwards."""
+    stranger = f"ZZ{secrets.token_hex(9).upper()}"
+    leftovers = {
+        f"devices/{stranger}/state": b'{"on": true}',
+        f"devices/{stranger}/replies": b'{"id": "abc", "status": "ok", "result": {}}',
+        f"devices/{stranger}X/state": b"\xff not json",
+    }
+    for topic, payload in leftovers.items():
+        await asyncio.to_thread(retain_for, topic, payload)
+    try:
+        async with connector_on_mosquitto(backend, tmp_path, emqx_api) as (http, manager):
+            ctx = http.app.state.ctx  # type: ignore[attr-defined]
+            world = await make_world(http, Users(http), ctx)
+            broker = Emqx(http, emqx_api)
+            with Firmware(world.uid):
+                assert await broker.connect(world.uid, world.uid, world.device_token)
+                command = {"action": "switch", "params": {"on": True}, "timeout": 5}
+                reply = await http.post(f"/v1/devices/{world.uid}/commands", json=command, headers=world.owner.headers)
+                assert reply.status_code == 200 and reply.json()["result"] == {"on": True}, reply.text
+            started = time.monotonic()
+        assert time.monotonic() - started < 5, "the connector took longer than its shutdown bound"
+    finally:
+        await asyncio.to_thread(clear_retained, list(leftovers))
+    for topic in leftovers:
+        assert await asyncio.to_thread(retained_under, topic, 0.3) == {}, topic
+
+
+async def test_the_relay_reconnects_within_seconds_of_a_long_broker_outage() -> None:
+    """paho's own backoff grows to 2 minutes: after a 20 s outage its next try would come some 11 s
+    after the broker is back (and later still after longer ones). The relay waits at most 5 s."""
+    if not mosquitto_up():
+        pytest.skip("Mosquitto at 127.0.0.1:1883 is not reachable")
+    with TcpProxy() as proxy:
+        via = proxy.forward_to(*MOSQUITTO)
+        relay = MqttRelay(f"mqtt://{via}", client_id=f"hs-test-relay-{secrets.token_hex(4)}")
+        await relay.start(lambda topic, data: None)
+        try:
+            proxy.down()
+            assert await eventually(lambda: not relay.connected(), timeout=5)
+            await asyncio.sleep(20)
+            proxy.up()
+            back = time.monotonic()
+            assert await eventually(relay.connected, timeout=RECONNECT_MAX_DELAY + 2), "no reconnect"
+            assert time.monotonic() - back <= RECONNECT_MAX_DELAY + 1
+        finally:
+            await relay.stop()

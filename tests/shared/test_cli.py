@@ -386,8 +386,7 @@ def test_a_second_broker_on_the_same_deployment_is_refused_in_one_line(server: S
 
 def test_ctrl_c_is_a_clean_stop_not_a_traceback(tmp_path: Path) -> None:
     """SIGINT while loading and while serving: the server stops, at most one line (exit 130), never a
-    traceback. (SIGINT during the lifespan's start-up is left to issue 16: uvicorn then never runs the
-    shutdown.)"""
+    traceback. (Every other moment of start-up: tests/shared/test_interrupted_start.py.)"""
     env = make_env(tmp_path)
     for moment in (0.05, None):  # while the modules load; once ready
         server = launch_server(tmp_path, env, name=f"interrupted-{moment}")

@@ -1,0 +1,98 @@
+"""SIGINT (Ctrl-C) and SIGTERM while `handshake serve` starts (migrating, loading keys, starting the
+broker) or serves. What is starting is cancelled at once and its clean-up runs; the command then ends
+the documented way, never with a traceback: after Ctrl-C the one line `handshake: interrupted` and exit
+code 130, after SIGTERM no line and an end by the signal itself (status 143 in a shell), as init
+systems and container runtimes expect. While uvicorn serves it takes both signals over for its graceful
+shutdown, and hands them back here when it is done."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from types import FrameType, TracebackType
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+EXIT_INTERRUPTED = 130
+
+
+class Interrupted(Exception):
+    """A stop signal came while the command was starting: what had started has been undone."""
+
+
+class StopSignals:
+    """Holds SIGINT and SIGTERM for the life of `serve`. A step run through `starting` is cancelled
+    when one comes; one that came between steps stops the next `run` or `starting` before it begins."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._task: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cancelled = False  # once: the clean-up that follows the cancellation must run to its end
+
+    def __enter__(self) -> StopSignals:
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, sig: int, frame: FrameType | None) -> None:
+        # A Python signal handler runs between two bytecodes of the main thread, the event loop's:
+        # the cancellation is handed to the loop rather than done in the middle of whatever runs.
+        self.received = self.received or sig
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._cancel_starting)
+
+    def _cancel_starting(self) -> None:
+        if self._task is not None and not self._cancelled:
+            self._cancelled = True
+            self._task.cancel()
+
+    async def starting(self, step: Coroutine[Any, Any, T]) -> T:
+        """Await one start-up step; a stop signal cancels it (its clean-up runs) and raises Interrupted.
+        Only start-up work goes through here: a clean-up awaited outside it is never cut short."""
+        if self.received is not None:
+            step.close()
+            raise Interrupted
+        self._task, self._loop = asyncio.current_task(), asyncio.get_running_loop()
+        try:
+            return await step
+        except asyncio.CancelledError:
+            if self.received is None:
+                raise
+            raise Interrupted from None
+        finally:
+            self._task = None
+
+    def run(
+        self, main: Coroutine[Any, Any, T], loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    ) -> T:
+        """asyncio.run, without its own Ctrl-C handling (it would raise KeyboardInterrupt from wherever
+        the loop was): the handlers above stay in charge."""
+        if self.received is not None:
+            main.close()
+            raise Interrupted
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            try:
+                return runner.run(main)
+            finally:
+                self._loop = None
+
+    def exit(self) -> None:
+        """End the command the way the signal that came asks (nothing, if none came)."""
+        if self.received == signal.SIGINT:
+            print("handshake: interrupted", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_INTERRUPTED)
+        if self.received is not None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            signal.signal(self.received, signal.SIG_DFL)
+            os.kill(os.getpid(), self.received)
