@@ -40,7 +40,7 @@ def check(uri: str) -> str:
     parts = _split(uri)
     if parts is None:
         raise RedirectUriError(f"{uri[:80]!r} is not a URI (at most {MAX_LENGTH} characters, no spaces or quotes)")
-    if not _SCHEME.fullmatch(parts.scheme):
+    if not _SCHEME.fullmatch(uri.split(":", 1)[0]):  # as written: urlsplit folds its case
         raise RedirectUriError(f"{uri[:80]!r}: the scheme must be lower-case")
     if "#" in uri:
         raise RedirectUriError(f"{uri[:80]!r}: a redirect URI has no fragment (RFC 6749 §3.1.2)")
@@ -65,19 +65,27 @@ def matches(registered: Sequence[str], requested: str) -> bool:
     if requested in registered:
         return _split(requested) is not None
     parts = _split(requested)
-    if parts is None or not _is_loopback(parts) or "@" in parts.netloc or "#" in requested:
+    # Only the port may differ: the scheme and host as written (no case folding), path and query.
+    if parts is None or not requested.startswith("http://") or not _is_loopback(parts):
+        return False
+    if "@" in parts.netloc or "#" in requested:
         return False
     for uri in registered:
         known = _split(uri)
         if (
             known is not None
             and _is_loopback(known)
-            and known.hostname == parts.hostname
+            and _host(known) == _host(parts)
             and known.path == parts.path
             and known.query == parts.query
         ):
             return True
     return False
+
+
+def _host(parts: SplitResult) -> str:
+    """The host as written in the URI, without its port."""
+    return parts.netloc.rsplit(":", 1)[0] if parts.port is not None or parts.netloc.endswith(":") else parts.netloc
 
 
 def form_action_source(uri: str) -> str:
