@@ -47,6 +47,9 @@ def _csp(form_target: str | None) -> str:
 def render(template: str, *, status: int = 200, form_target: str | None = None, **values: Any) -> HTMLResponse:
     body = _environment().get_template(template).render(**values)
     headers = {**SECURITY_HEADERS, "Content-Security-Policy": _csp(form_target), "Cache-Control": "no-store"}
+    # Not no-referrer: under it a browser sends `Origin: null` with a form post, and the origin check
+    # above needs the real one. Other sites (the app the browser goes back to) still get no referrer.
+    headers["Referrer-Policy"] = "same-origin"
     return HTMLResponse(body, status_code=status, headers=headers)
 
 
@@ -90,8 +93,8 @@ def same_origin(request: Request) -> bool:
     """A form post that a browser says came from another site is refused (login CSRF): by its Origin
     header, or Sec-Fetch-Site where it sends that. Every current browser sends one of them."""
     site = request.headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        return False
+    if site is not None:  # a header no page can set: the browser's own word
+        return site in ("same-origin", "none")
     origin = request.headers.get("origin")
     if origin is None:
         return True

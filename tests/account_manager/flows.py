@@ -51,9 +51,7 @@ def query_of(location: str) -> dict[str, str]:
     return {key: values[0] for key, values in parse_qs(urlsplit(location).query).items()}
 
 
-async def register_client(
-    client: httpx.AsyncClient, ctx: Context, users: Users, **body: Any
-) -> dict[str, Any]:
+async def register_client(client: httpx.AsyncClient, ctx: Context, users: Users, **body: Any) -> dict[str, Any]:
     _, admin = await users.admin(ctx)
     wanted = {"name": "Lamp app", "redirect_uris": [REGISTERED], "grant_types": ["authorization_code", DEVICE_GRANT]}
     response = await client.post("/v1/admin/clients", json={**wanted, **body}, headers=bearer(admin))

@@ -63,7 +63,9 @@ async def code_for(browser: Browser, client_id: str, username: str, verifier: st
     return query_of(location)["code"]
 
 
-async def redeem(client: httpx.AsyncClient, client_id: str, code: str, verifier: str | None, **extra: str) -> httpx.Response:
+async def redeem(
+    client: httpx.AsyncClient, client_id: str, code: str, verifier: str | None, **extra: str
+) -> httpx.Response:
     body = {"grant_type": "authorization_code", "code": code, "client_id": client_id, "redirect_uri": APP_REDIRECT}
     if verifier is not None:
         body["code_verifier"] = verifier
@@ -85,7 +87,10 @@ async def test_code_flow_with_pkce_ends_in_a_session_like_a_password_login(
 
     assert set(token) >= {"access_token", "refresh_token", "expires_in", "refresh_expires_in", "token_type"}
     assert token["token_type"] == "Bearer" and token["refresh_token"].startswith("hsr_")
-    header, claims = jwt.get_unverified_header(token["access_token"]), jwt.decode(token["access_token"], options={"verify_signature": False})
+    header, claims = (
+        jwt.get_unverified_header(token["access_token"]),
+        jwt.decode(token["access_token"], options={"verify_signature": False}),
+    )
     assert header["typ"] == "at+jwt"
     assert claims["iss"] == ISSUER and claims["sub"] == user["id"] and claims["role"] == "user"
     assert claims["client_id"] == app_client["client_id"] and claims["sid"]
@@ -94,7 +99,10 @@ async def test_code_flow_with_pkce_ends_in_a_session_like_a_password_login(
     # The session rotates its refresh token as any other (the app's own client does the refresh).
     refreshed = await app_oauth.refresh_token(TOKEN_URL, refresh_token=token["refresh_token"])
     assert refreshed["refresh_token"] != token["refresh_token"]
-    assert jwt.decode(refreshed["access_token"], options={"verify_signature": False})["client_id"] == app_client["client_id"]
+    assert (
+        jwt.decode(refreshed["access_token"], options={"verify_signature": False})["client_id"]
+        == app_client["client_id"]
+    )
     listed = await client.get("/v1/auth/sessions", headers=bearer(refreshed["access_token"]))
     assert claims["sid"] in {row["id"] for row in listed.json()}
     await app_oauth.aclose()
@@ -105,7 +113,9 @@ async def test_state_comes_back_unchanged(
 ) -> None:
     user = await users.register()
     state = "opaque/value with spaces & symbols=" + new_state()
-    location = await browser.authorize(authorize_url(app_client["client_id"], verifier=new_verifier(), state=state), user["username"])
+    location = await browser.authorize(
+        authorize_url(app_client["client_id"], verifier=new_verifier(), state=state), user["username"]
+    )
     assert query_of(location)["state"] == state
 
 
@@ -304,7 +314,9 @@ async def test_a_repeated_parameter_is_an_error_page(browser: Browser, app_clien
 async def test_a_client_not_registered_for_the_code_grant_is_unauthorized_client(
     client: httpx.AsyncClient, ctx: Context, users: Users, browser: Browser
 ) -> None:
-    hub = await register_client(client, ctx, users, name="Hub", grant_types=["urn:ietf:params:oauth:grant-type:device_code"])
+    hub = await register_client(
+        client, ctx, users, name="Hub", grant_types=["urn:ietf:params:oauth:grant-type:device_code"]
+    )
     response = await browser.get(authorize_url(hub["client_id"], verifier=new_verifier()))
     assert response.status_code == 302
     assert query_of(response.headers["location"])["error"] == "unauthorized_client"
@@ -353,7 +365,9 @@ async def test_a_registered_loopback_uri_matches_on_any_port_only(
     user = await users.register()
     for port in (1, 8080, 65535):
         redirect = f"http://127.0.0.1:{port}/callback"
-        location = await browser.authorize(authorize_url(app_client["client_id"], verifier=new_verifier(), redirect_uri=redirect), user["username"])
+        location = await browser.authorize(
+            authorize_url(app_client["client_id"], verifier=new_verifier(), redirect_uri=redirect), user["username"]
+        )
         assert location.startswith(redirect + "?")
     assert REGISTERED == "http://127.0.0.1/callback"
 
@@ -361,7 +375,9 @@ async def test_a_registered_loopback_uri_matches_on_any_port_only(
 async def test_a_custom_scheme_is_matched_exactly(
     client: httpx.AsyncClient, ctx: Context, users: Users, browser: Browser
 ) -> None:
-    mobile = await register_client(client, ctx, users, name="Mobile", redirect_uris=["com.example.lamp:/oauth2redirect"])
+    mobile = await register_client(
+        client, ctx, users, name="Mobile", redirect_uris=["com.example.lamp:/oauth2redirect"]
+    )
     user = await users.register()
     good = authorize_url(mobile["client_id"], verifier=new_verifier(), redirect_uri="com.example.lamp:/oauth2redirect")
     assert (await browser.authorize(good, user["username"])).startswith("com.example.lamp:/oauth2redirect?code=")

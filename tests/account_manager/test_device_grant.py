@@ -38,7 +38,9 @@ USER_CODE = re.compile(r"[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}")
 
 @pytest.fixture
 async def hub(client: httpx.AsyncClient, ctx: Context, users: Users) -> dict[str, Any]:
-    return await register_client(client, ctx, users, name="Living-room hub", redirect_uris=[], grant_types=[DEVICE_GRANT])
+    return await register_client(
+        client, ctx, users, name="Living-room hub", redirect_uris=[], grant_types=[DEVICE_GRANT]
+    )
 
 
 @pytest.fixture

@@ -119,7 +119,12 @@ async def test_a_login_form_posted_from_another_site_is_refused(
     the attacker's origin, and carries no form cookie (SameSite=Strict) to match a token to."""
     attacker = await users.register()
     fields = form_fields((await login_page(browser, app_client)).text)
-    forged = {"csrf": fields["csrf"], "continue": fields["continue"], "username": attacker["username"], "password": PASSWORD}
+    forged = {
+        "csrf": fields["csrf"],
+        "continue": fields["continue"],
+        "username": attacker["username"],
+        "password": PASSWORD,
+    }
     cross_site = await browser.post_form("/v1/oauth/login", forged, origin="https://evil.example")
     assert cross_site.status_code == 403 and "hs_login" not in cross_site.headers.get("set-cookie", "")
     fetch_site = await browser.http.post("/v1/oauth/login", data=forged, headers={"Sec-Fetch-Site": "cross-site"})
@@ -145,7 +150,12 @@ async def test_a_login_form_without_the_form_cookie_is_refused(
     attacker = await users.register()
     fields = form_fields((await login_page(browser, app_client)).text)
     victim = Browser(app)  # another browser: the token was made for the attacker's cookie
-    data = {"csrf": fields["csrf"], "continue": fields["continue"], "username": attacker["username"], "password": PASSWORD}
+    data = {
+        "csrf": fields["csrf"],
+        "continue": fields["continue"],
+        "username": attacker["username"],
+        "password": PASSWORD,
+    }
     assert (await victim.post_form("/v1/oauth/login", data)).status_code == 403
     await victim.close()
 
@@ -194,9 +204,13 @@ async def test_wrong_passwords_on_the_hosted_page_lock_out_like_the_api(
     refused = await browser.http.post("/v1/auth/login", json={"username": user["username"], "password": PASSWORD})
     assert refused.status_code == 429
     # The owner from another address is not locked out.
-    assert (await client.post("/v1/auth/login", json={"username": user["username"], "password": PASSWORD})).status_code == 200
+    assert (
+        await client.post("/v1/auth/login", json={"username": user["username"], "password": PASSWORD})
+    ).status_code == 200
     async with ctx.db.read() as tx:
-        kinds = (await tx.execute(sa.select(tables.events.c.type).where(tables.events.c.ip == BROWSER_IP))).scalars().all()
+        kinds = (
+            (await tx.execute(sa.select(tables.events.c.type).where(tables.events.c.ip == BROWSER_IP))).scalars().all()
+        )
     assert kinds.count("login_failed") == 5 and "login_locked" in kinds
 
 

@@ -142,8 +142,18 @@ async def test_registering_a_client_is_an_event(client: httpx.AsyncClient, ctx: 
 def test_clients_create_list_and_delete_on_the_command_line(tmp_path: Path) -> None:
     env = make_env(tmp_path)
     made = cli(
-        tmp_path, env, "clients", "create", "Hub", "--grant-type", "device_code", "--grant-type", "authorization_code",
-        "--redirect-uri", "com.example.hub:/cb", "--confidential",
+        tmp_path,
+        env,
+        "clients",
+        "create",
+        "Hub",
+        "--grant-type",
+        "device_code",
+        "--grant-type",
+        "authorization_code",
+        "--redirect-uri",
+        "com.example.hub:/cb",
+        "--confidential",
     )
     assert made.returncode == 0, made.stderr
     client_id = made.stdout.split("client_id ")[1].split()[0]

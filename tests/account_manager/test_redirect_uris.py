@@ -30,7 +30,7 @@ REFUSED = [
     "https:///cb",
     "https://app.example.com:99999/cb",
     "https://app example.com/cb",
-    "https://app.example.com/c\"b",
+    'https://app.example.com/c"b',
     "https://app.example.com/c;b",
     "https://app.example.com/c\\b",
     "https://" + "a" * 2050 + ".com/",
