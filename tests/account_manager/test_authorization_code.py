@@ -384,3 +384,26 @@ async def test_a_custom_scheme_is_matched_exactly(
     for other in ("com.example.lamp:/other", "com.example.lamp://oauth2redirect", "com.example.evil:/oauth2redirect"):
         bad = authorize_url(mobile["client_id"], verifier=new_verifier(), redirect_uri=other)
         assert (await browser.get(bad)).status_code == 400
+
+
+# --- discovery ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"])
+async def test_discovery_names_the_oauth_endpoints_grants_and_s256(client: httpx.AsyncClient, path: str) -> None:
+    document = (await client.get(path)).json()
+    assert document["authorization_endpoint"] == f"{ISSUER}/v1/oauth/authorize"
+    assert document["device_authorization_endpoint"] == f"{ISSUER}/v1/oauth/device_authorization"
+    assert document["token_endpoint"] == f"{ISSUER}/v1/auth/token"
+    assert set(document["grant_types_supported"]) >= {
+        "authorization_code",
+        "refresh_token",
+        "urn:ietf:params:oauth:grant-type:device_code",
+    }
+    assert document["code_challenge_methods_supported"] == ["S256"]
+    assert document["response_types_supported"] == ["code"]
+    assert set(document["token_endpoint_auth_methods_supported"]) == {
+        "none",
+        "client_secret_basic",
+        "client_secret_post",
+    }
