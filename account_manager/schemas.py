@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
@@ -57,6 +58,29 @@ class AdminCreateUserIn(_In):
 class AdminUpdateUserIn(_In):
     role: Role | None = None
     disabled: StrictBool | None = None
+
+
+class DeviceAuthorizationIn(_In):
+    client_id: StrictStr = Field(max_length=64)
+    client_secret: StrictStr | None = Field(default=None, max_length=256)
+    scope: StrictStr | None = Field(default=None, max_length=1024)
+
+
+class ClientIn(_In):
+    name: StrictStr = Field(min_length=1, max_length=128)
+    redirect_uris: list[StrictStr] = Field(default_factory=list, max_length=20)
+    grant_types: list[StrictStr] = Field(default_factory=lambda: ["authorization_code"], min_length=1, max_length=3)
+    type: Literal["public", "confidential"] = "public"
+
+
+class ClientOut(BaseModel):
+    client_id: str
+    name: str
+    type: str
+    redirect_uris: list[str]
+    grant_types: list[str]
+    created_at: datetime
+    client_secret: str | None = None
 
 
 class TokenPairOut(BaseModel):

@@ -53,6 +53,10 @@ def hash_refresh(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def new_session_id() -> str:
+    return secrets.token_hex(16)
+
+
 def new_refresh_token() -> str:
     return REFRESH_PREFIX + secrets.token_urlsafe(32)  # 256 bits
 
@@ -86,11 +90,22 @@ def open_pair(refresh_token: str, box: bytes, now: datetime) -> TokenPair | None
 
 
 async def issue_session(
-    ctx: Context, tx: Tx, *, user_id: str, role: str, ip: str | None, user_agent: str | None
+    ctx: Context,
+    tx: Tx,
+    *,
+    user_id: str,
+    role: str,
+    ip: str | None,
+    user_agent: str | None,
+    client_id: str | None = None,
+    sid: str | None = None,
 ) -> TokenPair:
+    """A new session and its first token pair: what a password login, an authorization code and a
+    device code all end in (the OAuth grants name the client it was issued to, and choose the
+    session id beforehand to tie their code to it)."""
     settings = ctx.settings
     now = now_utc()
-    sid = secrets.token_hex(16)
+    sid = sid or new_session_id()
     refresh_token = new_refresh_token()
     ctx.revocations.user_changed(tx, user_id)  # its last login changes
     await store.open_session(
@@ -102,12 +117,24 @@ async def issue_session(
         expires_at=now + timedelta(seconds=settings.refresh_ttl),
         ip=ip,
         user_agent=user_agent,
+        client_id=client_id,
     )
-    access, _ = ctx.issuer.access(user_id=user_id, sid=sid, role=role, ttl=settings.access_ttl)
+    access, _ = ctx.issuer.access(user_id=user_id, sid=sid, role=role, ttl=settings.access_ttl, client_id=client_id)
     return TokenPair(access, settings.access_ttl, refresh_token, settings.refresh_ttl)
 
 
 async def login(ctx: Context, *, username: str, password: str, ip: str | None, user_agent: str | None) -> TokenPair:
+    user = await check_password(ctx, username=username, password=password, ip=ip)
+    async with ctx.db.write() as tx:
+        pair = await issue_session(ctx, tx, user_id=user.id, role=user.role, ip=ip, user_agent=user_agent)
+        await ctx.events.record(tx, EventType.LOGIN_SUCCEEDED, actor_type=ActorType.USER, actor_id=user.id, ip=ip)
+    ctx.metrics.logins.labels(result="succeeded").inc()
+    return pair
+
+
+async def check_password(ctx: Context, *, username: str, password: str, ip: str | None) -> store.UserRow:
+    """The password step of every login (the API's and the hosted page's): one lockout (§4) counted in
+    one place, failures recorded as events. The user, once the password is right and the account on."""
     key = username.lower()
     failures = await lockout.check(ctx, key, ip)
     async with ctx.db.query() as tx:
@@ -140,11 +167,7 @@ async def login(ctx: Context, *, username: str, password: str, ip: str | None, u
     if user.disabled:
         raise AccountDisabledError()
     await lockout.record_success(ctx, key, ip, failures=failures)
-    async with ctx.db.write() as tx:
-        pair = await issue_session(ctx, tx, user_id=user.id, role=user.role, ip=ip, user_agent=user_agent)
-        await ctx.events.record(tx, EventType.LOGIN_SUCCEEDED, actor_type=ActorType.USER, actor_id=user.id, ip=ip)
-    ctx.metrics.logins.labels(result="succeeded").inc()
-    return pair
+    return user
 
 
 async def refresh(ctx: Context, *, refresh_token: str, ip: str | None, user_agent: str | None) -> TokenPair:
@@ -159,7 +182,11 @@ async def refresh(ctx: Context, *, refresh_token: str, ip: str | None, user_agen
             raise InvalidGrantError()
         new_token = new_refresh_token()
         access, access_exp = ctx.issuer.access(
-            user_id=row.user_id, sid=row.session_id, role=row.user_role, ttl=settings.access_ttl
+            user_id=row.user_id,
+            sid=row.session_id,
+            role=row.user_role,
+            ttl=settings.access_ttl,
+            client_id=row.client_id,
         )
         expires_at = now + timedelta(seconds=settings.refresh_ttl)
         pair = TokenPair(access, settings.access_ttl, new_token, settings.refresh_ttl)

@@ -39,6 +39,7 @@ class RefreshRow:
     session_revoked: bool
     user_role: str
     user_disabled: bool
+    client_id: str | None = None
 
 
 def _user(row: Any) -> UserRow | None:
@@ -70,6 +71,7 @@ _INSERT_SESSION = sa.insert(sessions).values(
     expires_at=_b("expires_at"),
     ip=_b("ip"),
     user_agent=_b("user_agent"),
+    client_id=_b("client_id"),
 )
 _INSERT_REFRESH = sa.insert(refresh_tokens).values(
     token_hash=_b("refresh_hash"), session_id=_b("sid"), created_at=_b("now"), expires_at=_b("expires_at")
@@ -177,6 +179,7 @@ async def open_session(
     expires_at: datetime,
     ip: str | None,
     user_agent: str | None,
+    client_id: str | None = None,
 ) -> None:
     """A login's rows: the session, its first refresh token and the user's last login time. One round
     trip on PostgreSQL, three statements (in one transaction) on SQLite, which has no DML in CTEs."""
@@ -188,6 +191,7 @@ async def open_session(
         "expires_at": expires_at,
         "ip": ip,
         "user_agent": (user_agent or "")[:512] or None,
+        "client_id": client_id,
     }
     if tx.conn.dialect.name == "postgresql":
         await tx.execute(_OPEN_SESSION_IN_ONE, params)
@@ -235,6 +239,7 @@ async def refresh_by_hash(tx: Tx, *, token_hash: str) -> RefreshRow | None:
         sa.select(
             refresh_tokens,
             sessions.c.user_id,
+            sessions.c.client_id,
             sessions.c.revoked_at.is_not(None).label("session_revoked"),
             users.c.role.label("user_role"),
             users.c.disabled.label("user_disabled"),
@@ -258,6 +263,7 @@ async def refresh_by_hash(tx: Tx, *, token_hash: str) -> RefreshRow | None:
         session_revoked=bool(row.session_revoked),
         user_role=row.user_role,
         user_disabled=bool(row.user_disabled),
+        client_id=row.client_id,
     )
 
 

@@ -267,7 +267,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--password", help="default: a generated one, printed once")
     create.set_defaults(handler=users)
 
-    for module in ("device_manager.cli", "device_connector.cli"):
+    for module in ("account_manager.cli", "device_manager.cli", "device_connector.cli"):
         try:
             register: Callable[[Any], None] = importlib.import_module(module).register
         except ModuleNotFoundError:

@@ -91,7 +91,10 @@ class RefreshTokenReusedError(HandshakeError):
 class UnsupportedGrantTypeError(HandshakeError):
     code = "unsupported_grant_type"
     status_code = 400
-    default_detail = "The grant_type must be password or refresh_token."
+    default_detail = (
+        "The grant_type must be password, refresh_token, authorization_code or"
+        " urn:ietf:params:oauth:grant-type:device_code."
+    )
 
 
 class InvalidTargetError(HandshakeError):

@@ -49,6 +49,12 @@ class EventType(StrEnum):
     COMMAND_TIMEOUT = "command_timeout"
     MQTT_AUTH_FAILED = "mqtt_auth_failed"
     ACL_DENIED = "acl_denied"
+    # OAuth 2 (registered clients, the code and device grants)
+    CLIENT_CREATED = "client_created"
+    CLIENT_DELETED = "client_deleted"
+    AUTHORIZATION_CODE_REUSED = "authorization_code_reused"
+    DEVICE_AUTHORIZATION_APPROVED = "device_authorization_approved"
+    DEVICE_AUTHORIZATION_DENIED = "device_authorization_denied"
 
 
 class DeviceRole(StrEnum):

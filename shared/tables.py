@@ -68,6 +68,9 @@ sessions = sa.Table(
     sa.Column("user_agent", sa.String(512)),
     sa.Column("revoked_at", UTCDateTime, index=True),
     sa.Column("revoke_reason", sa.String(32)),
+    # The registered OAuth client the session was issued to (authorization code or device grant);
+    # none for a password login. Deleting a client ends its sessions.
+    sa.Column("client_id", sa.String(64), index=True),
 )
 
 refresh_tokens = sa.Table(
@@ -162,4 +165,71 @@ device_state = sa.Table(
     sa.Column("reported_at", UTCDateTime),
     sa.Column("desired", sa.JSON),
     sa.Column("desired_at", UTCDateTime),
+)
+
+# --- OAuth 2 (registered clients, authorization codes, device codes, the hosted login) -----------
+
+oauth_clients = sa.Table(
+    "oauth_clients",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    # SHA-256 of a 256-bit random secret; none for a public client (a mobile app or a hub keeps no secret).
+    sa.Column("secret_hash", sa.String(64)),
+    sa.Column("redirect_uris", sa.JSON, nullable=False),
+    sa.Column("grant_types", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("created_by", sa.String(20)),
+)
+
+hosted_logins = sa.Table(
+    "hosted_logins",
+    metadata,
+    # SHA-256 of the browser's login cookie: a login on the hosted page is a session like any other
+    # (listed, revocable, ended by logout-all, a disable or a password change).
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column(
+        "session_id", sa.String(32), sa.ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+)
+
+oauth_codes = sa.Table(
+    "oauth_codes",
+    metadata,
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column(
+        "client_id", sa.String(64), sa.ForeignKey("oauth_clients.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    sa.Column("user_id", sa.String(20), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # The hosted-page session that approved it: ending that session voids its unredeemed codes.
+    sa.Column("login_session_id", sa.String(32), sa.ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("redirect_uri", sa.String(2048)),
+    sa.Column("code_challenge", sa.String(128)),
+    sa.Column("code_challenge_method", sa.String(8)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("used_at", UTCDateTime),
+    # The session its redemption opened: a second redemption revokes it (RFC 6749 §4.1.2).
+    sa.Column("session_id", sa.String(32)),
+)
+
+oauth_device_codes = sa.Table(
+    "oauth_device_codes",
+    metadata,
+    sa.Column("device_code_hash", sa.String(64), primary_key=True),
+    # SHA-256 of the user code without its dash, upper-cased: what the person types, looked up.
+    sa.Column("user_code_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column(
+        "client_id", sa.String(64), sa.ForeignKey("oauth_clients.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("poll_interval", sa.Integer, nullable=False),
+    sa.Column("last_polled_at", UTCDateTime),
+    sa.Column("status", sa.String(10), nullable=False),  # pending, approved, denied, redeemed
+    sa.Column("user_id", sa.String(20), sa.ForeignKey("users.id", ondelete="CASCADE")),
+    sa.Column("decided_at", UTCDateTime),
+    sa.Column("session_id", sa.String(32)),
 )

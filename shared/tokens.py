@@ -272,8 +272,11 @@ class Issuer:
         token = jwt.encode(payload, key.signing_material, algorithm=key.alg, headers={"kid": key.kid, "typ": typ})
         return token, payload["exp"]
 
-    def access(self, *, user_id: str, sid: str, role: str, ttl: int) -> tuple[str, int]:
-        return self.sign({"sub": user_id, "sid": sid, "role": role}, typ=TYP[TokenKind.ACCESS], ttl=ttl)
+    def access(self, *, user_id: str, sid: str, role: str, ttl: int, client_id: str | None = None) -> tuple[str, int]:
+        claims = {"sub": user_id, "sid": sid, "role": role}
+        if client_id is not None:  # RFC 9068 §2.2: the OAuth client the session was issued to
+            claims["client_id"] = client_id
+        return self.sign(claims, typ=TYP[TokenKind.ACCESS], ttl=ttl)
 
     def device(self, *, uid: str, ttl: int) -> tuple[str, int]:
         return self.sign({"sub": uid}, typ=TYP[TokenKind.DEVICE], ttl=ttl)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from account_manager import accounts, oauth, sessions
+from account_manager import accounts, authorization, oauth, sessions
+from account_manager.clients import GrantType
+from account_manager.routes.oauth import form_items, json_outcome
 from account_manager.schemas import (
     ExchangeIn,
     LoginIn,
@@ -59,9 +61,13 @@ async def login(request: Request, ctx: CtxDep, ip: ClientIp) -> JSONResponse:
 
 @router.post("/v1/auth/token", response_model=TokenPairOut)
 async def token(request: Request, ctx: CtxDep, ip: ClientIp) -> JSONResponse:
-    """The OAuth 2 token endpoint (RFC 6749 §4.3 and §6), with its error codes (§5.2)."""
+    """The OAuth 2 token endpoint (RFC 6749 §4.3 and §6; §4.1.3 with PKCE, RFC 7636; RFC 8628 §3.4),
+    with its error codes (§5.2). Every grant ends in the same token pair and session."""
     data = await raw_body(request)
     grant = data.get("grant_type")
+    if grant in (GrantType.AUTHORIZATION_CODE, GrantType.DEVICE_CODE):
+        incoming = authorization.Incoming("POST", request.headers, form_items(data), ip, _user_agent(request))
+        return json_outcome(await authorization.token(ctx, incoming))
     try:
         if grant == "password":
             body = validate_body(LoginIn, data)
@@ -138,6 +144,7 @@ async def exchange(request: Request, ctx: CtxDep, user: CurrentUser, ip: ClientI
 
 
 @router.get("/.well-known/openid-configuration", tags=["keys"])
+@router.get("/.well-known/oauth-authorization-server", tags=["keys"])  # RFC 8414: the same document
 async def discovery(ctx: CtxDep) -> JSONResponse:
     issuer = ctx.settings.issuer.rstrip("/")
     document = {
@@ -146,10 +153,14 @@ async def discovery(ctx: CtxDep) -> JSONResponse:
         "token_endpoint": f"{issuer}/v1/auth/token",
         "introspection_endpoint": f"{issuer}/v1/auth/introspect",
         "revocation_endpoint": f"{issuer}/v1/auth/revoke",
-        "grant_types_supported": ["password", "refresh_token"],
-        "token_endpoint_auth_methods_supported": ["none"],
+        "authorization_endpoint": f"{issuer}/v1/oauth/authorize",
+        "device_authorization_endpoint": f"{issuer}/v1/oauth/device_authorization",
+        "grant_types_supported": [*(str(grant) for grant in GrantType), "password"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "id_token_signing_alg_values_supported": [ctx.settings.jwt_alg],
-        "response_types_supported": ["token"],
         "subject_types_supported": ["public"],
     }
     listener = ctx.extras.get("mqtt_listener")

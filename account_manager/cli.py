@@ -1,0 +1,82 @@
+"""`handshake clients create|list|delete`: registered OAuth clients from the command line, as an admin
+registers them over the API (the same checks, the same events, by the system)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from account_manager import clients
+from shared.cli import load_settings, run, with_context
+from shared.context import Context
+
+GRANT_NAMES = {"authorization_code": clients.GrantType.AUTHORIZATION_CODE, "device_code": clients.GrantType.DEVICE_CODE}
+
+
+async def _migrated(ctx: Context) -> None:
+    from shared.migrations import upgrade
+
+    await upgrade(ctx.db)
+
+
+def create(args: argparse.Namespace) -> None:
+    grants = [str(GRANT_NAMES.get(name, name)) for name in args.grant_type or ["authorization_code"]]
+
+    async def work(ctx: Context) -> clients.NewClient:
+        await _migrated(ctx)
+        return await clients.create_client(
+            ctx,
+            name=args.name,
+            redirect_uris=args.redirect_uri or [],
+            grant_types=grants,
+            client_type=clients.ClientType.CONFIDENTIAL if args.confidential else clients.ClientType.PUBLIC,
+            actor_id=None,
+            ip=None,
+        )
+
+    made = run(with_context(load_settings(), work))
+    kind = "confidential" if made.secret else "public"
+    print(f"created {kind} client {made.client.name!r}: client_id {made.client.id}")
+    if made.secret:
+        print(f"client_secret: {made.secret}  (shown only this once)")
+
+
+def list_(args: argparse.Namespace) -> None:
+    async def work(ctx: Context) -> list[Any]:
+        await _migrated(ctx)
+        found, _ = await clients.list_clients(ctx, limit=500, offset=0)
+        return found
+
+    for client in run(with_context(load_settings(), work)):
+        view = clients.view(client)
+        print(f"{client.id}  {view['type']:<12}  {client.name}  {' '.join(client.grant_types)}")
+
+
+def delete(args: argparse.Namespace) -> None:
+    async def work(ctx: Context) -> None:
+        await _migrated(ctx)
+        await clients.delete_client(ctx, client_id=args.client_id, actor_id=None, ip=None)
+
+    run(with_context(load_settings(), work))
+    print(f"deleted client {args.client_id}; every session issued to it has ended")
+
+
+def register(commands: Any) -> None:
+    cmd = commands.add_parser("clients", help="manage registered OAuth clients (apps and hubs)")
+    sub = cmd.add_subparsers(dest="clients_command", required=True)
+    made = sub.add_parser("create", help="register a client; prints its client_id (and secret)")
+    made.add_argument("name")
+    made.add_argument(
+        "--redirect-uri", action="append", help="repeatable; loopback, https or a reverse-domain custom scheme"
+    )
+    made.add_argument(
+        "--grant-type",
+        action="append",
+        help="authorization_code (default) or device_code, repeatable (refresh_token is always included)",
+    )
+    made.add_argument("--confidential", action="store_true", help="a client with a secret (default: public, PKCE)")
+    made.set_defaults(handler=create)
+    sub.add_parser("list", help="list registered clients").set_defaults(handler=list_)
+    gone = sub.add_parser("delete", help="delete a client and end its sessions")
+    gone.add_argument("client_id")
+    gone.set_defaults(handler=delete)

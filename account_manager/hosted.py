@@ -1,0 +1,100 @@
+"""Logins on the hosted pages (the authorization endpoint's login page and /device). Signing in there
+opens a session like any other (listed, revocable, ended by logout-all, a disable or a password
+change) that a browser holds as an HttpOnly cookie instead of tokens; its password step is the API's
+own, with the same lockout (§4) and events."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+from account_manager import oauth_store, sessions, store
+from account_manager.oauth_store import HostedLogin
+from account_manager.sessions import new_session_id, now_utc
+from shared.context import Context
+from shared.models import ActorType, EventType
+
+HOSTED_LOGIN_TTL = 12 * 3600  # a working day; the apps' own sessions last as long as their refresh tokens
+MAX_COOKIE = 100
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def sign_in(
+    ctx: Context, *, username: str, password: str, ip: str | None, user_agent: str | None
+) -> tuple[str, HostedLogin]:
+    """The login steps of the hosted page: the cookie of a new hosted login, and who it is.
+
+    Steps: the password (with its lockout), then the session. A second factor (TOTP) goes between the
+    two: for a user who has one, `check_password` is followed by a one-time step of its own (a form
+    with the code, carrying a short-lived token of the password step) and only that step's success
+    calls `open_login`."""
+    user = await sessions.check_password(ctx, username=username, password=password, ip=ip)
+    return await open_login(ctx, user=user, ip=ip, user_agent=user_agent)
+
+
+async def open_login(
+    ctx: Context, *, user: store.UserRow, ip: str | None, user_agent: str | None
+) -> tuple[str, HostedLogin]:
+    token = secrets.token_urlsafe(32)
+    sid = new_session_id()
+    now = now_utc()
+    async with ctx.db.write() as tx:
+        ctx.revocations.user_changed(tx, user.id)  # its last login changes
+        await oauth_store.open_hosted_login(
+            tx,
+            token_hash=_hash(token),
+            sid=sid,
+            user_id=user.id,
+            now=now,
+            expires_at=now + timedelta(seconds=HOSTED_LOGIN_TTL),
+            ip=ip,
+            user_agent=user_agent,
+        )
+        await ctx.events.record(
+            tx,
+            EventType.LOGIN_SUCCEEDED,
+            actor_type=ActorType.USER,
+            actor_id=user.id,
+            ip=ip,
+            detail={"via": "hosted_page", "session_id": sid},
+        )
+    ctx.metrics.logins.labels(result="succeeded").inc()
+    return token, HostedLogin(sid, user.id, user.username, user.role)
+
+
+async def current_login(ctx: Context, token: str | None) -> HostedLogin | None:
+    """The live login of a browser's cookie, read from the database (the record of revocation)."""
+    if not token or len(token) > MAX_COOKIE:
+        return None
+    async with ctx.db.query() as tx:
+        return await oauth_store.hosted_login(tx, token_hash=_hash(token), now=now_utc())
+
+
+async def sign_out(ctx: Context, *, login: HostedLogin, ip: str | None) -> None:
+    async with ctx.db.write() as tx:
+        await ctx.revocations.revoke_sessions(tx, [login.session_id], reason="logout")
+        await ctx.events.record(
+            tx,
+            EventType.LOGOUT,
+            actor_type=ActorType.USER,
+            actor_id=login.user_id,
+            ip=ip,
+            detail={"via": "hosted_page", "session_id": login.session_id},
+        )
+
+
+def form_token(secret: str) -> str:
+    """The anti-forgery token of a hosted form, derived from a cookie the page's own origin set
+    (HttpOnly, so no script and no other site can read it): a forged form cannot carry it."""
+    return hmac.new(secret.encode(), b"handshake hosted form", hashlib.sha256).hexdigest()
+
+
+def form_token_ok(secret: str | None, submitted: str | None) -> bool:
+    if not secret or not submitted or len(secret) > MAX_COOKIE:
+        return False
+    return hmac.compare_digest(form_token(secret), submitted)

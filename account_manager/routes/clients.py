@@ -1,0 +1,57 @@
+"""HTTP routes of /v1/admin/clients: registered OAuth clients. Admin and support read, admin changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from account_manager import clients
+from account_manager.routes.admin import Admin, Limit, Offset, Reader
+from account_manager.schemas import ClientIn, ClientOut
+from shared.bodies import body_doc, parse_body
+from shared.deps import ClientIp, CtxDep
+
+router = APIRouter(tags=["admin"])
+
+
+@router.post("/v1/admin/clients", status_code=201, response_model=ClientOut, openapi_extra=body_doc(ClientIn))
+async def create_client(request: Request, ctx: CtxDep, admin: Admin, ip: ClientIp) -> JSONResponse:
+    """A public client (`type: "public"`, the default: a mobile app or a hub, PKCE required) or a
+    confidential one (its `client_secret` is in this answer only, and stored hashed)."""
+    body = await parse_body(request, ClientIn)
+    made = await clients.create_client(
+        ctx,
+        name=body.name,
+        redirect_uris=body.redirect_uris,
+        grant_types=body.grant_types,
+        client_type=clients.ClientType(body.type),
+        actor_id=admin.id,
+        ip=ip,
+    )
+    out = ClientOut(**clients.view(made.client), client_secret=made.secret)
+    return JSONResponse(
+        out.model_dump(mode="json", exclude_none=True), status_code=201, headers={"Cache-Control": "no-store"}
+    )
+
+
+@router.get("/v1/admin/clients", response_model=list[ClientOut], response_model_exclude_none=True)
+async def list_clients(
+    ctx: CtxDep, _: Reader, response: Response, limit: Limit = 50, offset: Offset = 0
+) -> list[dict[str, Any]]:
+    found, total = await clients.list_clients(ctx, limit=limit, offset=offset)
+    response.headers["X-Total-Count"] = str(total)
+    return [clients.view(client) for client in found]
+
+
+@router.get("/v1/admin/clients/{client_id}", response_model=ClientOut, response_model_exclude_none=True)
+async def get_client(client_id: str, ctx: CtxDep, _: Reader) -> dict[str, Any]:
+    return clients.view(await clients.get_client(ctx, client_id))
+
+
+@router.delete("/v1/admin/clients/{client_id}", status_code=204)
+async def delete_client(client_id: str, ctx: CtxDep, admin: Admin, ip: ClientIp) -> Response:
+    """The client goes, and every session issued to it ends at once."""
+    await clients.delete_client(ctx, client_id=client_id, actor_id=admin.id, ip=ip)
+    return Response(status_code=204)
