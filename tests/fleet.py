@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -23,7 +24,7 @@ async def seed_fleet(ctx: Context, *, count: int, owners: Sequence[str] = ()) ->
     """`count` devices, the last one newest; every third unbound, the others spread over `owners`;
     every seventh online since a minute ago. Their UIDs, oldest first."""
     now = datetime.now(UTC)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n in range(count):
         online = n % 7 == 0
         rows.append(
@@ -51,3 +52,23 @@ async def seed_fleet(ctx: Context, *, count: int, owners: Sequence[str] = ()) ->
         await conn.exec_driver_sql("ANALYZE")
         await conn.commit()
     return [row["uid"] for row in rows]
+
+
+async def seed_history(ctx: Context, *, uid: str, count: int, every: timedelta = timedelta(minutes=40)) -> None:
+    """`count` events of one device, the last one now: it connected, a command went, it went away."""
+    now = datetime.now(UTC)
+    kinds = ("device_connected", "command_sent", "device_disconnected")
+    rows: list[dict[str, Any]] = [
+        {
+            "ts": now - every * (count - 1 - k),
+            "type": kinds[k % 3],
+            "actor_type": "device",
+            "actor_id": uid,
+            "device_uid": uid,
+            "ip": "203.0.113.9",
+            "detail": {"reason": "client_closed"} if kinds[k % 3] == "device_disconnected" else {},
+        }
+        for k in range(count)
+    ]
+    async with ctx.db.write() as tx:
+        await tx.execute(sa.insert(tables.events), rows)

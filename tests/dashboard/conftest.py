@@ -10,6 +10,7 @@ import secrets
 import threading
 import time
 from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -210,12 +211,14 @@ class Tab:
         self.page.screenshot(path=str(path), full_page=True)
 
 
-@pytest.fixture
-def tab(browser: Any, live_server: LiveServer) -> Iterator[Tab]:
-    context = browser.new_context(viewport=WIDE)
+@contextmanager
+def new_tab(browser: Any, url: str, **options: Any) -> Iterator[Tab]:
+    """A tab of a browser context of its own (viewport WIDE unless `options` say otherwise; a
+    `timezone_id` sets the zone the page writes local times in)."""
+    context = browser.new_context(**{"viewport": WIDE, **options})
     context.set_default_timeout(10_000)
     page = context.new_page()
-    opened = Tab(page, live_server.url)
+    opened = Tab(page, url)
 
     def on_console(message: Any) -> None:
         if message.type == "error":
@@ -228,6 +231,12 @@ def tab(browser: Any, live_server: LiveServer) -> Iterator[Tab]:
     finally:
         # Closed before the server stops, so its event stream ends with the page.
         context.close()
+
+
+@pytest.fixture
+def tab(browser: Any, live_server: LiveServer) -> Iterator[Tab]:
+    with new_tab(browser, live_server.url) as opened:
+        yield opened
 
 
 # --- what several test modules do -------------------------------------------------------------
