@@ -218,6 +218,9 @@ def admin_view(row: dict[str, Any]) -> dict[str, Any]:
 async def list_users(
     ctx: Context, *, query: str | None, role: str | None, limit: int, offset: int
 ) -> tuple[list[dict[str, Any]], int]:
+    """A page of users, newest first, and the total. `query` matches the start of a username or an email,
+    ignoring case, or a whole user id."""
+    query = (query or "").strip() or None
     async with ctx.db.read() as tx:
         rows, total = await store.list_users(tx, query=query, role=role, limit=limit, offset=offset, now=now_utc())
     return [admin_view(row) for row in rows], total

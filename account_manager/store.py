@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from shared import tables
 from shared.db import Tx
+from shared.search import starts_with
 
 users, sessions, refresh_tokens, events = tables.users, tables.sessions, tables.refresh_tokens, tables.events
 
@@ -125,6 +126,15 @@ def _active_sessions(now: datetime) -> Any:
     return (sessions.c.revoked_at.is_(None)) & (sessions.c.expires_at > now)
 
 
+def _matches(query: str) -> sa.ColumnElement[bool]:
+    """The user's username or email begins with `query` (case aside), or `query` is its id: index
+    lookups joined by OR (see shared.search), so a search costs what it finds, not the user count."""
+    key = query.lower()
+    return sa.or_(
+        starts_with(users.c.username_key, key), starts_with(sa.func.lower(users.c.email), key), users.c.id == query
+    )
+
+
 async def list_users(
     tx: Tx,
     *,
@@ -139,8 +149,7 @@ async def list_users(
     if user_id:
         where.append(users.c.id == user_id)
     if query:
-        like = "%" + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        where.append(sa.or_(users.c.username_key.like(like, escape="\\"), users.c.email.ilike(like, escape="\\")))
+        where.append(_matches(query))
     if role:
         where.append(users.c.role == role)
     active = (

@@ -12,11 +12,21 @@ from shared.models import ActorType, EventType
 
 
 async def list_devices(
-    ctx: Context, *, online: bool | None, model: str | None, owner_id: str | None, limit: int, offset: int
+    ctx: Context,
+    *,
+    query: str | None,
+    online: bool | None,
+    model: str | None,
+    owner_id: str | None,
+    limit: int,
+    offset: int,
 ) -> tuple[list[dict[str, Any]], int]:
+    """A page of the fleet and its total. `query` matches the start of a UID, a model or an owner's
+    username, ignoring case."""
+    query = (query or "").strip() or None
     async with ctx.db.read() as tx:
         rows, total = await store.list_all(
-            tx, online=online, model=model, owner_id=owner_id, limit=limit, offset=offset
+            tx, query=query, online=online, model=model, owner_id=owner_id, limit=limit, offset=offset
         )
     found = []
     for row in rows:

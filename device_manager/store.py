@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 
 from shared import tables
 from shared.db import Tx
+from shared.search import one_of, starts_with
 
 devices, shares, pairing, users = tables.devices, tables.device_shares, tables.pairing_tokens, tables.users
 
@@ -165,10 +167,36 @@ async def list_for_user(tx: Tx, *, user_id: str, limit: int, offset: int) -> tup
     return rows, int((await tx.execute(_COUNT_FOR_USER, {"user_id": user_id})).scalar_one())
 
 
+# A UID is 20 characters of [A-Z0-9] (SPEC §2): a query of other characters names no UID.
+_UID_PREFIX = re.compile(r"[A-Za-z0-9]{1,20}")
+
+
+def _matches(query: str, dialect: str) -> sa.ColumnElement[bool]:
+    """The device's UID, model or owner's username begins with `query` (case aside): three index
+    ranges joined by OR (see shared.search), so a search costs what it finds, not the fleet."""
+    owner = users.alias("owner")
+    key = query.lower()
+    owners = sa.select(owner.c.id).where(starts_with(owner.c.username_key, key)).scalar_subquery()
+    terms = [starts_with(sa.func.lower(devices.c.model), key), one_of(devices.c.owner_id, owners, dialect=dialect)]
+    if _UID_PREFIX.fullmatch(query):
+        terms.append(starts_with(devices.c.uid, query.upper()))
+    return sa.or_(*terms)
+
+
 async def list_all(
-    tx: Tx, *, online: bool | None, model: str | None, owner_id: str | None, limit: int, offset: int
+    tx: Tx,
+    *,
+    query: str | None,
+    online: bool | None,
+    model: str | None,
+    owner_id: str | None,
+    limit: int,
+    offset: int,
 ) -> tuple[list[Any], int]:
+    """A page of every device, newest first (the index on created_at, uid walks it), and the total."""
     where: list[sa.ColumnElement[bool]] = []
+    if query:
+        where.append(_matches(query, tx.conn.dialect.name))
     if online is not None:
         where.append(devices.c.online.is_(online))
     if model:

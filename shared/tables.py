@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
+from shared.search import bytewise
+
 metadata = sa.MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -233,3 +235,12 @@ oauth_device_codes = sa.Table(
     sa.Column("decided_at", UTCDateTime),
     sa.Column("session_id", sa.String(32)),
 )
+
+# The admin lists at fleet size: pages newest first, and prefix searches as byte-order ranges
+# (shared.search). On SQLite the primary key and the unique username_key compare byte by byte already.
+sa.Index("ix_devices_created_at_uid", devices.c.created_at.desc(), devices.c.uid)
+sa.Index("ix_users_created_at_id", users.c.created_at.desc(), users.c.id)
+sa.Index("ix_devices_model_key", bytewise(sa.func.lower(devices.c.model)))
+sa.Index("ix_users_email_key", bytewise(sa.func.lower(users.c.email)))
+sa.Index("ix_devices_uid_bytewise", bytewise(devices.c.uid)).ddl_if(dialect="postgresql")
+sa.Index("ix_users_username_key_bytewise", bytewise(users.c.username_key)).ddl_if(dialect="postgresql")

@@ -15,7 +15,7 @@
     'command_timeout', 'device_disabled', 'session_revoked',
   ]);
   const READERS = new Set(['admin', 'support']);
-  const PAGE = 20;            // rows per table page
+  const PAGE_SIZES = [20, 50, 100, 200];  // rows per table page; the first is the default
   const MAX_EVENTS = 200;     // events kept on screen
   const USER_ID = /^[a-z0-9]{20}$/;
   const SVG = 'http://www.w3.org/2000/svg';
@@ -34,8 +34,10 @@
     timers: [],
   };
   const feed = { controller: null, gen: 0, lastId: null, retryMs: 2000, backoff: 0, timer: 0, seen: new Set() };
-  const users = { offset: 0, total: 0, query: '' };
-  const devices = { offset: 0, total: 0, online: '' };
+  // One table's view: its page (offset, size), filters, the total of the last answer, and the number of
+  // the last request, so an answer overtaken by a newer one (typing in the search box) draws nothing.
+  const users = { offset: 0, size: PAGE_SIZES[0], total: 0, query: '', role: '', seq: 0 };
+  const devices = { offset: 0, size: PAGE_SIZES[0], total: 0, query: '', online: '', seq: 0 };
   const timeline = { uid: null };
   const names = new Map();  // user id -> username, from what the API has shown us
   let armed = null;         // a button waiting for its confirming second click
@@ -87,27 +89,29 @@
 
   function parseTime(iso) { return iso ? new Date(iso) : null; }
 
-  function fmtClock(date) {
-    const sameDay = date.toDateString() === new Date().toDateString();
-    const time = date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
-    return sameDay ? time : `${date.toLocaleDateString([], { month: 'short', day: 'numeric' })} ${time}`;
+  const pad2 = (n) => String(n).padStart(2, '0');
+
+  /* Every moment on the page is written this one way: local 24-hour time, HH:MM:SS, after the date
+     (YYYY-MM-DD) unless it is today. Its tooltip gives the full date, the time zone and how long ago. */
+  function fmtTime(date) {
+    const clock = `${pad2(date.getHours())}:${pad2(date.getMinutes())}:${pad2(date.getSeconds())}`;
+    if (date.toDateString() === new Date().toDateString()) return clock;
+    return `${date.getFullYear()}-${pad2(date.getMonth() + 1)}-${pad2(date.getDate())} ${clock}`;
   }
 
-  function fmtAgo(iso) {
-    const date = parseTime(iso);
-    if (!date) return 'never';
+  function fmtAgo(date) {
     const s = Math.round((Date.now() - date.getTime()) / 1000);
     if (s < 45) return 'just now';
     if (s < 3600) return `${Math.round(s / 60)} min ago`;
     if (s < 86400) return `${Math.round(s / 3600)} h ago`;
-    if (s < 86400 * 30) return `${Math.round(s / 86400)} d ago`;
-    return date.toLocaleDateString();
+    return `${Math.round(s / 86400)} d ago`;
   }
 
-  function timeEl(iso, format) {
+  function timeEl(iso) {
     const date = parseTime(iso);
-    if (!date) return el('span', { class: 'sub', text: 'never' });
-    return el('time', { datetime: iso, title: date.toLocaleString(), text: format(date, iso) });
+    if (!date || Number.isNaN(date.getTime())) return el('span', { class: 'sub', text: 'never' });
+    const full = date.toLocaleString([], { dateStyle: 'full', timeStyle: 'long' });
+    return el('time', { datetime: iso, title: `${full} (${fmtAgo(date)})`, text: fmtTime(date) });
   }
 
   /* ---- tokens and the API -------------------------------------------------------------------- */
@@ -316,6 +320,10 @@
   function clearData() {
     for (const id of ['count-users', 'count-devices', 'count-online', 'count-sessions', 'count-logins', 'count-failures']) setText(id, '–');
     $('chart').replaceChildren();
+    $('chart-empty').hidden = true;
+    for (const id of ['users-pager', 'devices-pager']) {
+      for (const node of $(id).querySelectorAll('[data-range], [data-page]')) node.textContent = '';
+    }
     $('events').replaceChildren();
     $('timeline').replaceChildren();
     $('users-table').tBodies[0].replaceChildren();
@@ -367,10 +375,11 @@
   }
 
   const SERIES = [
-    { key: 'logins', cls: 's-logins', label: 'logins', total: 'total-logins' },
-    { key: 'login_failures', cls: 's-failures', label: 'failures', total: 'total-failures' },
-    { key: 'device_connections', cls: 's-connections', label: 'device connections', total: 'total-connections' },
+    { key: 'logins', cls: 's-logins', label: 'Logins', total: 'total-logins' },
+    { key: 'login_failures', cls: 's-failures', label: 'Failures', total: 'total-failures' },
+    { key: 'device_connections', cls: 's-connections', label: 'Device connections', total: 'total-connections' },
   ];
+  const MIN_TOP = 4;  // the y axis reaches at least this far: a handful of events stays small, not a surge
 
   function niceStep(raw) {
     if (raw <= 1) return 1;
@@ -379,61 +388,103 @@
     return 10 * power;
   }
 
+  /* Where a UTC hour starts on the local clock: 14:00, or 19:30 in a zone half an hour off. */
   function hourLabel(date) {
-    return `${String(date.getHours()).padStart(2, '0')}:00`;
+    return `${pad2(date.getHours())}:${pad2(date.getMinutes())}`;
   }
 
+  function svgText(attrs, text) {
+    const node = svg('text', attrs);
+    node.textContent = text;
+    return node;
+  }
+
+  /* Counts per hour as bars from a zero baseline, one group per hour: an hour without events has no bar,
+     so a quiet day is a flat line on labelled axes (and says "no data yet"), never a slope. */
   function drawChart() {
     const box = $('chart');
     const rows = hourly;
     for (const s of SERIES) setText(s.total, fmtNumber(rows.reduce((sum, row) => sum + (row[s.key] || 0), 0)));
-    if (!rows.length) { box.replaceChildren(); return; }
+    if (!rows.length) { box.replaceChildren(); $('chart-empty').hidden = true; return; }
     const width = Math.max(260, Math.floor(box.clientWidth || 600));
-    const height = width < 520 ? 190 : 240;
-    const pad = { left: 36, right: 10, top: 12, bottom: 26 };
+    const height = width < 520 ? 210 : 250;
+    const pad = { left: 48, right: 12, top: 12, bottom: 44 };
     const plotW = width - pad.left - pad.right;
     const plotH = height - pad.top - pad.bottom;
-    const peak = Math.max(1, ...rows.flatMap((row) => SERIES.map((s) => row[s.key] || 0)));
-    const step = niceStep(peak / 4);
-    const top = step * Math.ceil(peak / step);
+    const peak = Math.max(0, ...rows.flatMap((row) => SERIES.map((s) => row[s.key] || 0)));
+    const step = niceStep(Math.max(peak, MIN_TOP) / 4);
+    const top = step * Math.ceil(Math.max(peak, MIN_TOP) / step);
     const n = rows.length;
     const slot = plotW / n;
-    const x = (i) => pad.left + slot * (i + 0.5);
+    const bar = Math.max(1, Math.min(12, (slot - 3) / SERIES.length));
     const y = (v) => pad.top + plotH - (v / top) * plotH;
+    const geometry = { pad, slot, width, plotH };
 
-    const chart = svg('svg', { viewBox: `0 0 ${width} ${height}`, width, height, role: 'img', 'aria-label': 'Logins, failures and device connections per hour over the last 24 hours' });
+    const total = SERIES.map((s) => `${rows.reduce((sum, row) => sum + (row[s.key] || 0), 0)} ${s.label.toLowerCase()}`).join(', ');
+    const chart = svg('svg', { viewBox: `0 0 ${width} ${height}`, width, height, role: 'img', 'aria-label': `Per hour over the last 24 hours: ${total}` });
     for (let v = 0; v <= top; v += step) {
-      chart.append(svg('line', { class: 'grid', x1: pad.left, x2: width - pad.right, y1: y(v), y2: y(v) }));
-      const label = svg('text', { class: 'axis', x: pad.left - 6, y: y(v) + 4, 'text-anchor': 'end' });
-      label.textContent = fmtNumber(v);
-      chart.append(label);
+      chart.append(svg('line', { class: v ? 'grid' : 'baseline', x1: pad.left, x2: width - pad.right, y1: y(v), y2: y(v) }));
+      chart.append(svgText({ class: 'axis', x: pad.left - 6, y: y(v) + 4, 'text-anchor': 'end' }, fmtNumber(v)));
     }
     const every = width < 520 ? 6 : width < 800 ? 4 : 3;
     rows.forEach((row, i) => {
       if ((n - 1 - i) % every !== 0) return;
-      const label = svg('text', { class: 'axis', x: x(i), y: height - 8, 'text-anchor': 'middle' });
-      label.textContent = hourLabel(new Date(row.hour));
-      chart.append(label);
+      chart.append(svgText({ class: 'axis', x: pad.left + slot * (i + 0.5), y: pad.top + plotH + 16, 'text-anchor': 'middle' }, hourLabel(new Date(row.hour))));
     });
-    for (const s of SERIES) {
-      const points = rows.map((row, i) => [x(i), y(row[s.key] || 0)]);
-      const line = points.map(([px, py], i) => `${i ? 'L' : 'M'}${px.toFixed(1)},${py.toFixed(1)}`).join('');
-      const base = y(0).toFixed(1);
-      chart.append(svg('path', { class: `area ${s.cls}`, d: `${line}L${points[n - 1][0].toFixed(1)},${base}L${points[0][0].toFixed(1)},${base}Z` }));
-      chart.append(svg('path', { class: `line ${s.cls}`, d: line }));
-      rows.forEach((row, i) => {
-        if (row[s.key]) chart.append(svg('circle', { class: `dot ${s.cls}`, cx: points[i][0].toFixed(1), cy: points[i][1].toFixed(1), r: 3 }));
-      });
-    }
-    // One transparent column per hour, so hovering (or a long press) shows that hour's numbers.
+    chart.append(svgText({ class: 'axis-title', x: pad.left + plotW / 2, y: height - 4, 'text-anchor': 'middle' }, 'Hour (local time)'));
+    chart.append(svgText({ class: 'axis-title', x: 12, y: pad.top + plotH / 2, 'text-anchor': 'middle', transform: `rotate(-90 12 ${pad.top + plotH / 2})` }, 'Per hour'));
+    // Under the bars, one column per hour catches the pointer between them; bars and column alike name their hour.
     rows.forEach((row, i) => {
-      const start = new Date(row.hour);
-      const title = svg('title');
-      title.textContent = `${hourLabel(start)}–${hourLabel(new Date(start.getTime() + 3600000))}: ` +
-        SERIES.map((s) => `${row[s.key] || 0} ${s.label}`).join(', ');
-      chart.append(svg('rect', { class: 'hover', x: pad.left + slot * i, y: pad.top, width: slot, height: plotH }, title));
+      chart.append(svg('rect', { class: 'column', x: pad.left + slot * i, y: pad.top, width: slot, height: plotH, 'data-hour': i }));
     });
+    rows.forEach((row, i) => {
+      const start = pad.left + slot * i + (slot - bar * SERIES.length) / 2;
+      SERIES.forEach((s, j) => {
+        const v = row[s.key] || 0;
+        if (!v) return;
+        chart.append(svg('rect', { class: `bar ${s.cls}`, x: start + bar * j, y: y(v), width: Math.max(1, bar - 1), height: y(0) - y(v), 'data-hour': i, 'data-series': s.key }));
+      });
+    });
+    const tip = svg('g', { class: 'tip', id: 'chart-tip', visibility: 'hidden' });
+    chart.append(tip);
+    chart.addEventListener('mouseover', (event) => {
+      const target = event.target.closest('[data-hour]');
+      if (target) showTip(chart, tip, Number(target.dataset.hour), geometry);
+    });
+    chart.addEventListener('mouseleave', () => hideTip(chart, tip));
     box.replaceChildren(chart);
+    $('chart-empty').hidden = peak > 0;
+    box.classList.toggle('empty', peak === 0);
+  }
+
+  /* The hovered hour: its span and each series' count, in a box beside its column. */
+  function showTip(chart, tip, i, { pad, slot, width }) {
+    const row = hourly[i];
+    if (!row) return;
+    for (const node of chart.querySelectorAll('.column.on')) node.classList.remove('on');
+    chart.querySelector(`.column[data-hour="${i}"]`)?.classList.add('on');
+    const start = new Date(row.hour);
+    const lines = [`${hourLabel(start)}–${hourLabel(new Date(start.getTime() + 3600000))}`,
+      ...SERIES.map((s) => `${s.label}: ${fmtNumber(row[s.key] || 0)}`)];
+    const text = svg('text', { x: 8, y: 4 });
+    lines.forEach((line, k) => {
+      const span = svg('tspan', { x: 8, dy: 15, class: k ? SERIES[k - 1].cls : 'tip-hour' });
+      span.textContent = line;
+      text.append(span);
+    });
+    const back = svg('rect', { class: 'tip-box', x: 0, y: 0, rx: 6, width: 10, height: lines.length * 15 + 10 });
+    tip.replaceChildren(back, text);
+    tip.setAttribute('visibility', 'visible');
+    const boxWidth = Math.ceil(text.getBBox().width) + 16;
+    back.setAttribute('width', boxWidth);
+    const right = pad.left + slot * (i + 1) + 6;
+    const x = right + boxWidth <= width ? right : pad.left + slot * i - boxWidth - 6;
+    tip.setAttribute('transform', `translate(${Math.max(0, x).toFixed(1)} ${pad.top})`);
+  }
+
+  function hideTip(chart, tip) {
+    tip.setAttribute('visibility', 'hidden');
+    for (const node of chart.querySelectorAll('.column.on')) node.classList.remove('on');
   }
 
   /* ---- live events ---------------------------------------------------------------------------- */
@@ -646,7 +697,7 @@
   function showEvent(event, fresh) {
     if (event.id > 0) feed.seen.add(event.id);
     const item = el('li', { class: `event${fresh ? ' fresh' : ''}`, data: { type: event.type, id: event.id } },
-      timeEl(event.ts, fmtClock),
+      timeEl(event.ts),
       el('div', { class: 'what' },
         el('span', { class: `type ${typeClass(event.type)}`, text: event.type }),
         whoEl(event),
@@ -668,29 +719,69 @@
     return el('td', { data: { label } }, ...children);
   }
 
-  function pager(id, state, load) {
+  /* Rows a–b of the total (X-Total-Count), page n of m, and which steps lead anywhere. */
+  function showPager(id, state) {
     const box = $(id);
-    const [prev, info, next] = box.children;
-    const first = state.total ? state.offset + 1 : 0;
-    const last = Math.min(state.offset + PAGE, state.total);
-    info.textContent = `${first}–${last} of ${fmtNumber(state.total)}`;
-    prev.disabled = state.offset === 0;
-    next.disabled = state.offset + PAGE >= state.total;
-    box.hidden = state.total <= PAGE;
-    box.onclick = (event) => {
-      const step = Number(event.target.dataset && event.target.dataset.step);
-      if (!step) return;
-      state.offset = Math.max(0, state.offset + step * PAGE);
-      load();
-    };
+    const pages = Math.max(1, Math.ceil(state.total / state.size));
+    const first = state.offset + 1;
+    const last = Math.min(state.offset + state.size, state.total);
+    box.querySelector('[data-range]').textContent = state.total ? `${fmtNumber(first)}–${fmtNumber(last)} of ${fmtNumber(state.total)}` : 'none';
+    box.querySelector('[data-page]').textContent = `Page ${fmtNumber(Math.floor(state.offset / state.size) + 1)} of ${fmtNumber(pages)}`;
+    for (const button of box.querySelectorAll('[data-step]')) {
+      const back = button.dataset.step === 'first' || button.dataset.step === 'prev';
+      button.disabled = back ? state.offset === 0 : state.offset + state.size >= state.total;
+    }
   }
 
-  /* Disabling takes a second click within a few seconds: it ends every session of the user at once. */
-  function arm(button, text) {
+  function wirePager(id, state, load) {
+    const box = $(id);
+    box.addEventListener('click', (event) => {
+      const button = event.target.closest('[data-step]');
+      if (!button || button.disabled) return;
+      const lastPage = Math.max(0, Math.ceil(state.total / state.size) - 1) * state.size;
+      state.offset = {
+        first: 0,
+        prev: Math.max(0, state.offset - state.size),
+        next: Math.min(lastPage, state.offset + state.size),
+        last: lastPage,
+      }[button.dataset.step];
+      load();
+    });
+    box.querySelector('[data-size]').addEventListener('change', (event) => {
+      state.size = PAGE_SIZES.includes(Number(event.target.value)) ? Number(event.target.value) : PAGE_SIZES[0];
+      state.offset = Math.floor(state.offset / state.size) * state.size;  // the page that holds the first row shown
+      load();
+    });
+  }
+
+  /* Ask for one page of a table; null when a newer request has been made meanwhile. A page past the end
+     (rows gone since, a smaller total) is asked again as the last page. */
+  async function fetchPage(path, state, filters) {
+    const seq = ++state.seq;
+    for (let attempt = 0; ; attempt += 1) {
+      const params = new URLSearchParams({ limit: String(state.size), offset: String(state.offset) });
+      for (const [name, value] of Object.entries(filters)) if (value) params.set(name, value);
+      const r = await api(`${path}?${params}`);
+      if (seq !== state.seq) return null;
+      if (r.ok && !r.data.length && r.total > 0 && state.offset > 0 && attempt === 0) {
+        state.offset = Math.floor((r.total - 1) / state.size) * state.size;
+        continue;
+      }
+      if (r.ok) state.total = r.total;
+      return r;
+    }
+  }
+
+  /* Disabling takes a second click within a few seconds: it ends every session of the user at once.
+     The armed button keeps a short label (the width of its cell does not change) and names its target
+     in its tooltip and to screen readers. */
+  function arm(button, target) {
     disarm();
     armed = button;
     button.dataset.label = button.textContent;
-    button.textContent = text;
+    button.textContent = 'Confirm';
+    button.title = `Click again within 5 s to disable ${target}`;
+    button.setAttribute('aria-label', `Confirm: disable ${target}`);
     button.classList.add('confirm');
     button.dataset.timer = String(setTimeout(disarm, 5000));
   }
@@ -699,20 +790,24 @@
     if (!armed) return;
     clearTimeout(Number(armed.dataset.timer));
     armed.textContent = armed.dataset.label;
+    armed.removeAttribute('title');
+    armed.removeAttribute('aria-label');
     armed.classList.remove('confirm');
     armed = null;
   }
 
   function isAdmin() { return session.me && session.me.role === 'admin'; }
 
+  function emptyRow(columns, text) {
+    return el('tr', {}, el('td', { class: 'empty empty-row', colspan: columns, text }));
+  }
+
   function loadUsers() {
     return guarded('users-note', async () => {
-      const params = new URLSearchParams({ limit: String(PAGE), offset: String(users.offset) });
-      if (users.query) params.set('query', users.query);
-      const r = await api(`/v1/admin/users?${params}`);
+      const r = await fetchPage('/v1/admin/users', users, { query: users.query, role: users.role });
+      if (!r) return;
       if (!r.ok) { note('users-note', `Users refused (${refusal(r)}).`); return; }
       note('users-note', '');
-      users.total = r.total;
       const rows = r.data.map((user) => {
         names.set(user.id, user.username);
         let action = null;
@@ -728,21 +823,21 @@
         return el('tr', { data: { userId: user.id, username: user.username } },
           cell('User', el('strong', { text: user.username }), el('span', { class: 'sub', text: user.email || user.id })),
           cell('Role', el('span', { class: 'pill off', text: user.role })),
-          cell('Last login', timeEl(user.last_login_at, (d, iso) => fmtAgo(iso))),
+          cell('Last login', timeEl(user.last_login_at)),
           cell('Sessions', String(user.active_sessions)),
           cell('Status', el('span', { class: `pill ${user.disabled ? 'disabled' : 'active'}`, text: user.disabled ? 'disabled' : 'active' })),
           el('td', { class: 'actions' }, action));
       });
-      if (!rows.length) rows.push(el('tr', {}, el('td', { class: 'empty empty-row', colspan: 6, text: users.query ? 'No user matches.' : 'No users.' })));
+      if (!rows.length) rows.push(emptyRow(6, users.query || users.role ? 'No user matches.' : 'No users.'));
       disarm();
       $('users-table').tBodies[0].replaceChildren(...rows);
-      pager('users-pager', users, loadUsers);
+      showPager('users-pager', users);
       relabel();
     });
   }
 
   async function setUserDisabled(user, button) {
-    if (!user.disabled && armed !== button) { arm(button, `Disable ${user.username}?`); return; }
+    if (!user.disabled && armed !== button) { arm(button, user.username); return; }
     disarm();
     button.disabled = true;
     await guarded('users-note', async () => {
@@ -753,45 +848,56 @@
     refreshCounts();
   }
 
+  /* Online: since when it is connected. Offline: when it was last seen (or never). */
+  function presenceCell(device) {
+    const pill = el('span', { class: `pill ${device.online ? 'on' : 'off'}`, text: device.online ? 'online' : 'offline' });
+    let since = null;
+    if (device.online && device.connected_at) since = el('span', { class: 'sub', data: { presence: 'since' } }, 'since ', timeEl(device.connected_at));
+    else if (!device.online) {
+      since = device.last_seen
+        ? el('span', { class: 'sub', data: { presence: 'last-seen' } }, 'last seen ', timeEl(device.last_seen))
+        : el('span', { class: 'sub', data: { presence: 'never' }, text: 'never seen' });
+    }
+    return cell('Presence', pill, since);
+  }
+
+  function deviceRow(device) {
+    let action = null;
+    if (isAdmin()) {
+      action = el('button', {
+        type: 'button', class: device.disabled ? 'ghost small' : 'danger small',
+        data: { action: device.disabled ? 'enable' : 'disable', uid: device.uid },
+        text: device.disabled ? 'Enable' : 'Disable',
+        on: { click: (event) => setDeviceDisabled(device, event.currentTarget) },
+      });
+    }
+    const owner = device.owner_username || (device.owner_id ? names.get(device.owner_id) || device.owner_id : null);
+    return el('tr', { class: device.uid === timeline.uid ? 'selected' : '', data: { uid: device.uid } },
+      cell('Device', deviceButton(device.uid), el('span', { class: 'sub', text: [device.name, device.model].filter(Boolean).join(' · ') })),
+      presenceCell(device),
+      cell('Network', el('span', { class: 'mono', text: device.ip || '—' }), device.region ? el('span', { class: 'sub', text: device.region }) : null),
+      cell('Owner', owner || el('span', { class: 'sub', text: 'unbound' })),
+      cell('Status', el('span', { class: `pill ${device.disabled ? 'disabled' : 'active'}`, text: device.disabled ? 'disabled' : 'enabled' })),
+      el('td', { class: 'actions' }, action));
+  }
+
   function loadDevices() {
     return guarded('devices-note', async () => {
-      const params = new URLSearchParams({ limit: String(PAGE), offset: String(devices.offset) });
-      if (devices.online) params.set('online', devices.online);
-      const r = await api(`/v1/admin/devices?${params}`);
+      const r = await fetchPage('/v1/admin/devices', devices, { query: devices.query, online: devices.online });
+      if (!r) return;
       if (r.status === 404) { note('devices-note', 'The device manager does not answer at this address.'); return; }
       if (!r.ok) { note('devices-note', `Devices refused (${refusal(r)}).`); return; }
       note('devices-note', '');
-      devices.total = r.total;
-      const rows = r.data.map((device) => {
-        let action = null;
-        if (isAdmin()) {
-          action = el('button', {
-            type: 'button', class: device.disabled ? 'ghost small' : 'danger small',
-            data: { action: device.disabled ? 'enable' : 'disable', uid: device.uid },
-            text: device.disabled ? 'Enable' : 'Disable',
-            on: { click: (event) => setDeviceDisabled(device, event.currentTarget) },
-          });
-        }
-        const owner = device.owner_username || (device.owner_id ? names.get(device.owner_id) || device.owner_id : null);
-        return el('tr', { class: device.uid === timeline.uid ? 'selected' : '', data: { uid: device.uid } },
-          cell('Device', deviceButton(device.uid), el('span', { class: 'sub', text: [device.name, device.model].filter(Boolean).join(' · ') })),
-          cell('Online', el('span', { class: `pill ${device.online ? 'on' : 'off'}`, text: device.online ? 'online' : 'offline' })),
-          cell('IP', el('span', { class: 'mono', text: device.ip || '—' })),
-          cell('Region', device.region || '—'),
-          cell('Owner', owner || el('span', { class: 'sub', text: 'unbound' })),
-          cell('Last seen', timeEl(device.last_seen, (d, iso) => fmtAgo(iso))),
-          cell('Status', el('span', { class: `pill ${device.disabled ? 'disabled' : 'active'}`, text: device.disabled ? 'disabled' : 'enabled' })),
-          el('td', { class: 'actions' }, action));
-      });
-      if (!rows.length) rows.push(el('tr', {}, el('td', { class: 'empty empty-row', colspan: 8, text: 'No devices.' })));
+      const rows = r.data.map(deviceRow);
+      if (!rows.length) rows.push(emptyRow(6, devices.query || devices.online ? 'No device matches.' : 'No devices.'));
       disarm();
       $('devices-table').tBodies[0].replaceChildren(...rows);
-      pager('devices-pager', devices, loadDevices);
+      showPager('devices-pager', devices);
     });
   }
 
   async function setDeviceDisabled(device, button) {
-    if (!device.disabled && armed !== button) { arm(button, `Disable ${device.uid}?`); return; }
+    if (!device.disabled && armed !== button) { arm(button, device.uid); return; }
     disarm();
     button.disabled = true;
     const action = device.disabled ? 'enable' : 'disable';
@@ -806,7 +912,7 @@
 
   function timelineItem(event) {
     return el('li', { class: typeClass(event.type), data: { type: event.type } },
-      timeEl(event.ts, (d) => d.toLocaleString()),
+      timeEl(event.ts),
       el('span', { class: `type ${typeClass(event.type)}`, text: event.type }), ' ',
       whoEl(event),
       event.ip ? el('span', { class: 'sub', text: event.ip }) : null,
@@ -845,9 +951,15 @@
     }
     $('events-clear').addEventListener('click', () => { $('events').replaceChildren(); });
     $('user-search').addEventListener('input', (event) => {
-      debounce('search', 300, () => { users.query = event.target.value.trim(); users.offset = 0; loadUsers(); });
+      debounce('user-search', 300, () => { users.query = event.target.value.trim(); users.offset = 0; loadUsers(); });
+    });
+    $('user-role').addEventListener('change', (event) => { users.role = event.target.value; users.offset = 0; loadUsers(); });
+    $('device-search').addEventListener('input', (event) => {
+      debounce('device-search', 300, () => { devices.query = event.target.value.trim(); devices.offset = 0; loadDevices(); });
     });
     $('device-online').addEventListener('change', (event) => { devices.online = event.target.value; devices.offset = 0; loadDevices(); });
+    wirePager('users-pager', users, loadUsers);
+    wirePager('devices-pager', devices, loadDevices);
     $('timeline-refresh').addEventListener('click', () => { if (timeline.uid) showTimeline(timeline.uid, false); });
     let lastWidth = 0;
     window.addEventListener('resize', () => debounce('resize', 150, () => {

@@ -37,14 +37,17 @@ async def list_devices(
     ctx: CtxDep,
     _: Reader,
     response: Response,
+    query: Annotated[str | None, Query(max_length=64)] = None,
     online: bool | None = None,
     model: Annotated[str | None, Query(max_length=64)] = None,
     owner_id: Annotated[str | None, Query(max_length=20)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[dict[str, Any]]:
+    """Every device with its status, newest first. Beside SPEC's filters, `query` matches the start of a
+    UID, a model or an owner's username (case aside), each answered by an index."""
     found, total = await registry.list_devices(
-        ctx, online=online, model=model, owner_id=owner_id, limit=limit, offset=offset
+        ctx, query=query, online=online, model=model, owner_id=owner_id, limit=limit, offset=offset
     )
     response.headers["X-Total-Count"] = str(total)
     return found

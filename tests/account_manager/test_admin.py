@@ -132,6 +132,35 @@ async def test_user_list_filters_by_query(client: httpx.AsyncClient, users: User
     assert response.headers["x-total-count"] == "1"
 
 
+async def test_user_query_matches_the_start_of_a_username_not_its_middle(
+    client: httpx.AsyncClient, users: Users, ctx: Context
+) -> None:
+    await users.register("haystack_needle")
+    _, admin = await users.admin(ctx)
+    response = await list_users(client, admin, query="needle")
+    assert response.json() == []
+    assert response.headers["x-total-count"] == "0"
+
+
+async def test_user_query_matches_the_start_of_an_email_in_any_case(
+    client: httpx.AsyncClient, users: Users, ctx: Context
+) -> None:
+    wanted, tokens = await users.new()
+    patched = await client.patch("/v1/users/me", json={"email": "Grace.Hopper@example.com"}, headers=bearer(tokens))
+    assert patched.status_code == 200, patched.text
+    _, admin = await users.admin(ctx)
+    assert [row["id"] for row in (await list_users(client, admin, query="grace.h")).json()] == [wanted["id"]]
+    assert (await list_users(client, admin, query="example.com")).json() == []
+
+
+async def test_user_query_matches_a_whole_user_id(client: httpx.AsyncClient, users: Users, ctx: Context) -> None:
+    wanted = await users.register()
+    _, admin = await users.admin(ctx)
+    response = await list_users(client, admin, query=wanted["id"])
+    assert [row["id"] for row in response.json()] == [wanted["id"]]
+    assert (await list_users(client, admin, query=wanted["id"][:10])).json() == []
+
+
 async def test_user_list_filters_by_role(client: httpx.AsyncClient, users: Users, ctx: Context) -> None:
     await users.new()
     support, _ = await users.admin(ctx, "support")

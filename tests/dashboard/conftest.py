@@ -10,14 +10,18 @@ import secrets
 import threading
 import time
 from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import paho.mqtt.client as paho
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from paho.mqtt.enums import CallbackAPIVersion
+from playwright.sync_api import expect
 
 from account_manager.accounts import create_user
 from shared.app import create_app
@@ -207,12 +211,14 @@ class Tab:
         self.page.screenshot(path=str(path), full_page=True)
 
 
-@pytest.fixture
-def tab(browser: Any, live_server: LiveServer) -> Iterator[Tab]:
-    context = browser.new_context(viewport=WIDE)
+@contextmanager
+def new_tab(browser: Any, url: str, **options: Any) -> Iterator[Tab]:
+    """A tab of a browser context of its own (viewport WIDE unless `options` say otherwise; a
+    `timezone_id` sets the zone the page writes local times in)."""
+    context = browser.new_context(**{"viewport": WIDE, **options})
     context.set_default_timeout(10_000)
     page = context.new_page()
-    opened = Tab(page, live_server.url)
+    opened = Tab(page, url)
 
     def on_console(message: Any) -> None:
         if message.type == "error":
@@ -225,3 +231,39 @@ def tab(browser: Any, live_server: LiveServer) -> Iterator[Tab]:
     finally:
         # Closed before the server stops, so its event stream ends with the page.
         context.close()
+
+
+@pytest.fixture
+def tab(browser: Any, live_server: LiveServer) -> Iterator[Tab]:
+    with new_tab(browser, live_server.url) as opened:
+        yield opened
+
+
+# --- what several test modules do -------------------------------------------------------------
+
+
+def provision(server: LiveServer, headers: dict[str, str], name: str) -> dict[str, str]:
+    response = httpx.post(f"{server.url}/v1/admin/devices", json={"model": "plug-2", "name": name}, headers=headers)
+    assert response.status_code == 201, response.text
+    return response.json()["devices"][0]  # type: ignore[no-any-return]
+
+
+def connect_device(server: LiveServer, device: dict[str, str]) -> paho.Client:
+    """The device online over MQTT with a device token, as its firmware would be."""
+    response = httpx.post(f"{server.url}/v1/devices/token", json={"uid": device["uid"], "secret": device["secret"]})
+    assert response.status_code == 200, response.text
+    connected = threading.Event()
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device["uid"], protocol=paho.MQTTv311)
+    client.username_pw_set(device["uid"], response.json()["access_token"])
+    client.on_connect = lambda *args: connected.set()
+    client.connect("127.0.0.1", server.settings.mqtt_port, keepalive=30)
+    client.loop_start()
+    assert connected.wait(10), "the device did not connect"
+    return client
+
+
+def signed_in(tab: Tab, account: Account) -> None:
+    tab.open()
+    tab.sign_in(account)
+    expect(tab.page.locator("#dashboard-view")).to_be_visible()
+    expect(tab.page.locator("#live-status")).to_have_text("live")

@@ -4,23 +4,20 @@ the page's security headers and files, and the hourly counts behind its chart.""
 from __future__ import annotations
 
 import re
-import threading
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import httpx
-import paho.mqtt.client as paho
 import sqlalchemy as sa
-from paho.mqtt.enums import CallbackAPIVersion
 from playwright.sync_api import expect
 
 from account_manager.routes.dashboard import STATIC_TYPES
 from shared import tables
 from shared.context import Context
 from shared.models import EventType
-from tests.dashboard.conftest import PHONE, Account, LiveServer, Tab
+from tests.dashboard.conftest import PHONE, LiveServer, Tab, connect_device, provision, signed_in
 
 STRICT_CSP = {
     "default-src": "'self'",
@@ -57,33 +54,6 @@ def fail_login(server: LiveServer, username: str) -> None:
     assert response.status_code == 401, response.text
 
 
-def provision(server: LiveServer, headers: dict[str, str], name: str) -> dict[str, str]:
-    response = httpx.post(f"{server.url}/v1/admin/devices", json={"model": "plug-2", "name": name}, headers=headers)
-    assert response.status_code == 201, response.text
-    return response.json()["devices"][0]  # type: ignore[no-any-return]
-
-
-def connect_device(server: LiveServer, device: dict[str, str]) -> paho.Client:
-    """The device online over MQTT with a device token, as its firmware would be."""
-    response = httpx.post(f"{server.url}/v1/devices/token", json={"uid": device["uid"], "secret": device["secret"]})
-    assert response.status_code == 200, response.text
-    connected = threading.Event()
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device["uid"], protocol=paho.MQTTv311)
-    client.username_pw_set(device["uid"], response.json()["access_token"])
-    client.on_connect = lambda *args: connected.set()
-    client.connect("127.0.0.1", server.settings.mqtt_port, keepalive=30)
-    client.loop_start()
-    assert connected.wait(10), "the device did not connect"
-    return client
-
-
-def signed_in(tab: Tab, account: Account) -> None:
-    tab.open()
-    tab.sign_in(account)
-    expect(tab.page.locator("#dashboard-view")).to_be_visible()
-    expect(tab.page.locator("#live-status")).to_have_text("live")
-
-
 def expect_counts(tab: Tab, expected: dict[str, int]) -> None:
     for element, key in COUNTS.items():
         expect(tab.page.locator(f"#{element}")).to_have_text(f"{expected[key]:,}")
@@ -108,7 +78,11 @@ def test_admin_signs_in_and_sees_the_counts(tab: Tab, live_server: LiveServer, t
     assert expected["users"] == 3 and expected["devices"] == 1 and expected["login_failures_24h"] == 1
     expect_counts(tab, expected)
     chart = tab.page.locator("#chart svg")
-    expect(chart.locator("path.line")).to_have_count(3)
+    expect(chart.locator("rect.column")).to_have_count(24)
+    # This hour's logins (the admin's and the users') and the failure; no device connected.
+    expect(chart.locator("rect.bar.s-logins")).to_have_count(1)
+    expect(chart.locator("rect.bar.s-failures")).to_have_count(1)
+    expect(chart.locator("rect.bar.s-connections")).to_have_count(0)
     expect(tab.page.locator("#total-failures")).to_have_text("1")
     expect(tab.page.locator("#events li[data-type=login_failed]")).to_have_count(1)
     expect(tab.page.locator("#users-table tbody tr")).to_have_count(3)
@@ -127,7 +101,7 @@ def test_page_fits_a_phone_screen(tab: Tab, live_server: LiveServer, tmp_path: P
         tab.page.set_viewport_size(PHONE)
         signed_in(tab, admin)
         expect(tab.page.locator("#devices-table tbody tr .pill.on")).to_have_count(1)
-        expect(tab.page.locator("#chart svg path.line")).to_have_count(3)
+        expect(tab.page.locator("#chart svg rect.column")).to_have_count(24)
         overflow = tab.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"the page is {overflow} px wider than a phone screen"
         tab.screenshot(tmp_path / "dashboard-phone.png")
