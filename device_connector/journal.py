@@ -138,6 +138,10 @@ class Journal:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="handshake-journal")
 
+    async def idle(self) -> None:
+        """Until everything queued so far is written (or dropped)."""
+        await self._queue.join()
+
     async def stop(self, timeout: float = DRAIN_TIMEOUT) -> None:
         """Write what is queued, for a bounded time, then stop. A write that fails once stopping is
         not retried: the database is away, and what is left is dropped (counted, and said in the log)

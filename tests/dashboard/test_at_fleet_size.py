@@ -63,6 +63,9 @@ def fleet(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     server = LiveServer(settings)
     server.start()
     try:
+        # The connector's start-up census (every device not connected goes offline) is written by the
+        # journal in the background: seeded presence must come after it, or it is undone.
+        server.call(server.ctx.extras["connector"].journal.idle())
         admin = server.staff("admin")
         owners = [server.staff("user") for _ in range(3)]
         longest = server.call(create_user(server.ctx, username="u" + "w" * 63, password=PASSWORD, role=Role.USER))
