@@ -31,7 +31,7 @@ MAX_QUEUE = 100_000
 # A batch the database cannot take is tried this many times, waiting BACKOFF * 2**attempt between
 # (6.2 s in all): a database restart is ridden out. Once the journal stops it is not retried at all.
 RETRIES = 5
-LINGER = 0.05  # s an entry may wait for others to share its transaction
+LINGER = 0.05  # s between two writes at most: under load, an entry waits up to this for others
 BACKOFF = 0.2
 # How long a stop waits for what is queued to be written: the connector's part of a shutdown that
 # ends within 5 s (SIGTERM: the HTTP server's graceful close comes first).
@@ -162,18 +162,25 @@ class Journal:
             )
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        written_at = -LINGER
         while True:
             batch = [await self._queue.get()]
-            # Let a batch gather for a moment: every transaction costs a few hops to the database's
+            # Under load, let a batch gather: every transaction costs a few hops to the database's
             # thread (SQLite) or round trips, and each hop a hand-over of the GIL that stalls the event
-            # loop; at a command's pace a batch would otherwise be one or two entries (issue 11).
-            await asyncio.sleep(LINGER)
+            # loop; at a command's pace a batch would otherwise be one or two entries (issue 11). A
+            # journal that wrote nothing for LINGER writes at once: a quiet fleet's presence (what
+            # GET /v1/devices/{uid} shows right after a connect) waits for nothing.
+            since = loop.time() - written_at
+            if since < LINGER:
+                await asyncio.sleep(LINGER - since)
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             if self._abandoned:
                 self.dropped += len(batch)
             else:
                 await self._commit(batch)
+            written_at = loop.time()
             for _ in batch:
                 self._queue.task_done()
 

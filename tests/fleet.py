@@ -54,6 +54,28 @@ async def seed_fleet(ctx: Context, *, count: int, owners: Sequence[str] = ()) ->
     return [row["uid"] for row in rows]
 
 
+async def seed_users(ctx: Context, *, count: int) -> list[str]:
+    """`count` users who cannot log in, so that the planners see a user table of a real size. Their ids."""
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "id": f"seeded{n:014d}",
+            "username": f"seeded-{n}",
+            "username_key": f"seeded-{n}",
+            "email": f"seeded-{n}@example.net",
+            "password_hash": "-",  # never verifies
+            "role": "user",
+            "disabled": False,
+            "created_at": now - timedelta(days=1, seconds=n),
+            "updated_at": now - timedelta(days=1),
+        }
+        for n in range(count)
+    ]
+    async with ctx.db.write() as tx:
+        await tx.execute(sa.insert(tables.users), rows)
+    return [row["id"] for row in rows]
+
+
 async def seed_history(ctx: Context, *, uid: str, count: int, every: timedelta = timedelta(minutes=40)) -> None:
     """`count` events of one device, the last one now: it connected, a command went, it went away."""
     now = datetime.now(UTC)

@@ -399,11 +399,19 @@ async def make_world(client: httpx.AsyncClient, users: Users, ctx: Context) -> W
     return World(admin, owner, controller, viewer, stranger, device, await get_device_token(client, device))
 
 
-async def events(client: httpx.AsyncClient, reader: Person, **params: Any) -> list[dict[str, Any]]:
-    response = await client.get("/v1/admin/events", params={"limit": 500, **params}, headers=reader.headers)
-    assert response.status_code == 200, response.text
-    found: list[dict[str, Any]] = response.json()
-    return found
+async def events(
+    client: httpx.AsyncClient, reader: Person, *, at_least: int = 0, **params: Any
+) -> list[dict[str, Any]]:
+    """The events matching `params`; with `at_least`, once that many are written (the connector's
+    journal writes MQTT events in batches, a moment after they happen), or what there is after 5 s."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while True:
+        response = await client.get("/v1/admin/events", params={"limit": 500, **params}, headers=reader.headers)
+        assert response.status_code == 200, response.text
+        found: list[dict[str, Any]] = response.json()
+        if len(found) >= at_least or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.05)
 
 
 # --- the synchronous SDK against the in-process app ------------------------------------------------

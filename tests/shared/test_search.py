@@ -14,7 +14,7 @@ from sqlalchemy import event
 from shared.context import Context
 from shared.search import successor
 from tests.conftest import Users, bearer
-from tests.fleet import seed_fleet
+from tests.fleet import seed_fleet, seed_users
 
 
 @pytest.mark.parametrize(
@@ -72,11 +72,13 @@ def scans(plan: str, table: str) -> bool:
 
 
 async def admin_headers(users: Users, ctx: Context, *, devices: int = 0) -> dict[str, str]:
-    """An admin's headers, with `devices` devices in the database (and its statistics fresh)."""
+    """An admin's headers, with `devices` devices and a few thousand users in the database (and its
+    statistics fresh: on tables of a row or two a scan is the planner's right choice)."""
+    others = await seed_users(ctx, count=3000)
     _, tokens = await users.admin(ctx)
     headers = bearer(tokens)
     me = (await users.client.get("/v1/users/me", headers=headers)).json()
-    await seed_fleet(ctx, count=devices, owners=[me["id"]])
+    await seed_fleet(ctx, count=devices, owners=[me["id"], *others])
     return headers
 
 
