@@ -26,6 +26,12 @@ class Channel(StrEnum):
     STATE = "state"
     EVENTS = "events"
     DESIRED = "desired"
+    TOKEN = "token"  # a fresh device token, renewing the connection (SPEC §12); never delivered
+
+
+# The embedded broker's renewal topic for a user (SPEC §12); clustered brokers cannot route `$`
+# topics, so there (and here too) a user may renew on `users/{user_id}/token`.
+USER_RENEWAL_TOPIC = "$handshake/token"
 
 
 # SPEC §6 table: what the device itself may do on its own topics...
@@ -35,6 +41,7 @@ DEVICE_RULES: dict[Channel, Action] = {
     Channel.STATE: Action.PUBLISH,
     Channel.EVENTS: Action.PUBLISH,
     Channel.DESIRED: Action.SUBSCRIBE,
+    Channel.TOKEN: Action.PUBLISH,
 }
 # ... and the smallest role a user needs on the device for each (channel, action).
 USER_RULES: dict[tuple[Channel, Action], DeviceRole] = {
@@ -90,9 +97,19 @@ def allowed(grants: Grants, uid: str, channel: Channel, action: Action) -> bool:
     return needed is not None and role is not None and role.rank >= needed.rank
 
 
+def renews(grants: Grants, topic: str) -> bool:
+    """Whether `topic` is the connection's own token-renewal topic (SPEC §12): what is published there
+    is checked as a token and never delivered to anyone."""
+    if grants.device_uid is not None:
+        return topic == f"devices/{grants.device_uid}/token"
+    return grants.user_id is not None and topic in (USER_RENEWAL_TOPIC, f"users/{grants.user_id}/token")
+
+
 def may_publish(grants: Grants, topic: str) -> bool:
     if not valid_topic(topic) or "+" in topic or "#" in topic:
         return False
+    if renews(grants, topic):
+        return True
     split = _split(topic)
     return split is not None and allowed(grants, split[0], split[1], Action.PUBLISH)
 
@@ -164,6 +181,8 @@ def acl_rules(grants: Grants) -> list[dict[str, str]]:
                     rules.append(
                         {"permission": "allow", "action": action.value, "topic": f"devices/{uid}/{channel.value}"}
                     )
+        if grants.user_id is not None:
+            rules.append({"permission": "allow", "action": "publish", "topic": f"users/{grants.user_id}/token"})
         if grants.admin:
             rules.append({"permission": "allow", "action": "subscribe", "topic": "$SYS/#"})
     rules.append({"permission": "deny", "action": "all", "topic": "#"})

@@ -6,7 +6,7 @@
     def reboot(params):
         return {"rebooting": True}
 
-    with device:               # gets a device token, connects, renews it before it expires
+    with device:               # gets a device token, connects, renews it over the live connection
         device.report_state({"on": True})
 
 Separate services (`handshake serve --service NAME`): give each client the URL of each service it
@@ -49,7 +49,8 @@ from device_connector.endpoints import (
 log = logging.getLogger("handshake.client")
 
 CommandHandler = Callable[[dict[str, Any]], Any]
-RENEW_AT = 0.8  # renew a token when 80% of its lifetime has passed
+RENEW_BEFORE = 60.0  # s before a token expires that the SDKs renew it (SPEC §12)
+RETRY_AFTER = 30.0  # s until a renewal that failed (the server away) is tried again, at most
 # CONNACK codes that mean "these credentials are no good" (as paho 2 names MQTT 3.1.1's 4 and 5).
 _REFUSED_CREDENTIALS = frozenset({"Bad user name or password", "Not authorized"})
 __all__ = [
@@ -76,6 +77,7 @@ class DeviceClient:
         ca_file: str | os.PathLike[str] | None = None,
         check_hostname: bool = True,
         keepalive: int = 30,
+        renew_before: float = RENEW_BEFORE,
     ) -> None:
         """`base_url`: the server, or with separate services the device manager (it issues device
         tokens); `device_connector_url` (default `base_url`) is where the broker is asked about."""
@@ -87,6 +89,7 @@ class DeviceClient:
         self.mqtt_port = mqtt_port
         self.tls = uses_tls(tls, connector_url)
         self.keepalive = keepalive
+        self.renew_before = renew_before  # s before its token expires that a fresh one is sent
         self.endpoints = Endpoints(tls_context(ca_file, check_hostname=check_hostname), timeout=10)
         self.http = self.endpoints.client(self.base_url)
         self.connector = self.endpoints.client(connector_url)
@@ -98,6 +101,7 @@ class DeviceClient:
         self._handlers: dict[str, CommandHandler] = {}
         self._desired_callbacks: list[Callable[[dict[str, Any]], None]] = []
         self._renewer: threading.Timer | None = None
+        self._stopped = False
         self._fetching = threading.Lock()
         self.desired: dict[str, Any] | None = None
 
@@ -136,6 +140,7 @@ class DeviceClient:
         self._schedule_renewal()
 
     def stop(self) -> None:
+        self._stopped = True
         if self._renewer is not None:
             self._renewer.cancel()
         self.mqtt.disconnect()
@@ -150,20 +155,24 @@ class DeviceClient:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _schedule_renewal(self) -> None:
-        lifetime = max(1.0, self.token_expires_at - time.time())
-        self._renewer = threading.Timer(lifetime * RENEW_AT, self._renew)
-        self._renewer.daemon = True
-        self._renewer.start()
+    def _schedule_renewal(self, *, failed: bool = False) -> None:
+        if not self._stopped:
+            self._renewer = renewal_timer(self.token_expires_at, self._renew, before=self.renew_before, failed=failed)
 
     def _renew(self) -> None:
-        """A fresh token before the old one expires; MQTT 3.1.1 has no re-authentication, so reconnect."""
+        """A fresh token a minute before the old one expires, handed to the broker over the live
+        connection (SPEC §12): the connection lives on, with no reconnect and no gap. A connection
+        that is down meanwhile reconnects with the fresh token."""
+        if self._stopped:
+            return
         try:
-            self.fetch_token()
-            self.connected.clear()
-            self.mqtt.reconnect()
-        except Exception as exc:  # the broker closes us at expiry; paho reconnects with the new token
+            token = self.fetch_token()
+            if self.mqtt.is_connected():
+                self.mqtt.publish(f"devices/{self.uid}/token", token, qos=1)
+        except Exception as exc:  # the broker closes us at expiry; paho reconnects with the token it has
             log.warning("token renewal for %s failed: %s", self.uid, exc)
+            self._schedule_renewal(failed=True)
+            return
         self._schedule_renewal()
 
     # --- MQTT ---------------------------------------------------------------------------------------
@@ -223,6 +232,21 @@ class DeviceClient:
         self.mqtt.publish(f"devices/{self.uid}/events", json.dumps(event), qos=1)
 
 
+def renewal_timer(
+    expires_at: float, renew: Callable[[], None], *, before: float = RENEW_BEFORE, failed: bool = False
+) -> threading.Timer:
+    """A timer for `renew`, `before` seconds before `expires_at` (half the time left for a token that
+    lives less than that; sooner again after a failure, while the token still lives)."""
+    left = expires_at - time.time()
+    delay = left - before if left - before >= 1 else left / 2
+    if failed:
+        delay = min(RETRY_AFTER, left / 2)
+    timer = threading.Timer(max(1.0, delay), renew)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 class UserClient:
     """An app's view: log in over HTTPS, bind and command devices, watch their state over MQTT."""
 
@@ -237,6 +261,7 @@ class UserClient:
         tls: bool | None = None,
         ca_file: str | os.PathLike[str] | None = None,
         check_hostname: bool = True,
+        renew_before: float = RENEW_BEFORE,
     ) -> None:
         """`base_url`: the server, or with separate services the account manager; the device manager
         (devices, binding) and the device connector (commands, state, MQTT) default to it."""
@@ -252,8 +277,13 @@ class UserClient:
         self.tls = uses_tls(tls, connector_url)
         self.access_token: str | None = None
         self.refresh_token: str | None = None
+        self.access_expires_at = 0.0
+        self.renew_before = renew_before  # s before the access token expires that MQTT gets a fresh one
         self.user_id: str | None = None
         self._mqtt: mqtt.Client | None = None
+        self._renewal_topic: str | None = None
+        self._renewer: threading.Timer | None = None
+        self._closed = False
 
     def _auth(self) -> dict[str, str]:
         if self.access_token is None:
@@ -262,6 +292,9 @@ class UserClient:
 
     def _take(self, pair: dict[str, Any]) -> dict[str, Any]:
         self.access_token, self.refresh_token = pair["access_token"], pair["refresh_token"]
+        self.access_expires_at = time.time() + int(pair.get("expires_in", 0))
+        if self._mqtt is not None and self.user_id is not None:
+            self._mqtt.username_pw_set(self.user_id, self.access_token)  # for a reconnect
         return pair
 
     def register(self, username: str, password: str) -> dict[str, Any]:
@@ -343,17 +376,41 @@ class UserClient:
         client.username_pw_set(self.user_id, self.access_token)
         ready = threading.Event()
         client.on_connect = lambda c, u, f, reason, p=None: ready.set() if not reason.is_failure else None
+        # The server's own (embedded) broker takes a fresh token on `$handshake/token`; a broker
+        # named by the caller may be a clustered one, which cannot route `$` topics (SPEC §12).
+        self._renewal_topic = f"users/{self.user_id}/token"
         if self.mqtt_port is None:
             self.mqtt_port = mqtt_port_of(self.device_connector, tls=self.tls)
+            self._renewal_topic = "$handshake/token"
         client.connect(self.mqtt_host, self.mqtt_port)
         client.loop_start()
         if not ready.wait(timeout):
             client.loop_stop()
             raise TimeoutError("could not connect to the broker")
         self._mqtt = client
+        self._renewer = renewal_timer(self.access_expires_at, self._renew, before=self.renew_before)
         return client
 
+    def _renew(self) -> None:
+        """A fresh access token of the same session a minute before the old one expires, handed to the
+        broker over the live connection (SPEC §12), and used for HTTPS from then on."""
+        if self._closed:
+            return
+        try:
+            self.refresh()
+            client = self._mqtt
+            if client is not None and client.is_connected() and self._renewal_topic and self.access_token:
+                client.publish(self._renewal_topic, self.access_token, qos=1)
+        except Exception as exc:
+            log.warning("token renewal for user %s failed: %s", self.user_id, exc)
+            self._renewer = renewal_timer(self.access_expires_at, self._renew, before=self.renew_before, failed=True)
+            return
+        self._renewer = renewal_timer(self.access_expires_at, self._renew, before=self.renew_before)
+
     def close(self) -> None:
+        self._closed = True
+        if self._renewer is not None:
+            self._renewer.cancel()
         if self._mqtt is not None:
             self._mqtt.disconnect()
             self._mqtt.loop_stop()

@@ -256,6 +256,11 @@ class ClusteredBroker:
     def load_retained(self, topic: str, data: bytes) -> None:
         """A clustered broker keeps retained messages itself."""
 
+    async def renewed(self, conn: Connection) -> None:
+        """Every replica hears a renewal and renews its own record of the connection; the shared
+        admission is renewed too, for a replica that learns of the connection later."""
+        await self.admissions.put(conn.client_id, conn.username, Admission(conn.claims, conn.grants))
+
     # --- tracking ----------------------------------------------------------------------------------
 
     async def track(self, name: str, client_id: str, username: str, ip: str | None, *, recorded: bool = False) -> None:

@@ -23,6 +23,7 @@ from device_connector.journal import Journal, NewEvent, Reported
 from device_connector.port import Broker, CloseReason, Connection
 from device_connector.presence import Presence
 from device_connector.relay import DeviceOfflineError, DeviceTimeoutError, Relay
+from device_connector.renewal import Renewals, connections_of, is_renewal_topic, target_of
 from shared import jsonlimits
 from shared.context import Context
 from shared.events import event_row
@@ -58,6 +59,7 @@ class Connector:
         self.journal = Journal(ctx)
         self.presence = Presence(ctx, self.journal)
         self.relay = Relay()
+        self.renewals = Renewals(ctx, self._refused_renewal)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -76,6 +78,7 @@ class Connector:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.renewals.stop()
         await self.broker.stop()
         await self.journal.stop()
 
@@ -116,6 +119,9 @@ class Connector:
             log.warning("could not send %s its desired state: %r", uid, exc)
 
     def published(self, conn: Connection | None, topic: str, data: bytes) -> None:
+        if is_renewal_topic(topic):
+            self._renewal(conn, topic, data)
+            return
         parts = topic_parts(topic)
         if parts is None:
             return
@@ -159,6 +165,31 @@ class Connector:
             ip=ip,
             detail={"client_id": client_id[:64], "reason": reason},
         )
+
+    def _renewal(self, conn: Connection | None, topic: str, data: bytes) -> None:
+        """A fresh token published on a renewal topic (SPEC §12): by `conn` (the embedded broker checked
+        the topic is its own), or heard as a subscriber of a clustered broker (the topic names whose)."""
+        target = target_of(topic, conn)
+        if target is None:
+            return
+        conns = [conn] if conn is not None else connections_of(target, self.broker.connections())
+        if conn is None:
+            conns = [c for c in conns if c.recorder] + [c for c in conns if not c.recorder]
+        self.renewals.heard(target, data, conns, self._renewed)
+
+    def _renewed(self, conn: Connection) -> None:
+        self._tasks.append(asyncio.create_task(self._tell_broker_renewed(conn)))
+        self._tasks = [task for task in self._tasks if not task.done()]
+
+    async def _tell_broker_renewed(self, conn: Connection) -> None:
+        try:
+            await self.broker.renewed(conn)
+        except Exception as exc:  # the connection lives on here; other replicas keep the old deadline
+            log.warning("could not share the renewed token of %s: %r", conn.client_id, exc)
+
+    def _refused_renewal(self, conn: Connection, reason: str) -> None:
+        if conn.recorder:
+            self.refused(client_id=conn.client_id, username=conn.username, ip=conn.ip, reason=reason)
 
     def _record(self, type: EventType, **kwargs: Any) -> None:
         self.journal.add(NewEvent(event_row(type, **kwargs)))

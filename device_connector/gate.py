@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from device_connector import store
-from device_connector.acl import Grants, may_publish
+from device_connector.acl import Grants, may_publish, renews
 from device_connector.port import ConnackCode, Refused
 from shared.context import Context
 from shared.db import BACKEND_ERRORS
@@ -66,7 +66,7 @@ class Gate:
         if claims.sub != username or not client_id_allowed(client_id, claims.sub, device=device):
             raise Refused(ConnackCode.NOT_AUTHORIZED, "client id or username does not match the token")
         grants = await self.grants(claims.sub, device=device, admin=claims.role == Role.ADMIN)
-        if will_topic is not None and not may_publish(grants, will_topic):
+        if will_topic is not None and (not may_publish(grants, will_topic) or renews(grants, will_topic)):
             raise Refused(ConnackCode.NOT_AUTHORIZED, "will topic not allowed")
         return Admission(claims, grants)
 

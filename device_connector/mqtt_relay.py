@@ -18,7 +18,9 @@ from shared.errors import ConfigurationError, ServiceUnavailableError
 log = logging.getLogger("handshake.mqtt-relay")
 
 OnMessage = Callable[[str, bytes], None]
-SUBSCRIPTIONS = [("devices/+/replies", 1), ("devices/+/state", 1)]
+# Replies and reported state, and fresh tokens renewing live connections (SPEC §12; the broker's ACL
+# lets nobody else read these).
+SUBSCRIPTIONS = [("devices/+/replies", 1), ("devices/+/state", 1), ("devices/+/token", 1), ("users/+/token", 1)]
 RECONNECT_MAX_DELAY = 5
 
 

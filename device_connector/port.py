@@ -145,3 +145,8 @@ class Broker(Protocol):
     def load_retained(self, topic: str, data: bytes) -> None:
         """State kept in the database, retained again after a restart (where the broker forgets it)."""
         ...
+
+    async def renewed(self, conn: Connection) -> None:
+        """`conn.claims` now hold a renewed token (SPEC §12): keep what the broker or other replicas
+        know of the connection's deadline in step."""
+        ...

@@ -17,6 +17,9 @@ class Metrics:
         self.logins = Counter("handshake_logins", "Login attempts", ["result"], registry=self.registry)
         self.mqtt_connections = Gauge("handshake_mqtt_connections", "Open MQTT connections", registry=self.registry)
         self.commands = Counter("handshake_commands", "Commands relayed", ["result"], registry=self.registry)
+        self.mqtt_renewals = Counter(
+            "handshake_mqtt_renewals", "Tokens renewed over live MQTT connections", ["result"], registry=self.registry
+        )
         self.revocation_propagation = Histogram(
             "handshake_revocation_propagation_seconds",
             "From a revocation's commit to this process applying it",

@@ -89,3 +89,6 @@ class EmbeddedBroker:
 
     def load_retained(self, topic: str, data: bytes) -> None:
         self.server.load_retained(topic, data)
+
+    async def renewed(self, conn: Connection) -> None:
+        """The broker keeps no deadline of its own: the connector's sweep reads `conn.claims`."""

@@ -37,12 +37,14 @@ from amqtt.session import OUTGOING, Session
 from amqtt.utils import gen_client_id
 
 from device_connector.acl import (
+    USER_RENEWAL_TOPIC,
     Grants,
     may_publish,
     may_receive,
     may_retain,
     may_subscribe,
     payload_refusal,
+    renews,
     valid_topic,
 )
 from device_connector.broker import lifecycle
@@ -265,9 +267,7 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
                 return
         await self._client_message_loop(handler.session, handler)
 
-    async def _set_up(
-        self, handler: Handler, incoming: Session, reader: ReaderAdapter, writer: WriterAdapter
-    ) -> bool:
+    async def _set_up(self, handler: Handler, incoming: Session, reader: ReaderAdapter, writer: WriterAdapter) -> bool:
         # Authenticate first: until this passes nothing below may touch an existing session.
         try:
             conn = await self.admit(incoming)
@@ -451,7 +451,13 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         if message is None:
             return True
         topic = message.topic
-        if not topic or not valid_topic(topic) or "#" in topic or "+" in topic or topic.startswith("$"):
+        if (
+            not topic
+            or not valid_topic(topic)
+            or "#" in topic
+            or "+" in topic
+            or (topic.startswith("$") and topic != USER_RENEWAL_TOPIC)
+        ):
             # Keep the loop running: it hears the close and finishes it like any other.
             await self.close_client(client_session.client_id, CloseReason.PROTOCOL_ERROR)
             return True
@@ -479,6 +485,11 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         if not may_publish(conn.grants, topic):
             if self.events is not None:
                 _safely(self.events.denied, conn, topic)
+            return
+        if renews(conn.grants, topic):
+            # A fresh token for this connection (SPEC §12): for the connector to check, never delivered.
+            if self.events is not None:
+                _safely(self.events.published, conn, topic, data)
             return
         refusal = payload_refusal(topic, data)
         if refusal is not None:

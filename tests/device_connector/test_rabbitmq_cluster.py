@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 import uvicorn
 
@@ -364,6 +365,78 @@ async def test_an_expired_token_is_closed_at_exp(served: Served, world: World, m
     device = await mqtt.connect(A, world.uid, world.uid, token)
     assert await device.wait_disconnected(3 + WITHIN), "RabbitMQ kept a connection past its token's exp"
     assert await reasons(served, world) == ["token_expired"]
+
+
+def short_tokens(settings: Settings, world: World) -> tuple[str, str]:
+    """A device token and an owner's access token (of the owner's session) that live 3 s."""
+    device = forge(
+        settings.keys_dir,
+        claims={"sub": world.uid},
+        typ="device+jwt",
+        issuer=settings.issuer,
+        audience=settings.audience,
+        ttl=3,
+        drop=("sid",),
+    )
+    sid = jwt.decode(world.owner.tokens["access_token"], options={"verify_signature": False})["sid"]
+    user = forge(
+        settings.keys_dir,
+        claims={"sub": world.owner.id, "sid": sid, "role": "user"},
+        issuer=settings.issuer,
+        audience=settings.audience,
+        ttl=3,
+    )
+    return device, user
+
+
+async def renewed_connections_outlive_their_first_tokens(served: Served, world: World, mqtt: Clients) -> None:
+    """SPEC §12 on RabbitMQ: fresh tokens on `devices/{uid}/token` and `users/{user_id}/token` move the
+    deadlines the connector kicks at; nobody may read those topics."""
+    device_token, user_token = short_tokens(served.settings, world)
+    device = await mqtt.connect(A, world.uid, world.uid, device_token)
+    app = await mqtt.connect(B, f"{world.owner.id}-app", world.owner.id, user_token)
+    await device.publish(f"devices/{world.uid}/token", world.device_token)
+    await app.publish(f"users/{world.owner.id}/token", world.owner.tokens["access_token"])
+    await asyncio.sleep(3 + 3)
+    assert device.is_connected, "a renewed device connection was kicked at its first token's exp"
+    assert app.is_connected, "a renewed app connection was kicked at its first token's exp"
+    reply = await command(served, world, world.owner)  # it still works as a device
+    assert reply.status_code in (200, 504), reply.text
+    # Nobody reads a token topic: RabbitMQ closes a client whose SUBSCRIBE is refused.
+    snoop = await mqtt.connect(C, world.viewer.id, world.viewer.id, world.viewer.tokens["access_token"])
+    snoop.client.subscribe(f"devices/{world.uid}/token", qos=1)
+    assert await snoop.wait_disconnected(WITHIN)
+    assert await events(served.http, world.admin, type="device_disconnected", device_uid=world.uid) == []
+
+
+async def test_a_renewed_connection_outlives_its_first_token(served: Served, world: World, mqtt: Clients) -> None:
+    await renewed_connections_outlive_their_first_tokens(served, world, mqtt)
+
+
+async def test_a_bad_renewal_leaves_the_old_deadline(served: Served, world: World, mqtt: Clients) -> None:
+    device_token, _ = short_tokens(served.settings, world)
+    device = await mqtt.connect(A, world.uid, world.uid, device_token)
+    await device.publish(f"devices/{world.uid}/token", world.owner.tokens["access_token"])  # the wrong kind
+    assert await device.wait_disconnected(3 + WITHIN), "a bad renewal kept the connection past its deadline"
+    assert await reasons(served, world) == ["token_expired"]
+
+
+async def test_every_replica_honours_a_renewal(
+    backend: Backend, tmp_path: Path, served: Served, world: World, mqtt: Clients, rabbit: RabbitCluster
+) -> None:
+    if served.settings.redis_url is None:
+        pytest.skip("replicas share Redis and PostgreSQL; the SQLite run is one process")
+    (tmp_path / "second").mkdir()
+    second = replica_settings(backend, tmp_path / "second", rabbit, A).model_copy(
+        update={
+            "database_url": served.settings.database_url,
+            "redis_url": served.settings.redis_url,
+            "redis_prefix": served.settings.redis_prefix,
+            "keys_dir": served.settings.keys_dir,
+        }
+    )
+    async with Served(second):  # either replica would kick at the old exp had it not heard the renewal
+        await renewed_connections_outlive_their_first_tokens(served, world, mqtt)
 
 
 async def test_presence_and_reasons(served: Served, world: World, mqtt: Clients) -> None:
