@@ -49,8 +49,11 @@ async def provision(api: Api, admin: str, n: int) -> list[Device]:
     bodies = await bounded(
         2,
         [
-            (lambda count=count: api.call("POST", "/v1/admin/devices", body={"model": MODEL, "count": count},
-                                          token=admin, status=(201,)))  # fmt: skip
+            (
+                lambda count=count: api.call(
+                    "POST", "/v1/admin/devices", body={"model": MODEL, "count": count}, token=admin, status=(201,)
+                )
+            )  # fmt: skip
             for count in jobs
         ],
     )
@@ -118,19 +121,21 @@ def probe_figures(output: str) -> tuple[dict[str, float], int, str]:
     return found, requests, bad
 
 
-async def storm(
-    platform: Platform, env: dict[str, str], n: int, window: int, timeout: float, workdir: Path
-) -> None:
+async def storm(platform: Platform, env: dict[str, str], n: int, window: int, timeout: float, workdir: Path) -> None:
     api = Api(platform.base_url)
     try:
-        login = await api.call("POST", "/v1/auth/login", body={"username": "admin", "password": platform.admin_password})
+        login = await api.call(
+            "POST", "/v1/auth/login", body={"username": "admin", "password": platform.admin_password}
+        )
         admin = str(login["access_token"])
         t0 = time.monotonic()
         devices = await provision(api, admin, n)
         sign_tokens(devices, env, platform.base_url)
         users = await make_users(api)
         me = await api.call("POST", "/v1/auth/login", body={"username": users[0][0], "password": PASSWORD})
-        print(f"setup: {n} devices provisioned and their tokens signed, {USERS} users, in {time.monotonic() - t0:.0f} s")
+        print(
+            f"setup: {n} devices provisioned and their tokens signed, {USERS} users, in {time.monotonic() - t0:.0f} s"
+        )
 
         clients = Storm(devices, [platform.mqtt_port], window)
         first, wave = clients.wave(timeout)

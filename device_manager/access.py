@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from device_manager import store
 from shared.db import Tx
-from shared.errors import ForbiddenError, NotFoundError
+from shared.device_lists import require_role
+from shared.errors import NotFoundError
 from shared.models import DeviceRole
 
 
@@ -17,9 +18,6 @@ async def role_of(tx: Tx, *, device: store.DeviceRow, user_id: str) -> DeviceRol
 
 async def require(tx: Tx, *, uid: str, user_id: str, at_least: DeviceRole) -> tuple[store.DeviceRow, DeviceRole]:
     device = await store.device(tx, uid=uid.upper(), lock=tx.write)
-    role = await role_of(tx, device=device, user_id=user_id) if device is not None else None
-    if device is None or role is None:
+    if device is None:
         raise NotFoundError("No such device.")
-    if not role.allows(at_least):
-        raise ForbiddenError(f"This needs the {at_least.value} role on the device.")
-    return device, role
+    return device, require_role(await role_of(tx, device=device, user_id=user_id), at_least)

@@ -122,9 +122,7 @@ def create_app(
             if ctx is None:
                 await context.stop()
 
-    app = FastAPI(
-        title="Handshake", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, **_NO_TELEMETRY
-    )
+    app = FastAPI(title="Handshake", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, **_NO_TELEMETRY)
     docs.install(app)
     for router in (_common_router(), *(module.router for module in modules)):
         app.router.routes.extend(_leaf_routes(router))

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 
 from shared import tables
 from shared.db import Database, Tx
+from shared.errors import ForbiddenError, NotFoundError
 from shared.models import DeviceRole
 from shared.revocation import Revocations
 
@@ -49,7 +50,9 @@ _VISIBLE = sa.union_all(
 ).subquery("visible")
 # Built once: building a statement and its cache key costs more than running it (PERF §5).
 _ALL_FOR_USER = (
-    sa.select(_devices.c.uid, _devices.c.name, _devices.c.model, _devices.c.online, _devices.c.last_seen, _VISIBLE.c.role)
+    sa.select(
+        _devices.c.uid, _devices.c.name, _devices.c.model, _devices.c.online, _devices.c.last_seen, _VISIBLE.c.role
+    )
     .join(_VISIBLE, _VISIBLE.c.uid == _devices.c.uid)
     .order_by(_devices.c.uid)
     .limit(MAX_DEVICES + 1)
@@ -227,3 +230,13 @@ async def listing_changed(tx: Tx, revocations: Revocations, uid: str) -> None:
     """What a device's line shows changed (its name): stamp it and tell every process at commit."""
     await tx.execute(_TOUCH, {"device": uid, "now": utcnow()})
     revocations.changed_soon(tx, "device_row", [uid])
+
+
+def require_role(role: DeviceRole | None, at_least: DeviceRole) -> DeviceRole:
+    """The caller's role on a device, if it is enough for `at_least` (SPEC §5): no role is 404 (the
+    device is not even visible to them), too small a role 403."""
+    if role is None:
+        raise NotFoundError("No such device.")
+    if not role.allows(at_least):
+        raise ForbiddenError(f"This needs the {at_least.value} role on the device.")
+    return role

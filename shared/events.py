@@ -12,30 +12,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
-
-from shared import tables
+from shared import store
 from shared.db import Database, Tx
 from shared.fanout import Fanout
 from shared.models import ActorType, EventType
 
 CHANNEL = "events"
 log = logging.getLogger("handshake.events")
-# Built once: every login, bind and connect records an event, and building the statement (values,
-# cache key) each time cost more than running it.
-_INSERT = sa.insert(tables.events).returning(tables.events.c.id)
-_LAST_ID = sa.select(sa.func.coalesce(sa.func.max(tables.events.c.id), 0))
 # The events the command line writes, from a process of its own (see EventLog.follow_database).
 FROM_COMMANDS = (EventType.USER_CREATED, EventType.KEY_ROTATED, EventType.KEY_REVOKED)
 _FROM_COMMANDS = frozenset(str(t) for t in FROM_COMMANDS)
-_NEWER = (
-    sa.select(tables.events)
-    .where(tables.events.c.id > sa.bindparam("after"), tables.events.c.type.in_(sorted(_FROM_COMMANDS)))
-    .order_by(tables.events.c.id)
-    .limit(500)
-)
-# Many rows in one statement (SQLAlchemy's "insertmanyvalues"), ids back in the rows' order.
-_INSERT_MANY = sa.insert(tables.events).returning(tables.events.c.id, sort_by_parameter_order=True)
 
 
 @dataclass(frozen=True)
@@ -108,8 +94,7 @@ class EventLog:
         detail: dict[str, Any] | None = None,
     ) -> None:
         values = event_row(type, actor_type=actor_type, actor_id=actor_id, device_uid=device_uid, ip=ip, detail=detail)
-        result = await tx.execute(_INSERT, values)
-        event = Event(id=int(result.scalar_one()), **values)
+        event = Event(id=await store.insert_event(tx, values), **values)
         tx.after_commit(lambda: self._publish(event))
 
     async def record_many(
@@ -130,7 +115,7 @@ class EventLog:
             event_row(type, actor_type=actor_type, actor_id=actor_id, device_uid=uid, ip=ip, detail=detail, ts=ts)
             for uid, detail in items
         ]
-        await tx.execute(sa.insert(tables.events), rows)
+        await store.insert_events(tx, rows, ids=False)
         summary = Event(0, ts, str(type), str(actor_type), actor_id, None, ip, {"count": len(rows)})
         tx.after_commit(lambda: self._publish(summary))
 
@@ -139,8 +124,8 @@ class EventLog:
         `detail`), in one multi-row INSERT; each is published once the transaction commits."""
         if not rows:
             return
-        result = await tx.execute(_INSERT_MANY, rows)
-        events = [Event(id=int(id_), **row) for id_, row in zip(result.scalars(), rows, strict=True)]
+        ids = await store.insert_events(tx, rows)
+        events = [Event(id=id_, **row) for id_, row in zip(ids, rows, strict=True)]
         tx.after_commit(lambda: self._publish_many(events))
 
     async def _publish_many(self, events: list[Event]) -> None:
@@ -181,9 +166,9 @@ class EventLog:
             try:
                 async with db.query() as tx:
                     if last is None:
-                        last = int((await tx.execute(_LAST_ID)).scalar_one())
+                        last = await store.last_event_id(tx)
                     else:
-                        rows = (await tx.execute(_NEWER, {"after": last})).all()
+                        rows = await store.events_after(tx, after=last, types=_FROM_COMMANDS)
                         for row in rows:
                             self._deliver(event_from_row(row))
                             last = max(last, int(row.id))

@@ -15,9 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
-import sqlalchemy as sa
-
-from shared import tables
+from shared import store
 from shared.db import Database, Tx
 from shared.errors import InvalidTokenError, ServiceUnavailableError
 from shared.fanout import Fanout
@@ -30,31 +28,6 @@ log = logging.getLogger("handshake.revocation")
 CHANNEL = "revocations"
 # Re-read a little of the past on every pass: a revocation committed late is still seen.
 _OVERLAP = timedelta(seconds=10)
-# What a reconciliation pass reads: (kind, id) of sessions and tokens revoked since `since`, and of
-# every disabled device.
-_RECONCILE = sa.union_all(
-    sa.select(sa.literal("sid").label("kind"), tables.sessions.c.id.label("id")).where(
-        tables.sessions.c.revoked_at >= sa.bindparam("since")
-    ),
-    sa.select(sa.literal("jti"), tables.revoked_tokens.c.jti).where(
-        tables.revoked_tokens.c.revoked_at >= sa.bindparam("since")
-    ),
-    sa.select(sa.literal("device"), tables.devices.c.uid).where(tables.devices.c.disabled.is_(True)),
-    # Users changed since the last pass: what per-process caches of user rows must forget, whatever
-    # the fan-out dropped (shared.cache).
-    sa.select(sa.literal("user"), tables.users.c.id).where(tables.users.c.updated_at >= sa.bindparam("caches_since")),
-    # Devices whose listing or membership changed, and who holds a role on them now: what the
-    # per-process device lists must forget (shared.device_lists).
-    sa.select(sa.literal("device_row"), tables.devices.c.uid).where(
-        tables.devices.c.changed_at >= sa.bindparam("caches_since")
-    ),
-    sa.select(sa.literal("members"), tables.devices.c.owner_id).where(
-        tables.devices.c.changed_at >= sa.bindparam("caches_since"), tables.devices.c.owner_id.is_not(None)
-    ),
-    sa.select(sa.literal("members"), tables.device_shares.c.user_id)
-    .join(tables.devices, tables.devices.c.uid == tables.device_shares.c.uid)
-    .where(tables.devices.c.changed_at >= sa.bindparam("caches_since")),
-)
 
 
 def utcnow() -> datetime:
@@ -114,20 +87,12 @@ class Revocations:
         sids = list(sids)
         if not sids:
             return []
-        await tx.execute(
-            sa.update(tables.sessions)
-            .where(tables.sessions.c.id.in_(sids), tables.sessions.c.revoked_at.is_(None))
-            .values(revoked_at=utcnow(), revoke_reason=reason)
-        )
+        await store.mark_sessions_revoked(tx, sids, reason=reason, now=utcnow())
         tx.after_commit(lambda: self.announce("sid", sids))
         return sids
 
     async def revoke_jti(self, tx: Tx, jti: str, *, expires_at: datetime) -> None:
-        stmt = sa.select(tables.revoked_tokens.c.jti).where(tables.revoked_tokens.c.jti == jti)
-        if (await tx.execute(stmt)).first() is None:
-            await tx.execute(
-                sa.insert(tables.revoked_tokens).values(jti=jti, revoked_at=utcnow(), expires_at=expires_at)
-            )
+        await store.record_revoked_jti(tx, jti, now=utcnow(), expires_at=expires_at)
         tx.after_commit(lambda: self.announce("jti", [jti]))
 
     def set_device_disabled(self, tx: Tx, uid: str, disabled: bool) -> None:
@@ -259,7 +224,7 @@ class Revocations:
         found: dict[str, list[str]] = {"sid": [], "jti": [], "device": [], "user": [], "device_row": [], "members": []}
         async with asyncio.timeout(self.settings.backend_timeout * 2):
             async with self.db.query() as tx:
-                for kind, id_ in await tx.execute(_RECONCILE, {"since": since, "caches_since": caches_since}):
+                for kind, id_ in await store.revocation_changes(tx, since=since, caches_since=caches_since):
                     found[kind].append(id_)
         sids, jtis, devices = found["sid"], found["jti"], set(found["device"])
         for kind in ("user", "device_row", "members"):

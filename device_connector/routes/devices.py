@@ -13,7 +13,7 @@ from shared import jsonlimits
 from shared.bodies import body_doc, parse_body, raw_body
 from shared.context import Context
 from shared.deps import ClientIp, CtxDep, CurrentUser
-from shared.errors import ForbiddenError, NotFoundError
+from shared.device_lists import require_role
 from shared.models import DeviceRole
 
 router = APIRouter(tags=["device connector"])
@@ -32,10 +32,7 @@ async def _require(ctx: Context, uid: str, user_id: str, at_least: DeviceRole) -
     else:  # a user with more devices than a process keeps: ask the database about this one
         async with ctx.db.read() as tx:
             role = await store.role_of(tx, uid=uid, user_id=user_id)
-    if role is None:
-        raise NotFoundError("No such device.")
-    if not role.allows(at_least):
-        raise ForbiddenError(f"This needs the {at_least.value} role on the device.")
+    require_role(role, at_least)
     return uid
 
 
