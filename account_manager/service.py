@@ -6,11 +6,13 @@ from fastapi import APIRouter
 
 from account_manager.routes import admin, auth, clients, dashboard, device, oauth, users
 
-router = APIRouter()
-router.include_router(auth.router)
-router.include_router(users.router)
-router.include_router(admin.router)
-router.include_router(clients.router)
-router.include_router(oauth.router)
-router.include_router(device.router)
-router.include_router(dashboard.router)
+# Mounted flat by shared.app (each router's own routes, no nesting to walk per request).
+routers: tuple[APIRouter, ...] = (
+    auth.router,
+    users.router,
+    admin.router,
+    clients.router,
+    oauth.router,
+    device.router,
+    dashboard.router,
+)

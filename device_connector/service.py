@@ -11,10 +11,12 @@ from device_connector.routes import devices, hooks, rabbitmq
 from shared.context import Context
 from shared.settings import Settings
 
-router = APIRouter()
-router.include_router(devices.router)
-router.include_router(hooks.router)
-router.include_router(rabbitmq.router)
+# Mounted flat by shared.app (each router's own routes, no nesting to walk per request).
+routers: tuple[APIRouter, ...] = (
+    devices.router,
+    hooks.router,
+    rabbitmq.router,
+)
 
 
 async def on_start(ctx: Context) -> None:

@@ -6,6 +6,8 @@ from fastapi import APIRouter
 
 from device_manager.routes import admin, devices
 
-router = APIRouter()
-router.include_router(admin.router)
-router.include_router(devices.router)
+# Mounted flat by shared.app (each router's own routes, no nesting to walk per request).
+routers: tuple[APIRouter, ...] = (
+    admin.router,
+    devices.router,
+)
