@@ -4,6 +4,7 @@ themselves are in device_connector.client."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -33,11 +34,12 @@ def check(response: httpx.Response) -> Any:
     return body
 
 
-def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass
+def no_delay(client: mqtt.Client, userdata: Any, sock: mqtt.SocketLike) -> None:
+    """paho's `on_socket_open`: TCP_NODELAY on the MQTT socket. paho does not set it, and Nagle's
+    algorithm turns a 1 ms QoS 1 exchange into 40-90 ms (PERF §5)."""
+    if isinstance(sock, socket.socket):  # a TCP transport (an ssl.SSLSocket under mqtts)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def mqtt_port_of(http: httpx.Client, *, tls: bool = False) -> int:
@@ -107,7 +109,7 @@ class Endpoints:
 
 def mqtt_client(client_id: str, context: ssl.SSLContext | None) -> mqtt.Client:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-    client.on_socket_open = _no_delay
+    client.on_socket_open = no_delay
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     if context is not None:
         client.tls_set_context(context)

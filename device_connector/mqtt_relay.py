@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -13,6 +12,7 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from device_connector.endpoints import no_delay
 from shared.errors import ConfigurationError, ServiceUnavailableError
 
 log = logging.getLogger("handshake.mqtt-relay")
@@ -22,11 +22,6 @@ OnMessage = Callable[[str, bytes], None]
 # lets nobody else read these).
 SUBSCRIPTIONS = [("devices/+/replies", 1), ("devices/+/state", 1), ("devices/+/token", 1), ("users/+/token", 1)]
 RECONNECT_MAX_DELAY = 5
-
-
-def _no_delay(client: mqtt.Client, userdata: Any, sock: mqtt.SocketLike) -> None:
-    if isinstance(sock, socket.socket):  # a TCP transport (an ssl.SSLSocket under mqtts)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class MqttRelay:
@@ -46,7 +41,7 @@ class MqttRelay:
         # paho waits up to 2 minutes between reconnects by default: commands would fail that long after a
         # broker restart. A few seconds at most, and a stop ends the wait within one (loop_stop).
         self.client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_DELAY)
-        self.client.on_socket_open = _no_delay
+        self.client.on_socket_open = no_delay
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self._ready: asyncio.Event | None = None  # set (in the loop) at the first CONNACK that accepts

@@ -10,13 +10,13 @@ from datetime import timedelta
 from typing import Any
 
 from device_manager import credentials, store
-from device_manager.access import require
-from device_manager.provisioning import DeviceDisabledError, authenticate_device, now_utc
+from device_manager.access import record, require
+from device_manager.provisioning import DeviceDisabledError, authenticate_device
 from shared import device_lists, lockout
+from shared.clock import utcnow
 from shared.context import Context
-from shared.db import Tx
 from shared.errors import HandshakeError
-from shared.models import ActorType, DeviceRole, EventType
+from shared.models import DeviceRole, EventType
 
 PAIRING_TTL = 600
 # Verified against when the UID is unknown, so an unknown UID costs as much as a wrong code.
@@ -41,13 +41,6 @@ class InvalidPairingTokenError(HandshakeError):
     default_detail = "The pairing token is unknown, used or expired."
 
 
-async def _record(
-    ctx: Context, tx: Tx, type: EventType, *, uid: str, actor_id: str, ip: str | None, **detail: Any
-) -> None:
-    actor_type = ActorType.DEVICE if actor_id == uid else ActorType.USER
-    await ctx.events.record(tx, type, actor_type=actor_type, actor_id=actor_id, device_uid=uid, ip=ip, detail=detail)
-
-
 async def bind(ctx: Context, *, uid: str, claim_code: str, user_id: str, ip: str | None) -> dict[str, str]:
     normalized = credentials.normalize_uid(uid) or ""
     failures = await lockout.check(ctx, user_id, ip, scope="bind")
@@ -61,12 +54,12 @@ async def bind(ctx: Context, *, uid: str, claim_code: str, user_id: str, ip: str
     if device.disabled:
         raise DeviceDisabledError()
     async with ctx.db.write() as tx:
-        if not await store.claim(tx, uid=device.uid, user_id=user_id, now=now_utc()):
+        if not await store.claim(tx, uid=device.uid, user_id=user_id, now=utcnow()):
             current = await store.device(tx, uid=device.uid)
             if current is None or current.owner_id != user_id:
                 raise AlreadyBoundError()
             return {"uid": device.uid, "role": DeviceRole.OWNER.value}  # bound to the caller already
-        await _record(ctx, tx, EventType.DEVICE_BOUND, uid=device.uid, actor_id=user_id, ip=ip, method="claim_code")
+        await record(ctx, tx, EventType.DEVICE_BOUND, uid=device.uid, actor_id=user_id, ip=ip, method="claim_code")
         await device_lists.members_changed(tx, ctx.revocations, device.uid)
     await lockout.record_success(ctx, user_id, ip, failures=failures, scope="bind")
     return {"uid": device.uid, "role": DeviceRole.OWNER.value}
@@ -74,7 +67,7 @@ async def bind(ctx: Context, *, uid: str, claim_code: str, user_id: str, ip: str
 
 async def new_pairing_token(ctx: Context, *, user_id: str, ip: str | None) -> dict[str, Any]:
     token = credentials.new_pairing_token()
-    now = now_utc()
+    now = utcnow()
     async with ctx.db.write() as tx:
         await store.insert_pairing_token(
             tx,
@@ -102,15 +95,15 @@ async def pair(ctx: Context, *, uid: str, secret: str, pairing_token: str, ip: s
 async def _redeem(ctx: Context, *, device: store.DeviceRow, pairing_token: str, ip: str | None) -> dict[str, str]:
     async with ctx.db.write() as tx:
         user_id = await store.redeem_pairing_token(
-            tx, token_hash=credentials.hash_token(pairing_token), uid=device.uid, now=now_utc()
+            tx, token_hash=credentials.hash_token(pairing_token), uid=device.uid, now=utcnow()
         )
         if user_id is None:
             raise InvalidPairingTokenError()
-        if not await store.claim(tx, uid=device.uid, user_id=user_id, now=now_utc()):
+        if not await store.claim(tx, uid=device.uid, user_id=user_id, now=utcnow()):
             current = await store.device(tx, uid=device.uid)
             if current is None or current.owner_id != user_id:
                 raise AlreadyBoundError()
-        await _record(
+        await record(
             ctx,
             tx,
             EventType.DEVICE_BOUND,
@@ -128,7 +121,7 @@ async def unbind(ctx: Context, *, uid: str, user_id: str, ip: str | None) -> Non
     async with ctx.db.write() as tx:
         device, _ = await require(tx, uid=uid, user_id=user_id, at_least=DeviceRole.OWNER)
         lost = await store.release(tx, uid=device.uid)
-        await _record(ctx, tx, EventType.DEVICE_UNBOUND, uid=device.uid, actor_id=user_id, ip=ip, users=lost)
+        await record(ctx, tx, EventType.DEVICE_UNBOUND, uid=device.uid, actor_id=user_id, ip=ip, users=lost)
         await device_lists.members_changed(tx, ctx.revocations, device.uid)
 
 
@@ -137,7 +130,7 @@ async def reset(ctx: Context, *, uid: str, secret: str, ip: str | None) -> None:
     device = await authenticate_device(ctx, uid=uid, secret=secret, ip=ip)
     async with ctx.db.write() as tx:
         lost = await store.release(tx, uid=device.uid)
-        await _record(
+        await record(
             ctx, tx, EventType.DEVICE_UNBOUND, uid=device.uid, actor_id=device.uid, ip=ip, reason="reset", users=lost
         )
         await device_lists.members_changed(tx, ctx.revocations, device.uid)

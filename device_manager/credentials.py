@@ -11,6 +11,8 @@ import re
 import secrets
 import string
 
+from shared.clock import sha256_hex
+
 UID_LENGTH = 20
 UID_PATTERN = re.compile(r"[A-Z0-9]{20}")
 _UID_ALPHABET = string.ascii_uppercase + string.digits
@@ -37,7 +39,7 @@ def new_secret() -> str:
 
 
 def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+    return sha256_hex(secret)
 
 
 def secret_matches(secret: str, stored_hash: str) -> bool:
@@ -70,4 +72,4 @@ def new_pairing_token() -> str:
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return sha256_hex(token)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from device_manager import credentials, store
 from shared import lockout
+from shared.clock import utcnow
 from shared.context import Context
 from shared.errors import HandshakeError, InvalidCredentialsError, ValidationFailedError
 from shared.models import ActorType, EventType
@@ -37,10 +37,6 @@ class Provisioned:
 
     def to_json(self) -> dict[str, str]:
         return {"uid": self.uid, "secret": self.secret, "claim_code": self.claim_code}
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
 
 
 def _uids(count: int, uids: list[str] | None) -> list[str]:
@@ -83,7 +79,7 @@ async def provision(
         *(ctx.hashing.run(_hash_batch, items[i : i + size]) for i in range(0, len(items), size))
     )
     hashes = [pair for part in slices for pair in part]
-    now = now_utc()
+    now = utcnow()
     rows = [
         {
             "uid": p.uid,

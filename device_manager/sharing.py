@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from device_manager import store
-from device_manager.access import require
-from device_manager.provisioning import now_utc
+from device_manager.access import record, require
 from shared import device_lists
+from shared.clock import utcnow
 from shared.context import Context
 from shared.db import Tx
 from shared.errors import ForbiddenError, HandshakeError, NotFoundError
-from shared.models import ActorType, DeviceRole, EventType
+from shared.models import DeviceRole, EventType
 
 
 class CannotShareWithOwnerError(HandshakeError):
@@ -33,14 +33,6 @@ def device_view(row: Any, role: str) -> dict[str, Any]:
         "ip": row.ip,
         "region": row.region,
     }
-
-
-async def _record(
-    ctx: Context, tx: Tx, type: EventType, *, uid: str, actor_id: str, ip: str | None, **detail: Any
-) -> None:
-    await ctx.events.record(
-        tx, type, actor_type=ActorType.USER, actor_id=actor_id, device_uid=uid, ip=ip, detail=detail
-    )
 
 
 async def list_devices(ctx: Context, *, user_id: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
@@ -94,9 +86,9 @@ async def share(
         target = await _target_user(tx, username)
         if target.id == device.owner_id:
             raise CannotShareWithOwnerError()
-        now = now_utc()
+        now = utcnow()
         await store.put_share(tx, uid=device.uid, user_id=target.id, role=role.value, now=now)
-        await _record(
+        await record(
             ctx,
             tx,
             EventType.DEVICE_SHARED,
@@ -126,7 +118,7 @@ async def unshare(ctx: Context, *, uid: str, user_id: str, sharee_id: str, ip: s
             raise ForbiddenError("Only the owner may remove someone else's share.")
         if not await store.delete_share(tx, uid=device.uid, user_id=sharee_id):
             raise NotFoundError("No such share.")
-        await _record(ctx, tx, EventType.DEVICE_UNSHARED, uid=device.uid, actor_id=user_id, ip=ip, user_id=sharee_id)
+        await record(ctx, tx, EventType.DEVICE_UNSHARED, uid=device.uid, actor_id=user_id, ip=ip, user_id=sharee_id)
         await device_lists.members_changed(tx, ctx.revocations, device.uid)
 
 
@@ -138,8 +130,8 @@ async def transfer(ctx: Context, *, uid: str, user_id: str, username: str, ip: s
         if target.id == user_id:
             raise CannotShareWithOwnerError("The device is yours already.")
         await store.delete_share(tx, uid=device.uid, user_id=target.id)
-        await store.set_owner(tx, uid=device.uid, user_id=target.id, now=now_utc())
-        await _record(
+        await store.set_owner(tx, uid=device.uid, user_id=target.id, now=utcnow())
+        await record(
             ctx,
             tx,
             EventType.DEVICE_TRANSFERRED,

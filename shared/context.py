@@ -13,6 +13,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from shared.auth import Authenticator
 from shared.counters import Counters, MemoryCounters, RedisCounters
@@ -163,10 +165,8 @@ class Context:
 
 
 def _redact(url: str) -> str:
-    """A URL fit for a log line: no password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        if ":" in creds:
-            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url
+    """A URL fit for a log line: no password (SQLAlchemy's URL parser reads Redis URLs too)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(a URL that cannot be parsed)"

@@ -26,12 +26,13 @@ import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from shared import tables
+from shared.clock import utcnow
 from shared.db import Database, Tx
 from shared.errors import ForbiddenError, NotFoundError
 from shared.models import DeviceRole
@@ -96,10 +97,6 @@ class UserDevices:
     def of(cls, entries: Iterable[DeviceEntry]) -> UserDevices:
         ordered = tuple(entries)
         return cls(ordered, {entry.uid: entry.role for entry in ordered}, time.monotonic())
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class DeviceLists:

@@ -13,9 +13,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from shared import store
+from shared.clock import utcnow
 from shared.db import Database, Tx
 from shared.errors import InvalidTokenError, ServiceUnavailableError
 from shared.fanout import Fanout
@@ -28,10 +29,6 @@ log = logging.getLogger("handshake.revocation")
 CHANNEL = "revocations"
 # Re-read a little of the past on every pass: a revocation committed late is still seen.
 _OVERLAP = timedelta(seconds=10)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Revocations:
