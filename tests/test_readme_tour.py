@@ -26,8 +26,6 @@ from tests.conftest import _unavailable
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TOUR_PORT = 8000  # the tour's URLs name it
-# One worker runs the whole tour: its server holds port 8000 once (pytest-xdist's loadgroup).
-pytestmark = pytest.mark.xdist_group("readme-tour")
 FOREIGN_BROKER_PORT = 1883
 PASTE = "PASTE-THE-PRINTED-PASSWORD"
 MARK = "@@readme-tour-block"

@@ -35,8 +35,6 @@ from tests.device_connector.helpers import World, events, eventually, make_world
 from tests.proxy import TcpProxy
 
 MOSQUITTO = ("127.0.0.1", 1883)
-# The machine's Mosquitto is shared: one worker runs these tests, one connector on it at a time.
-pytestmark = pytest.mark.xdist_group("mosquitto")
 SECRET = "emqx-hook-secret-" + "z" * 24
 API_KEY, API_SECRET = "handshake", "emqx-api-secret"
 

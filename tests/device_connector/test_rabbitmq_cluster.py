@@ -32,8 +32,6 @@ from tests.rabbitmq import RABBITMQ_BIN, RabbitCluster, RabbitUnavailable
 SECRET = "rabbit-cluster-secret-" + "q" * 20
 WITHIN = 5.0  # SPEC: revocation, role loss, disable and expiry close live connections within 5 s
 A, B, C = 0, 1, 2
-# One worker runs every test here, and starts the cluster once (pytest-xdist's loadgroup).
-pytestmark = pytest.mark.xdist_group("rabbitmq")
 
 
 def _unavailable(reason: str) -> None:
