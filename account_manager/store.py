@@ -172,6 +172,7 @@ async def list_users(
             users.c.disabled,
             users.c.created_at,
             users.c.last_login_at,
+            users.c.mfa_enabled,
             active,
         )
         .where(*where)
