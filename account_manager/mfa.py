@@ -190,6 +190,61 @@ async def disable(
     await lockout.record_success(ctx, key, ip, failures=failures)
 
 
+# --- on the operator's command line (handshake mfa enrol|reset) -------------------------------------
+
+
+async def enrol_by_operator(ctx: Context, *, username: str) -> tuple[str, str, list[str]]:
+    """A factor set up and in force at once by the platform's operator (who holds the database and the
+    keys anyway): the secret, its otpauth URI and the recovery codes, to hand to the user. Every
+    session of the user ends, so none opened with the password alone outlives it."""
+    secret, codes, now = new_secret(), [new_recovery_code() for _ in range(RECOVERY_CODES)], now_utc()
+    async with ctx.db.write() as tx:
+        user = await store.user_by_username(tx, username=username)
+        if user is None:
+            raise NotFoundError(f"No user is called {username!r}.")
+        if user.mfa_enabled:
+            raise MfaAlreadyEnabledError(f"{user.username} has a second factor already: `handshake mfa reset` first.")
+        box = secret_box(ctx).seal(secret, user_id=user.id)
+        await mfa_store.put_pending_totp(tx, user_id=user.id, secret_box=box, now=now)
+        await mfa_store.confirm_totp(tx, user_id=user.id, now=now)
+        hashes = [_sha256(normal_recovery_code(c)) for c in codes]
+        await mfa_store.replace_recovery_codes(tx, user_id=user.id, code_hashes=hashes, now=now)
+        ctx.revocations.user_changed(tx, user.id)
+        ended = await _end_other_sessions(ctx, tx, user_id=user.id, sid="", reason="mfa_enabled", now=now)
+        await ctx.events.record(
+            tx,
+            EventType.MFA_ENABLED,
+            actor_type=ActorType.SYSTEM,
+            actor_id=None,
+            ip=None,
+            detail={"user_id": user.id, "factor": "totp", "via": "command_line", "sessions_ended": len(ended)},
+        )
+    return secret, otpauth_uri(secret, user.username), codes
+
+
+async def reset_by_operator(ctx: Context, *, username: str) -> None:
+    """The way back for a user who lost the authenticator and the recovery codes: the factor goes and
+    every session ends; the user enrols again (which a required role makes the next thing they do)."""
+    now = now_utc()
+    async with ctx.db.write() as tx:
+        user = await store.user_by_username(tx, username=username)
+        if user is None:
+            raise NotFoundError(f"No user is called {username!r}.")
+        if not user.mfa_enabled:
+            raise NotFoundError(f"{user.username} has no second factor.")
+        await mfa_store.remove_factor(tx, user_id=user.id, now=now)
+        ctx.revocations.user_changed(tx, user.id)
+        ended = await _end_other_sessions(ctx, tx, user_id=user.id, sid="", reason="mfa_disabled", now=now)
+        await ctx.events.record(
+            tx,
+            EventType.MFA_DISABLED,
+            actor_type=ActorType.SYSTEM,
+            actor_id=None,
+            ip=None,
+            detail={"user_id": user.id, "via": "command_line", "sessions_ended": len(ended)},
+        )
+
+
 # --- the second step of a login -------------------------------------------------------------------
 
 
