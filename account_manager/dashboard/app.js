@@ -12,7 +12,7 @@
     .split(',').filter(Boolean);
   const BAD_TYPES = new Set([
     'login_failed', 'login_locked', 'refresh_reuse_detected', 'mqtt_auth_failed', 'acl_denied',
-    'command_timeout', 'device_disabled', 'session_revoked',
+    'command_timeout', 'device_disabled', 'session_revoked', 'mfa_failed',
   ]);
   const READERS = new Set(['admin', 'support']);
   const PAGE_SIZES = [20, 50, 100, 200];  // rows per table page; the first is the default
