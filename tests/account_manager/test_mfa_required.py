@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from account_manager.accounts import create_user
 from shared.context import Context
@@ -114,3 +115,43 @@ async def test_a_promoted_user_gets_enrolment_only_tokens_at_the_next_login(
     assert promoted.status_code == 200, promoted.text
     tokens = await users.login(user["username"])
     assert_error(await client.get("/v1/admin/stats", headers=bearer(tokens)), 403, "mfa_enrolment_required")
+
+
+async def test_the_broker_refuses_an_enrolment_only_token(users: Users, ctx: Context) -> None:
+    from device_connector.gate import Gate
+    from device_connector.port import ConnackCode, Refused
+
+    admin, tokens = await staff(ctx, users, "admin")
+    with pytest.raises(Refused) as refused:
+        await Gate(ctx).admit(client_id=admin["id"], username=admin["id"], password=tokens["access_token"])
+    assert refused.value.code == ConnackCode.NOT_AUTHORIZED
+
+
+async def test_the_code_flow_gives_staff_without_a_factor_enrolment_only_tokens(
+    app: FastAPI, client: httpx.AsyncClient, users: Users, ctx: Context
+) -> None:
+    from account_manager.clients import ClientType, GrantType, create_client
+    from tests.account_manager.flows import AUTHORIZE_URL, REGISTERED, TOKEN_URL, Browser, new_verifier, oauth_client
+
+    made = await create_client(
+        ctx,
+        name="Admin app",
+        redirect_uris=[REGISTERED],
+        grant_types=[str(GrantType.AUTHORIZATION_CODE)],
+        client_type=ClientType.PUBLIC,
+        actor_id=None,
+        ip=None,
+    )
+    admin, _ = await staff(ctx, users, "admin")
+    app_oauth = oauth_client(app, made.client.id)
+    verifier = new_verifier()
+    url, _ = app_oauth.create_authorization_url(AUTHORIZE_URL, code_verifier=verifier)
+    browser = Browser(app)
+    try:
+        location = await browser.authorize(url, admin["username"])
+    finally:
+        await browser.close()
+    token = await app_oauth.fetch_token(TOKEN_URL, authorization_response=location, code_verifier=verifier)
+    headers = bearer(token["access_token"])
+    assert (await client.get("/v1/users/me", headers=headers)).status_code == 200
+    assert_error(await client.get("/v1/admin/stats", headers=headers), 403, "mfa_enrolment_required")
