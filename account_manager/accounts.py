@@ -60,6 +60,7 @@ def public_user(user: store.UserRow) -> dict[str, Any]:
         "role": user.role,
         "created_at": user.created_at,
         "last_login_at": user.last_login_at,
+        "mfa_enabled": user.mfa_enabled,
     }
 
 

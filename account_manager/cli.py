@@ -1,13 +1,17 @@
 """`handshake clients create|list|delete`: registered OAuth clients from the command line, as an admin
-registers them over the API (the same checks, the same events, by the system)."""
+registers them over the API (the same checks, the same events, by the system). `handshake mfa
+enrol|reset|code`: second factors set up or removed by the operator, and a TOTP code computed."""
 
 from __future__ import annotations
 
 import argparse
+import binascii
+import sys
+import time
 from typing import Any
 
-from account_manager import clients
-from shared.cli import load_settings, run, with_context
+from account_manager import clients, mfa, totp
+from shared.cli import fail, load_settings, run, with_context
 from shared.context import Context
 
 GRANT_NAMES = {"authorization_code": clients.GrantType.AUTHORIZATION_CODE, "device_code": clients.GrantType.DEVICE_CODE}
@@ -61,7 +65,50 @@ def delete(args: argparse.Namespace) -> None:
     print(f"deleted client {args.client_id}; every session issued to it has ended")
 
 
+def mfa_enrol(args: argparse.Namespace) -> None:
+    async def work(ctx: Context) -> tuple[str, str, list[str]]:
+        await _migrated(ctx)
+        return await mfa.enrol_by_operator(ctx, username=args.name)
+
+    secret, uri, codes = run(with_context(load_settings(), work))
+    print(f"{args.name} now signs in with a second factor (every session of theirs has ended).")
+    print(f"secret: {secret}")
+    print(f"otpauth URI: {uri}")
+    print(f"recovery codes: {' '.join(codes)}")
+    print("Hand them over safely: they are shown only this once.")
+
+
+def mfa_reset(args: argparse.Namespace) -> None:
+    async def work(ctx: Context) -> None:
+        await _migrated(ctx)
+        await mfa.reset_by_operator(ctx, username=args.name)
+
+    run(with_context(load_settings(), work))
+    print(f"{args.name} has no second factor now (every session of theirs has ended).")
+
+
+def mfa_code(args: argparse.Namespace) -> None:
+    """The current code of a secret, as an authenticator app shows it (scripts and the README tour)."""
+    secret = (sys.stdin.readline() if args.secret == "-" else args.secret).strip().replace(" ", "").upper()
+    try:
+        print(totp.code_at(secret, time.time()))
+    except (ValueError, TypeError, binascii.Error):
+        fail("that is not a TOTP secret (base32, as POST /v1/users/me/mfa/totp gives it)")
+
+
 def register(commands: Any) -> None:
+    second = commands.add_parser("mfa", help="second factors: enrol or reset a user's, compute a code")
+    second_sub = second.add_subparsers(dest="mfa_command", required=True)
+    enrol_cmd = second_sub.add_parser("enrol", help="give a user a TOTP factor at once; prints its secret and codes")
+    enrol_cmd.add_argument("name")
+    enrol_cmd.set_defaults(handler=mfa_enrol)
+    reset_cmd = second_sub.add_parser("reset", help="remove a user's factor (lost authenticator and codes)")
+    reset_cmd.add_argument("name")
+    reset_cmd.set_defaults(handler=mfa_reset)
+    code_cmd = second_sub.add_parser("code", help="print the current TOTP code of a secret (- reads it from stdin)")
+    code_cmd.add_argument("secret")
+    code_cmd.set_defaults(handler=mfa_code)
+
     cmd = commands.add_parser("clients", help="manage registered OAuth clients (apps and hubs)")
     sub = cmd.add_subparsers(dest="clients_command", required=True)
     made = sub.add_parser("create", help="register a client; prints its client_id (and secret)")

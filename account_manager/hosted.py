@@ -10,7 +10,7 @@ import hmac
 import secrets
 from datetime import timedelta
 
-from account_manager import oauth_store, sessions, store
+from account_manager import mfa, oauth_store, sessions, store
 from account_manager.oauth_store import HostedLogin
 from account_manager.sessions import new_session_id, now_utc
 from shared.context import Context
@@ -26,14 +26,23 @@ def _hash(token: str) -> str:
 
 async def sign_in(
     ctx: Context, *, username: str, password: str, ip: str | None, user_agent: str | None
-) -> tuple[str, HostedLogin]:
-    """The login steps of the hosted page: the cookie of a new hosted login, and who it is.
-
-    Steps: the password (with its lockout), then the session. A second factor (TOTP) goes between the
-    two: for a user who has one, `check_password` is followed by a one-time step of its own (a form
-    with the code, carrying a short-lived token of the password step) and only that step's success
-    calls `open_login`."""
+) -> tuple[str, HostedLogin] | str:
+    """The password step of the hosted page: the cookie of a new hosted login and who it is, or, for a
+    user with a second factor, the `mfa_token` that the code form carries to `sign_in_with_factor`
+    (the API's own second step: single use, 5 minutes, this address only, the same lockout)."""
     user = await sessions.check_password(ctx, username=username, password=password, ip=ip)
+    if user.mfa_enabled:
+        return await mfa.begin(ctx, user=user, ip=ip)
+    return await open_login(ctx, user=user, ip=ip, user_agent=user_agent)
+
+
+async def sign_in_with_factor(
+    ctx: Context, *, mfa_token: str, typed: str, ip: str | None, user_agent: str | None
+) -> tuple[str, HostedLogin]:
+    """The code step of the hosted page: one box takes a TOTP code (six digits) or a recovery code."""
+    cleaned = typed.replace(" ", "")
+    code, recovery = (cleaned, None) if cleaned.isdigit() else (None, typed)
+    user = await mfa.finish(ctx, mfa_token=mfa_token, code=code, recovery_code=recovery, ip=ip)
     return await open_login(ctx, user=user, ip=ip, user_agent=user_agent)
 
 

@@ -44,6 +44,31 @@ class PasswordChangeIn(_In):
     new_password: StrictStr = Field(max_length=1024)
 
 
+class MfaCodeIn(_In):
+    code: StrictStr = Field(max_length=32)
+
+
+class MfaLoginIn(_In):
+    mfa_token: StrictStr = Field(max_length=256)
+    code: StrictStr | None = Field(default=None, max_length=32)
+    recovery_code: StrictStr | None = Field(default=None, max_length=64)
+
+
+class MfaDisableIn(_In):
+    password: StrictStr = Field(max_length=1024)
+    code: StrictStr | None = Field(default=None, max_length=32)
+    recovery_code: StrictStr | None = Field(default=None, max_length=64)
+
+
+class TotpEnrolmentOut(BaseModel):
+    secret: str
+    otpauth_uri: str
+
+
+class RecoveryCodesOut(BaseModel):
+    recovery_codes: list[str]
+
+
 class EmailIn(_In):
     email: StrictStr | None = Field(max_length=254)
 
@@ -104,6 +129,7 @@ class UserOut(BaseModel):
     role: str
     created_at: datetime
     last_login_at: datetime | None
+    mfa_enabled: bool = False
 
 
 class AdminUserOut(UserOut):

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from account_manager import store
+from account_manager import mfa, store
 from account_manager.passwords import passwords
 from shared import lockout
 from shared.context import Context
@@ -25,6 +25,7 @@ from shared.errors import (
     AccountDisabledError,
     InvalidCredentialsError,
     InvalidGrantError,
+    MfaRequiredError,
     NotFoundError,
     RefreshTokenReusedError,
 )
@@ -99,11 +100,14 @@ async def issue_session(
     user_agent: str | None,
     client_id: str | None = None,
     sid: str | None = None,
+    mfa_enabled: bool | None = None,
 ) -> TokenPair:
     """A new session and its first token pair: what a password login, an authorization code and a
     device code all end in (the OAuth grants name the client it was issued to, and choose the
-    session id beforehand to tie their code to it)."""
+    session id beforehand to tie their code to it). For a user who must enrol a second factor and
+    has none, the access token is good only for enrolling (SPEC §12)."""
     settings = ctx.settings
+    enrolment = await mfa.enrolment_only(ctx, tx, user_id=user_id, role=role, mfa_enabled=mfa_enabled)
     now = now_utc()
     sid = sid or new_session_id()
     refresh_token = new_refresh_token()
@@ -119,15 +123,50 @@ async def issue_session(
         user_agent=user_agent,
         client_id=client_id,
     )
-    access, _ = ctx.issuer.access(user_id=user_id, sid=sid, role=role, ttl=settings.access_ttl, client_id=client_id)
+    access, _ = ctx.issuer.access(
+        user_id=user_id, sid=sid, role=role, ttl=settings.access_ttl, client_id=client_id, mfa_enrolment=enrolment
+    )
     return TokenPair(access, settings.access_ttl, refresh_token, settings.refresh_ttl)
 
 
 async def login(ctx: Context, *, username: str, password: str, ip: str | None, user_agent: str | None) -> TokenPair:
+    """The password login; for a user with a second factor, MfaRequiredError with the `mfa_token` to
+    finish it with at POST /v1/auth/mfa (SPEC §12)."""
     user = await check_password(ctx, username=username, password=password, ip=ip)
+    if user.mfa_enabled:
+        raise MfaRequiredError(await mfa.begin(ctx, user=user, ip=ip))
+    return await open_session(ctx, user=user, ip=ip, user_agent=user_agent)
+
+
+async def login_with_factor(
+    ctx: Context,
+    *,
+    mfa_token: str,
+    code: str | None,
+    recovery_code: str | None,
+    ip: str | None,
+    user_agent: str | None,
+) -> TokenPair:
+    """The second step of a login: the `mfa_token` of the password step and a code or recovery code."""
+    user = await mfa.finish(ctx, mfa_token=mfa_token, code=code, recovery_code=recovery_code, ip=ip)
+    return await open_session(ctx, user=user, ip=ip, user_agent=user_agent, detail={"mfa": True})
+
+
+async def open_session(
+    ctx: Context,
+    *,
+    user: store.UserRow,
+    ip: str | None,
+    user_agent: str | None,
+    detail: dict[str, object] | None = None,
+) -> TokenPair:
     async with ctx.db.write() as tx:
-        pair = await issue_session(ctx, tx, user_id=user.id, role=user.role, ip=ip, user_agent=user_agent)
-        await ctx.events.record(tx, EventType.LOGIN_SUCCEEDED, actor_type=ActorType.USER, actor_id=user.id, ip=ip)
+        pair = await issue_session(
+            ctx, tx, user_id=user.id, role=user.role, ip=ip, user_agent=user_agent, mfa_enabled=user.mfa_enabled
+        )
+        await ctx.events.record(
+            tx, EventType.LOGIN_SUCCEEDED, actor_type=ActorType.USER, actor_id=user.id, ip=ip, detail=detail
+        )
     ctx.metrics.logins.labels(result="succeeded").inc()
     return pair
 
@@ -166,7 +205,10 @@ async def check_password(ctx: Context, *, username: str, password: str, ip: str 
     # Told only to someone who knows the password: a disabled account is no secret to its owner.
     if user.disabled:
         raise AccountDisabledError()
-    await lockout.record_success(ctx, key, ip, failures=failures)
+    # With a second factor the failures are forgotten only once the code is right too: a password
+    # alone must not reset the count that bounds guessing the code.
+    if not user.mfa_enabled:
+        await lockout.record_success(ctx, key, ip, failures=failures)
     return user
 
 
@@ -187,6 +229,9 @@ async def refresh(ctx: Context, *, refresh_token: str, ip: str | None, user_agen
             role=row.user_role,
             ttl=settings.access_ttl,
             client_id=row.client_id,
+            # A session of a user who has enrolled since it began gets full tokens from here on: the
+            # enrolment ended every other session, and this one proved the new factor.
+            mfa_enrolment=row.user_role in settings.mfa_required_roles and not row.user_mfa_enabled,
         )
         expires_at = now + timedelta(seconds=settings.refresh_ttl)
         pair = TokenPair(access, settings.access_ttl, new_token, settings.refresh_ttl)

@@ -25,6 +25,7 @@ class UserRow:
     disabled: bool
     created_at: datetime
     last_login_at: datetime | None
+    mfa_enabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class RefreshRow:
     user_role: str
     user_disabled: bool
     client_id: str | None = None
+    user_mfa_enabled: bool = False
 
 
 def _user(row: Any) -> UserRow | None:
@@ -55,6 +57,7 @@ def _user(row: Any) -> UserRow | None:
         disabled=row.disabled,
         created_at=row.created_at,
         last_login_at=row.last_login_at,
+        mfa_enabled=bool(row.mfa_enabled),
     )
 
 
@@ -110,6 +113,7 @@ async def insert_user(
             disabled=False,
             created_at=now,
             updated_at=now,
+            mfa_enabled=False,
         )
     )
 
@@ -168,6 +172,7 @@ async def list_users(
             users.c.disabled,
             users.c.created_at,
             users.c.last_login_at,
+            users.c.mfa_enabled,
             active,
         )
         .where(*where)
@@ -252,6 +257,7 @@ async def refresh_by_hash(tx: Tx, *, token_hash: str) -> RefreshRow | None:
             sessions.c.revoked_at.is_not(None).label("session_revoked"),
             users.c.role.label("user_role"),
             users.c.disabled.label("user_disabled"),
+            users.c.mfa_enabled.label("user_mfa_enabled"),
         )
         .join(sessions, sessions.c.id == refresh_tokens.c.session_id)
         .join(users, users.c.id == sessions.c.user_id)
@@ -273,6 +279,7 @@ async def refresh_by_hash(tx: Tx, *, token_hash: str) -> RefreshRow | None:
         user_role=row.user_role,
         user_disabled=bool(row.user_disabled),
         client_id=row.client_id,
+        user_mfa_enabled=bool(row.user_mfa_enabled),
     )
 
 

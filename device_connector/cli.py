@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pyotp
 
 from device_connector.client import DeviceClient, HandshakeClientError, MqttListenerUnknownError, UserClient
 from shared.cli import fail
@@ -63,7 +64,7 @@ def demo(args: argparse.Namespace) -> None:
         fail(f"--ca-file {args.ca_file} is not a file")
     target = Target(args.url, args.device_manager_url, args.device_connector_url, args.mqtt_port, args.ca_file)
     try:
-        _run(target, args.admin, password)
+        _run(target, args.admin, password, args.admin_totp_secret)
     except httpx.HTTPError as exc:
         url = exc.request.url if isinstance(exc, httpx.RequestError) else httpx.URL(args.url)
         where = f"{url.scheme}://{url.netloc.decode()}"
@@ -73,6 +74,11 @@ def demo(args: argparse.Namespace) -> None:
     except HandshakeClientError as exc:
         separate = args.device_manager_url is None or args.device_connector_url is None
         hint = " (separate services? pass --device-manager-url and --device-connector-url)" if separate else ""
+        if isinstance(exc.body, dict) and exc.body.get("error") in ("mfa_required", "mfa_enrolment_required"):
+            fail(
+                f"the server said {exc}: {args.admin} signs in with a second factor (pass --admin-totp-secret) or"
+                " must enrol one first (`handshake mfa enrol`); or pass --admin with a manufacturer account"
+            )
         fail(f"the server said {exc}{hint if exc.status == 404 else ''}")
     except MqttListenerUnknownError as exc:
         fail(f"{exc} (demo: --mqtt-port)")
@@ -84,9 +90,10 @@ def demo(args: argparse.Namespace) -> None:
         fail(f"cannot reach the MQTT broker: {exc.strerror or exc}")
 
 
-def _run(target: Target, admin_name: str, admin_password: str) -> None:
+def _run(target: Target, admin_name: str, admin_password: str, totp_secret: str | None) -> None:
     admin = target.user()
-    admin.login(admin_name, admin_password)
+    code = (lambda: pyotp.TOTP(totp_secret.replace(" ", "").upper()).now()) if totp_secret else None
+    admin.login(admin_name, admin_password, code=code)
     _step(1, f"logged in as {admin_name}")
     device_info = admin.provision("demo-plug", name="Demo plug")[0]
     _step(2, f"provisioned device {device_info['uid']} (claim code {device_info['claim_code']})")
@@ -140,4 +147,8 @@ def register(commands: Any) -> None:
     cmd.add_argument("--ca-file", help="the CA that signed the server's certificate (default: the system's CAs)")
     cmd.add_argument("--admin", default="admin", help="an admin or manufacturer account")
     cmd.add_argument("--admin-password", help="default: HANDSHAKE_ADMIN_PASSWORD")
+    cmd.add_argument(
+        "--admin-totp-secret",
+        help="the TOTP secret of that account's second factor, if it has one (a code is made from it)",
+    )
     cmd.set_defaults(handler=demo)

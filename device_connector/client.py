@@ -303,8 +303,32 @@ class UserClient:
         )
         return body
 
-    def login(self, username: str, password: str) -> dict[str, Any]:
-        pair = self._take(check(self.http.post("/v1/auth/login", json={"username": username, "password": password})))
+    def login(
+        self,
+        username: str,
+        password: str,
+        *,
+        code: str | Callable[[], str] | None = None,
+        recovery_code: str | None = None,
+    ) -> dict[str, Any]:
+        """Log in. For an account with a second factor pass `code` (or a function that returns one, asked
+        only when the server wants it) or `recovery_code`; without either, the server's 401
+        `mfa_required` is raised, and its `mfa_token` (in the error's body) goes to `login_mfa`."""
+        response = self.http.post("/v1/auth/login", json={"username": username, "password": password})
+        if response.status_code == 401 and (code is not None or recovery_code is not None):
+            body = response.json()
+            if isinstance(body, dict) and body.get("error") == "mfa_required":
+                typed = code() if callable(code) else code
+                return self.login_mfa(str(body["mfa_token"]), code=typed, recovery_code=recovery_code)
+        return self._logged_in(check(response))
+
+    def login_mfa(self, mfa_token: str, *, code: str | None = None, recovery_code: str | None = None) -> dict[str, Any]:
+        """The second step of a login: the `mfa_token` of a 401 `mfa_required` and a code (or a recovery code)."""
+        factor = {"code": code} if code is not None else {"recovery_code": recovery_code}
+        return self._logged_in(check(self.http.post("/v1/auth/mfa", json={"mfa_token": mfa_token, **factor})))
+
+    def _logged_in(self, pair: dict[str, Any]) -> dict[str, Any]:
+        self._take(pair)
         self.user_id = check(self.http.get("/v1/users/me", headers=self._auth()))["id"]
         return pair
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from shared.errors import InvalidTokenError
+from shared.errors import InvalidTokenError, MfaEnrolmentRequiredError
 from shared.keys import Key, KeyRing, public_key_from_jwk
 from shared.metrics import Metrics
 from shared.revocation import Revocations
@@ -83,7 +83,11 @@ class Authenticator:
         self.metrics = metrics
         self._counters: dict[tuple[TokenKind, str], Any] = {}
 
-    async def authenticate(self, token: str, kind: TokenKind, *, audience: str | None = None) -> Claims:
+    async def authenticate(
+        self, token: str, kind: TokenKind, *, audience: str | None = None, enrolment: bool = False
+    ) -> Claims:
+        """The verified, unrevoked claims of `token`. A token good only for enrolling a second factor
+        (SPEC §12) is refused unless `enrolment` says the caller is one of the enrolment routes."""
         if self.remote is not None and self.remote.due:
             await self.remote.refresh()
         try:
@@ -99,6 +103,8 @@ class Authenticator:
         if self.revocations is not None:
             self.revocations.check(claims)
         self._count(kind, "valid")
+        if claims.mfa_enrolment and not enrolment:
+            raise MfaEnrolmentRequiredError()
         return claims
 
     def _verify(self, token: str, kind: TokenKind, audience: str | None) -> Claims:

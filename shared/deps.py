@@ -78,6 +78,13 @@ async def current_user(request: Request) -> Principal:
     return Principal(claims)
 
 
+async def enrolling_user(request: Request) -> Principal:
+    """The caller, also when their token is good only for enrolling a second factor (SPEC §12): for
+    the enrolment routes, GET /v1/users/me and logout."""
+    claims = await _authenticator(request).authenticate(bearer_token(request), TokenKind.ACCESS, enrolment=True)
+    return Principal(claims)
+
+
 async def current_device(request: Request) -> Principal:
     claims = await _authenticator(request).authenticate(bearer_token(request), TokenKind.DEVICE)
     return Principal(claims)
@@ -95,6 +102,7 @@ def partner_token(audience: str) -> Any:
 
 
 CurrentUser = Annotated[Principal, Depends(current_user)]
+EnrollingUser = Annotated[Principal, Depends(enrolling_user)]
 CurrentDevice = Annotated[Principal, Depends(current_device)]
 
 

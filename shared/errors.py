@@ -22,7 +22,7 @@ class HandshakeError(Exception):
             return {"WWW-Authenticate": 'Bearer error="invalid_token"', **self.extra_headers}
         return self.extra_headers
 
-    def body(self) -> dict[str, str]:
+    def body(self) -> dict[str, object]:
         return {"error": self.code, "detail": self.detail}
 
 
@@ -62,10 +62,48 @@ class MissingTokenError(InvalidTokenError):
     default_detail = "An access token is required."
 
 
+class MfaEnrolmentRequiredError(InvalidTokenError):
+    """A good token of a user who must enrol a second factor first (SPEC §12), anywhere but the
+    enrolment routes. An InvalidTokenError, so that every door that refuses a bad token (the broker,
+    the hooks, introspection) refuses this one too; on HTTP a 403: the token is fine, keep it."""
+
+    code = "mfa_enrolment_required"
+    status_code = 403
+    default_detail = "Set up a second factor first: POST /v1/users/me/mfa/totp, then confirm it."
+
+
 class InvalidCredentialsError(HandshakeError):
     code = "invalid_credentials"
     status_code = 401
     default_detail = "The username or password is wrong."
+
+
+class MfaRequiredError(HandshakeError):
+    """The password was right and the user has a second factor: no tokens yet, an `mfa_token` to
+    exchange with a code at POST /v1/auth/mfa (SPEC §12). The body has one field more than others."""
+
+    code = "mfa_required"
+    status_code = 401
+    default_detail = "A second factor is required: send a code with this mfa_token to /v1/auth/mfa."
+
+    def __init__(self, mfa_token: str, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.mfa_token = mfa_token
+
+    def body(self) -> dict[str, object]:
+        return {**super().body(), "mfa_token": self.mfa_token}
+
+
+class InvalidMfaTokenError(HandshakeError):
+    code = "invalid_mfa_token"
+    status_code = 401
+    default_detail = "The mfa_token is unknown, expired, already used or was issued to another address; log in again."
+
+
+class InvalidCodeError(HandshakeError):
+    code = "invalid_code"
+    status_code = 400
+    default_detail = "The code is wrong, too old or already used."
 
 
 class InvalidGrantError(HandshakeError):
@@ -80,6 +118,21 @@ class TokenEndpointGrantError(HandshakeError):
     code = "invalid_grant"
     status_code = 400
     default_detail = "The credentials or refresh token are not valid."
+
+
+class TokenEndpointMfaRequiredError(TokenEndpointGrantError):
+    """The password grant for a user with a second factor: no tokens without it. RFC 6749 §5.2's
+    invalid_grant, naming why (`mfa_required`) and carrying the `mfa_token` that POST /v1/auth/mfa
+    takes with a code, as /v1/auth/login's 401 mfa_required does."""
+
+    default_detail = "A second factor is required: send a code with this mfa_token to /v1/auth/mfa."
+
+    def __init__(self, mfa_token: str) -> None:
+        super().__init__()
+        self.mfa_token = mfa_token
+
+    def body(self) -> dict[str, object]:
+        return {**super().body(), "mfa_required": True, "mfa_token": self.mfa_token}
 
 
 class RefreshTokenReusedError(HandshakeError):

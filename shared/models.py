@@ -55,6 +55,11 @@ class EventType(StrEnum):
     AUTHORIZATION_CODE_REUSED = "authorization_code_reused"
     DEVICE_AUTHORIZATION_APPROVED = "device_authorization_approved"
     DEVICE_AUTHORIZATION_DENIED = "device_authorization_denied"
+    # The second factor (SPEC §12)
+    MFA_ENABLED = "mfa_enabled"
+    MFA_DISABLED = "mfa_disabled"
+    MFA_FAILED = "mfa_failed"
+    RECOVERY_CODE_USED = "recovery_code_used"
 
 
 class DeviceRole(StrEnum):

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     open_registration: bool = True
     partner_audiences: Annotated[list[str], NoDecode] = Field(default_factory=list)
     admin_password: str | None = None
+    # SPEC §12: users of these roles must have a second factor (TOTP); until they enrol, their tokens
+    # serve only the enrolment routes (403 mfa_enrolment_required elsewhere). [] turns the rule off.
+    mfa_required_roles: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["admin", "support"])
     mqtt_hook_secret: str | None = None
     geoip_db: Path | None = None
     tls_cert: Path | None = None
@@ -116,7 +119,7 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
         return tuple(sources)
 
-    @field_validator("partner_audiences", "cors_origins", "trusted_proxies", mode="before")
+    @field_validator("partner_audiences", "cors_origins", "trusted_proxies", "mfa_required_roles", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         # "a,b" in the environment as well as a JSON list or a TOML array.
@@ -124,6 +127,15 @@ class Settings(BaseSettings):
             if value.lstrip().startswith("["):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("mfa_required_roles")
+    @classmethod
+    def _known_roles(cls, value: list[str]) -> list[str]:
+        known = ("admin", "support", "manufacturer", "user")
+        unknown = [role for role in value if role not in known]
+        if unknown:
+            raise ValueError(f"unknown role {unknown[0]!r}: each must be one of {', '.join(known)}")
         return value
 
     @field_validator("redis_url")

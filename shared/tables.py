@@ -56,6 +56,9 @@ users = sa.Table(
     # Indexed: every reconciliation pass asks which users changed since the last one (shared.cache).
     sa.Column("updated_at", UTCDateTime, nullable=False, index=True),
     sa.Column("last_login_at", UTCDateTime),
+    # Whether a confirmed second factor is on (SPEC §12); the factor itself is in user_totp. Here so
+    # that a login learns it from the row it reads anyway.
+    sa.Column("mfa_enabled", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
 )
 
 sessions = sa.Table(
@@ -234,6 +237,43 @@ oauth_device_codes = sa.Table(
     sa.Column("user_id", sa.String(20), sa.ForeignKey("users.id", ondelete="CASCADE")),
     sa.Column("decided_at", UTCDateTime),
     sa.Column("session_id", sa.String(32)),
+)
+
+# --- The second factor (SPEC §12) ----------------------------------------------------------------
+
+user_totp = sa.Table(
+    "user_totp",
+    metadata,
+    sa.Column("user_id", sa.String(20), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    # The TOTP secret, encrypted (AES-GCM, a key of the key directory, the user id as associated data).
+    sa.Column("secret_box", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("confirmed_at", UTCDateTime),  # none: enrolled, not yet confirmed, not in force
+    # The last time step (unix time // 30) a code was accepted for: a step at or below it is refused,
+    # so each code works once.
+    sa.Column("last_step", sa.BigInteger),
+)
+
+recovery_codes = sa.Table(
+    "recovery_codes",
+    metadata,
+    sa.Column("user_id", sa.String(20), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    # SHA-256 of an 80-bit random code: a fast hash is enough for that much randomness.
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("used_at", UTCDateTime),
+)
+
+mfa_tokens = sa.Table(
+    "mfa_tokens",
+    metadata,
+    # SHA-256 of the token a password step hands out: single use, for one user, from one address.
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(20), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("ip", sa.String(64)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("used_at", UTCDateTime),
 )
 
 # The admin lists at fleet size: pages newest first, and prefix searches as byte-order ranges

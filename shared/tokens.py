@@ -45,6 +45,9 @@ class TokenKind(StrEnum):
     EXCHANGED = "exchanged"
 
 
+# The claim that marks an access token as good only for enrolling a second factor (SPEC §12).
+MFA_ENROLMENT_CLAIM = "mfa_enrolment"
+
 TYP = {TokenKind.ACCESS: "at+jwt", TokenKind.DEVICE: "device+jwt", TokenKind.EXCHANGED: "at+jwt"}
 
 
@@ -64,6 +67,9 @@ class Claims:
     sid: str | None = None
     role: str | None = None
     nonce: str | None = None
+    # An access token of a user who must enrol a second factor first (SPEC §12): good only on the
+    # enrolment routes. Read from the token, so the check costs no database read.
+    mfa_enrolment: bool = False
     payload: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -217,6 +223,7 @@ class Verifier:
             sid=sid if isinstance(sid, str) else None,
             role=role if isinstance(role, str) else None,
             nonce=nonce if isinstance(nonce, str) else None,
+            mfa_enrolment=payload.get(MFA_ENROLMENT_CLAIM) is True,
             payload=payload,
         )
 
@@ -272,10 +279,21 @@ class Issuer:
         token = jwt.encode(payload, key.signing_material, algorithm=key.alg, headers={"kid": key.kid, "typ": typ})
         return token, payload["exp"]
 
-    def access(self, *, user_id: str, sid: str, role: str, ttl: int, client_id: str | None = None) -> tuple[str, int]:
-        claims = {"sub": user_id, "sid": sid, "role": role}
+    def access(
+        self,
+        *,
+        user_id: str,
+        sid: str,
+        role: str,
+        ttl: int,
+        client_id: str | None = None,
+        mfa_enrolment: bool = False,
+    ) -> tuple[str, int]:
+        claims: dict[str, Any] = {"sub": user_id, "sid": sid, "role": role}
         if client_id is not None:  # RFC 9068 §2.2: the OAuth client the session was issued to
             claims["client_id"] = client_id
+        if mfa_enrolment:
+            claims[MFA_ENROLMENT_CLAIM] = True
         return self.sign(claims, typ=TYP[TokenKind.ACCESS], ttl=ttl)
 
     def device(self, *, uid: str, ttl: int) -> tuple[str, int]:

@@ -12,7 +12,7 @@
     .split(',').filter(Boolean);
   const BAD_TYPES = new Set([
     'login_failed', 'login_locked', 'refresh_reuse_detected', 'mqtt_auth_failed', 'acl_denied',
-    'command_timeout', 'device_disabled', 'session_revoked',
+    'command_timeout', 'device_disabled', 'session_revoked', 'mfa_failed',
   ]);
   const READERS = new Set(['admin', 'support']);
   const PAGE_SIZES = [20, 50, 100, 200];  // rows per table page; the first is the default
@@ -208,6 +208,7 @@
     $('login-view').hidden = name !== 'login';
     $('dashboard-view').hidden = name !== 'dashboard';
     $('denied-view').hidden = name !== 'denied';
+    $('enrol-view').hidden = name !== 'enrol';
     $('whoami').hidden = name !== 'dashboard';
   }
 
@@ -217,31 +218,83 @@
     node.hidden = !message;
   }
 
+  /* The password step, then (for an account with a second factor) the code step: the server's
+   * mfa_token of the first is kept in this closure only, like the tokens. */
+  const login = { mfaToken: null };
+
+  function showCodeStep(on) {
+    $('login-password-step').hidden = on;
+    $('login-code-step').hidden = !on;
+    $('login-restart').hidden = !on;
+    for (const id of ['login-username', 'login-password']) $(id).disabled = on;
+    $('login-code').disabled = !on;
+    $('login-code').value = '';
+    $('login-submit').textContent = on ? 'Continue' : 'Sign in';
+    if (on) $('login-code').focus();
+  }
+
+  function restartLogin(message) {
+    login.mfaToken = null;
+    showCodeStep(false);
+    $('login-password').value = '';
+    loginError(message || '');
+    $('login-password').focus();
+  }
+
+  function postJson(path, body) {
+    return fetch(path, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+      body: JSON.stringify(body),
+      cache: 'no-store',
+      credentials: 'omit',
+    });
+  }
+
   async function signIn(event) {
     event.preventDefault();
     loginError('');
     const button = $('login-submit');
-    const username = $('login-username').value.trim();
-    const password = $('login-password').value;
-    if (!username || !password) { loginError('Enter your username and password.'); return; }
+    let body;
+    let path;
+    if (login.mfaToken) {
+      const typed = $('login-code').value.trim();
+      if (!typed) { loginError('Enter the code.'); return; }
+      path = '/v1/auth/mfa';
+      body = /^[0-9 ]+$/.test(typed)
+        ? { mfa_token: login.mfaToken, code: typed.replace(/ /g, '') }
+        : { mfa_token: login.mfaToken, recovery_code: typed };
+    } else {
+      const username = $('login-username').value.trim();
+      const password = $('login-password').value;
+      if (!username || !password) { loginError('Enter your username and password.'); return; }
+      path = '/v1/auth/login';
+      body = { username, password };
+    }
     button.disabled = true;
     try {
       let res;
+      let data = null;
       try {
-        res = await fetch('/v1/auth/login', {
-          method: 'POST',
-          headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
-          body: JSON.stringify({ username, password }),
-          cache: 'no-store',
-          credentials: 'omit',
-        });
+        res = await postJson(path, body);
+        try { data = await res.json(); } catch (err) { data = null; }
       } catch (err) {
         loginError('The server cannot be reached.');
         return;
       }
+      const code = data && typeof data.error === 'string' ? data.error : '';
       if (!res.ok) {
+        if (code === 'mfa_required' && data.mfa_token) {
+          login.mfaToken = data.mfa_token;
+          showCodeStep(true);
+          return;
+        }
+        if (code === 'invalid_mfa_token') { restartLogin('That sign-in took too long. Please sign in again.'); return; }
         const retry = res.headers.get('Retry-After');
         loginError({
+          invalid_code: 'That code is wrong, too old or already used.',
+          validation_error: 'That is not a code: six digits, or a recovery code as it was shown.',
+        }[code] || {
           401: 'Wrong username or password.',
           403: 'This account is disabled.',
           429: `Too many attempts. Try again${retry ? ` in ${retry} s` : ' later'}.`,
@@ -249,8 +302,10 @@
         }[res.status] || `Sign-in failed (${res.status}).`);
         return;
       }
+      login.mfaToken = null;
+      showCodeStep(false);
       $('login-password').value = '';
-      keepTokens(await res.json());
+      keepTokens(data);
       await enter();
     } finally {
       button.disabled = false;
@@ -269,11 +324,76 @@
     session.me = me.data;
     names.set(me.data.id, me.data.username);
     if (!READERS.has(me.data.role)) { await deny(me.data); return; }
+    // An account that must enrol a second factor first gets tokens for that only (SPEC §12).
+    let probe;
+    try { probe = await api('/v1/admin/stats'); } catch (err) { return; }
+    if (probe.status === 403 && probe.data && probe.data.error === 'mfa_enrolment_required') {
+      await startEnrolment(me.data);
+      return;
+    }
     setText('me-name', me.data.username);
     setText('me-role', me.data.role);
     document.body.dataset.role = me.data.role;
     showView('dashboard');
     start();
+  }
+
+  /* ---- enrolling a second factor --------------------------------------------------------------- */
+
+  function enrolError(message) {
+    const node = $('enrol-error');
+    node.textContent = message || '';
+    node.hidden = !message;
+  }
+
+  async function startEnrolment(me) {
+    setText('enrol-intro', `${me.username} is a ${me.role} account, and those must have a second factor before they can use the dashboard. It takes a minute.`);
+    $('enrol-secret-step').hidden = false;
+    $('enrol-codes-step').hidden = true;
+    $('enrol-codes').replaceChildren();
+    enrolError('');
+    showView('enrol');
+    let r;
+    try { r = await api('/v1/users/me/mfa/totp', { method: 'POST' }); } catch (err) { return; }
+    if (!r.ok) { enrolError(`The secret could not be made (${refusal(r)}).`); return; }
+    setText('enrol-secret', r.data.secret);
+    setText('enrol-uri', r.data.otpauth_uri);
+    $('enrol-code').value = '';
+    $('enrol-code').focus();
+  }
+
+  async function confirmEnrolment(event) {
+    event.preventDefault();
+    enrolError('');
+    const typed = $('enrol-code').value.replace(/ /g, '');
+    if (!/^[0-9]{6}$/.test(typed)) { enrolError('Enter the six digits the app shows.'); return; }
+    const button = $('enrol-confirm');
+    button.disabled = true;
+    try {
+      let r;
+      try { r = await api('/v1/users/me/mfa/totp/confirm', { method: 'POST', body: { code: typed } }); } catch (err) { return; }
+      if (!r.ok) {
+        enrolError(r.status === 400 ? 'That code is wrong or too old: type the one the app shows now.' : `Not confirmed (${refusal(r)}).`);
+        return;
+      }
+      setText('enrol-secret', '');
+      setText('enrol-uri', '');
+      $('enrol-codes').replaceChildren(...r.data.recovery_codes.map((c) => el('li', { text: c })));
+      $('enrol-secret-step').hidden = true;
+      $('enrol-codes-step').hidden = false;
+      $('enrol-done').focus();
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  /* The session now has a factor: its next refresh gives full tokens. */
+  async function finishEnrolment() {
+    $('enrol-codes').replaceChildren();
+    const result = await refreshTokens();
+    if (result === 'ok') { await enter(); return; }
+    if (result === 'gone') endSession('Your session has ended. Please sign in again.');
+    else enrolError('The service is busy or unavailable. Try again shortly.');
   }
 
   /* A user without an admin view is told so, and the session just opened is closed again. */
@@ -326,6 +446,9 @@
     }
     $('events').replaceChildren();
     $('timeline').replaceChildren();
+    setText('enrol-secret', '');
+    setText('enrol-uri', '');
+    $('enrol-codes').replaceChildren();
     $('users-table').tBodies[0].replaceChildren();
     $('devices-table').tBodies[0].replaceChildren();
     for (const id of ['events-note', 'users-note', 'devices-note']) note(id, '');
@@ -942,6 +1065,10 @@
     const select = $('filter-type');
     for (const type of EVENT_TYPES) select.append(el('option', { value: type, text: type }));
     $('login-form').addEventListener('submit', signIn);
+    $('login-restart').addEventListener('click', () => restartLogin(''));
+    $('enrol-form').addEventListener('submit', confirmEnrolment);
+    $('enrol-done').addEventListener('click', finishEnrolment);
+    $('enrol-cancel').addEventListener('click', signOut);
     $('logout').addEventListener('click', signOut);
     $('denied-back').addEventListener('click', () => { showView('login'); loginError(''); $('login-username').focus(); });
     $('event-filters').addEventListener('submit', (event) => { event.preventDefault(); restartEvents(); });

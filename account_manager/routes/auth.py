@@ -11,6 +11,7 @@ from account_manager.routes.oauth import form_items, json_outcome
 from account_manager.schemas import (
     ExchangeIn,
     LoginIn,
+    MfaLoginIn,
     RefreshIn,
     RegisteredOut,
     RegisterIn,
@@ -19,14 +20,16 @@ from account_manager.schemas import (
     TokenPairOut,
 )
 from shared.bodies import body_doc, parse_body, raw_body, validate_body
-from shared.deps import ClientIp, CtxDep, CurrentUser
+from shared.deps import ClientIp, CtxDep, CurrentUser, EnrollingUser
 from shared.errors import (
     AccountDisabledError,
     InvalidCredentialsError,
     InvalidGrantError,
     InvalidRequestError,
+    MfaRequiredError,
     RefreshTokenReusedError,
     TokenEndpointGrantError,
+    TokenEndpointMfaRequiredError,
     UnsupportedGrantTypeError,
     ValidationFailedError,
 )
@@ -59,6 +62,22 @@ async def login(request: Request, ctx: CtxDep, ip: ClientIp) -> JSONResponse:
     return _pair(pair)
 
 
+@router.post("/v1/auth/mfa", response_model=TokenPairOut, openapi_extra=body_doc(MfaLoginIn))
+async def login_with_factor(request: Request, ctx: CtxDep, ip: ClientIp) -> JSONResponse:
+    """The second step of a login (SPEC §12): the `mfa_token` of a 401 `mfa_required` and a code of
+    the authenticator app or a recovery code."""
+    body = await parse_body(request, MfaLoginIn)
+    pair = await sessions.login_with_factor(
+        ctx,
+        mfa_token=body.mfa_token,
+        code=body.code,
+        recovery_code=body.recovery_code,
+        ip=ip,
+        user_agent=_user_agent(request),
+    )
+    return _pair(pair)
+
+
 @router.post("/v1/auth/token", response_model=TokenPairOut)
 async def token(request: Request, ctx: CtxDep, ip: ClientIp) -> JSONResponse:
     """The OAuth 2 token endpoint (RFC 6749 §4.3 and §6; §4.1.3 with PKCE, RFC 7636; RFC 8628 §3.4),
@@ -83,6 +102,8 @@ async def token(request: Request, ctx: CtxDep, ip: ClientIp) -> JSONResponse:
             raise InvalidRequestError("grant_type is required.")
         else:
             raise UnsupportedGrantTypeError()
+    except MfaRequiredError as exc:
+        raise TokenEndpointMfaRequiredError(exc.mfa_token) from None
     except (InvalidCredentialsError, InvalidGrantError, RefreshTokenReusedError, AccountDisabledError) as exc:
         raise TokenEndpointGrantError(exc.detail) from None
     except ValidationFailedError as exc:
@@ -98,7 +119,7 @@ async def refresh(request: Request, ctx: CtxDep, ip: ClientIp) -> JSONResponse:
 
 
 @router.post("/v1/auth/logout", status_code=204)
-async def logout(ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> Response:
+async def logout(ctx: CtxDep, user: EnrollingUser, ip: ClientIp) -> Response:
     await sessions.logout(ctx, user_id=user.id, sid=user.sid, ip=ip)
     return Response(status_code=204)
 

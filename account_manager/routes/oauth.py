@@ -20,10 +20,13 @@ from shared.deps import ClientIp, CtxDep
 from shared.errors import (
     AccountDisabledError,
     HandshakeError,
+    InvalidCodeError,
     InvalidCredentialsError,
+    InvalidMfaTokenError,
     InvalidRequestError,
     NotFoundError,
     TooManyAttemptsError,
+    ValidationFailedError,
 )
 
 router = APIRouter(tags=["oauth"])
@@ -149,9 +152,7 @@ async def sign_in(request: Request, ctx: CtxDep, ip: ClientIp) -> Response:
     try:
         if not username or not password or len(username) > 256 or len(password) > 1024:
             raise InvalidCredentialsError()
-        token, _ = await hosted.sign_in(
-            ctx, username=username, password=password, ip=ip, user_agent=user_agent(request)
-        )
+        signed = await hosted.sign_in(ctx, username=username, password=password, ip=ip, user_agent=user_agent(request))
     except (InvalidCredentialsError, AccountDisabledError, TooManyAttemptsError) as exc:
         client_name, form_target = await _login_target(ctx, continue_to, ip)
         return login_page(
@@ -164,6 +165,86 @@ async def sign_in(request: Request, ctx: CtxDep, ip: ClientIp) -> Response:
             status=400 if isinstance(exc, InvalidCredentialsError) else exc.status_code,
             headers=exc.extra_headers,
         )
+    if isinstance(signed, str):  # a second factor: its form next, carrying the password step's token
+        return await _code_page(request, ctx, continue_to=continue_to, mfa_token=signed, ip=ip)
+    return await _signed_in(request, ctx, signed[0], continue_to, ip)
+
+
+async def _code_page(
+    request: Request,
+    ctx: Any,
+    *,
+    continue_to: str,
+    mfa_token: str,
+    ip: str | None,
+    error: str | None = None,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    client_name, form_target = await _login_target(ctx, continue_to, ip)
+    secret = pages.read_cookie(request, pages.FORM_COOKIE) or secrets.token_urlsafe(32)
+    response = pages.render(
+        "mfa.html",
+        status=status,
+        form_target=form_target,
+        title="Second factor",
+        client_name=client_name,
+        error=error,
+        csrf=hosted.form_token(secret),
+        continue_to=continue_to,
+        mfa_token=mfa_token,
+    )
+    response.headers.update(headers or {})
+    pages.set_cookie(response, request, pages.FORM_COOKIE, secret, max_age=FORM_COOKIE_AGE, lax=False)
+    return response
+
+
+@router.post("/v1/oauth/login/mfa", include_in_schema=False)
+async def sign_in_with_factor(request: Request, ctx: CtxDep, ip: ClientIp) -> Response:
+    """The hosted code form (SPEC §12): the password step's mfa_token and a code or recovery code."""
+    form = await read_form(request)
+    if form is None:
+        return pages.message("Sign-in refused", "The form could not be read.", status=400)
+    if not pages.same_origin(request) or not hosted.form_token_ok(
+        pages.read_cookie(request, pages.FORM_COOKIE), form.get("csrf")
+    ):
+        return pages.message("Sign-in refused", REFUSED, status=403)
+    continue_to = pages.safe_continue(form.get("continue"))
+    if continue_to is None:
+        return pages.message("Sign-in refused", "The page to continue to is not one of ours.", status=400)
+    mfa_token, typed = form.get("mfa_token", ""), form.get("code", "")
+    try:
+        if not typed:
+            raise ValidationFailedError("Enter a code.")
+        token, _ = await hosted.sign_in_with_factor(
+            ctx, mfa_token=mfa_token, typed=typed, ip=ip, user_agent=user_agent(request)
+        )
+    except InvalidMfaTokenError:
+        client_name, form_target = await _login_target(ctx, continue_to, ip)
+        return login_page(
+            request,
+            continue_to=continue_to,
+            client_name=client_name,
+            form_target=form_target,
+            error="That sign-in took too long or was already used. Sign in again.",
+            status=400,
+        )
+    except (InvalidCodeError, ValidationFailedError, TooManyAttemptsError, AccountDisabledError) as exc:
+        message = _failed_login(exc) if isinstance(exc, TooManyAttemptsError | AccountDisabledError) else None
+        return await _code_page(
+            request,
+            ctx,
+            continue_to=continue_to,
+            mfa_token=mfa_token,
+            ip=ip,
+            error=message or "That code is wrong, too old or already used.",
+            status=exc.status_code if isinstance(exc, TooManyAttemptsError | AccountDisabledError) else 400,
+            headers=exc.extra_headers,
+        )
+    return await _signed_in(request, ctx, token, continue_to, ip)
+
+
+async def _signed_in(request: Request, ctx: Any, token: str, continue_to: str, ip: str | None) -> Response:
     previous_token, previous = await current(ctx, request)
     if previous is not None:  # another user signing in on this browser: the old login ends
         await hosted.sign_out(ctx, login=previous, ip=ip)

@@ -111,6 +111,7 @@ def handshake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Handshake]:
         HANDSHAKE_PARTNER_AUDIENCES=f'["{PARTNER}"]',
         HANDSHAKE_ISSUER=f"http://127.0.0.1:{port}",
         HANDSHAKE_ACCESS_LOG="true",  # jwks_fetches() counts its lines (off by default)
+        HANDSHAKE_MFA_REQUIRED_ROLES="[]",  # its admin signs in with the password alone, as in tests/conftest.py
     )
     # An MQTT port of its own too: once the device connector is installed, serve starts its broker.
     args = [sys.executable, "-m", "shared.cli", "serve", "--http-port", str(port), "--mqtt-port", str(free_port())]

@@ -51,6 +51,9 @@ def make_env(workdir: Path, **settings: str) -> dict[str, str]:
         # Cheap argon2id: same algorithm and code path, far fewer CPU-seconds per login.
         HANDSHAKE_ARGON2_TIME_COST="1",
         HANDSHAKE_ARGON2_MEMORY_KIB="1024",
+        # The admin of these deployments signs in with the password alone (as in tests/conftest.py);
+        # tests/device_connector/test_demo.py and the README tour run the default.
+        HANDSHAKE_MFA_REQUIRED_ROLES="[]",
         PYTHONUNBUFFERED="1",
     )
     env.update(settings)
