@@ -12,9 +12,10 @@ import sqlalchemy as sa
 
 from account_manager import store
 from account_manager.passwords import check_strength, passwords
-from account_manager.sessions import end_all_sessions, now_utc
+from account_manager.sessions import end_all_sessions
 from shared import lockout
 from shared.cache import RowCache
+from shared.clock import utcnow
 from shared.context import Context
 from shared.errors import (
     InvalidCredentialsError,
@@ -83,7 +84,7 @@ async def create_user(
     check_strength(password)
     password_hash = await passwords(ctx).hash(password)
     user_id = new_user_id()
-    now = now_utc()
+    now = utcnow()
     try:
         async with ctx.db.write() as tx:
             if await store.user_by_username(tx, username=username) is not None:
@@ -145,7 +146,7 @@ async def get_user(ctx: Context, *, user_id: str, cached: bool = False) -> store
 async def update_email(ctx: Context, *, user_id: str, email: str | None, ip: str | None) -> store.UserRow:
     check_email(email)
     async with ctx.db.write() as tx:
-        await store.update_user(tx, user_id=user_id, now=now_utc(), email=email)
+        await store.update_user(tx, user_id=user_id, now=utcnow(), email=email)
         ctx.revocations.user_changed(tx, user_id)
         await ctx.events.record(
             tx, EventType.USER_UPDATED, actor_type=ActorType.USER, actor_id=user_id, ip=ip, detail={"fields": ["email"]}
@@ -168,7 +169,7 @@ async def change_password(
     check_strength(new_password)
     password_hash = await passwords(ctx).hash(new_password)
     async with ctx.db.write() as tx:
-        await store.update_user(tx, user_id=user_id, now=now_utc(), password_hash=password_hash)
+        await store.update_user(tx, user_id=user_id, now=utcnow(), password_hash=password_hash)
         ctx.revocations.user_changed(tx, user_id)
         ended = await end_all_sessions(ctx, tx, user_id=user_id, reason="password_changed", except_sid=sid)
         await ctx.events.record(
@@ -194,7 +195,7 @@ async def admin_update_user(
         if disabled is not None and disabled != user.disabled:
             changes["disabled"] = disabled
         if changes:
-            await store.update_user(tx, user_id=user_id, now=now_utc(), **changes)
+            await store.update_user(tx, user_id=user_id, now=utcnow(), **changes)
             ctx.revocations.user_changed(tx, user_id)
             # Disabling ends every session at once; so does a role change, so that no token goes on
             # carrying the old role until it expires.
@@ -208,7 +209,7 @@ async def admin_update_user(
                 ip=ip,
                 detail={"user_id": user_id, **changes},
             )
-        rows, _ = await store.list_users(tx, query=None, role=None, limit=1, offset=0, now=now_utc(), user_id=user_id)
+        rows, _ = await store.list_users(tx, query=None, role=None, limit=1, offset=0, now=utcnow(), user_id=user_id)
     return admin_view(rows[0])
 
 
@@ -223,7 +224,7 @@ async def list_users(
     ignoring case, or a whole user id."""
     query = (query or "").strip() or None
     async with ctx.db.read() as tx:
-        rows, total = await store.list_users(tx, query=query, role=role, limit=limit, offset=offset, now=now_utc())
+        rows, total = await store.list_users(tx, query=query, role=role, limit=limit, offset=offset, now=utcnow())
     return [admin_view(row) for row in rows], total
 
 
@@ -239,7 +240,7 @@ async def ensure_admin(ctx: Context, *, password: str | None) -> str | None:
 
 
 async def stats(ctx: Context) -> dict[str, int]:
-    now = now_utc()
+    now = utcnow()
     day_ago: datetime = now - timedelta(hours=24)
     async with ctx.db.read() as tx:
         devices, online = await store.count_devices(tx)
@@ -267,7 +268,7 @@ HOURLY_SERIES = {
 async def hourly_stats(ctx: Context, *, hours: int) -> list[dict[str, Any]]:
     """Logins, failures and device connections per UTC hour, oldest first: the current (partial) hour
     and the `hours - 1` before it, hours without events included as zeros so a chart needs no gaps."""
-    current = now_utc().replace(minute=0, second=0, microsecond=0)
+    current = utcnow().replace(minute=0, second=0, microsecond=0)
     first = current - timedelta(hours=hours - 1)
     buckets = {first + timedelta(hours=i): dict.fromkeys(HOURLY_SERIES.values(), 0) for i in range(hours)}
     async with ctx.db.read() as tx:

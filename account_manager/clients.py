@@ -4,7 +4,6 @@ hub) keeps no secret and must use PKCE; a confidential one (a server) authentica
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import Any
 
 from account_manager import oauth_store
 from account_manager.redirect_uris import RedirectUriError, check
-from account_manager.sessions import now_utc
+from shared.clock import sha256_hex, utcnow
 from shared.context import Context
 from shared.errors import NotFoundError, ValidationFailedError
 from shared.models import ActorType, EventType
@@ -40,7 +39,7 @@ class NewClient:
 
 
 def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+    return sha256_hex(secret)
 
 
 def secret_matches(client: oauth_store.ClientRow, secret: str) -> bool:
@@ -105,7 +104,7 @@ async def create_client(
         secret_hash=hash_secret(secret) if secret else None,
         redirect_uris=uris,
         grant_types=grants,
-        created_at=now_utc(),
+        created_at=utcnow(),
         created_by=actor_id,
     )
     async with ctx.db.write() as tx:
@@ -144,7 +143,7 @@ async def delete_client(ctx: Context, *, client_id: str, actor_id: str | None, i
     """The client goes, with its pending codes; every session issued to it ends at once (an app that
     is no longer registered keeps no user logged in)."""
     async with ctx.db.write() as tx:
-        sids = await oauth_store.client_session_ids(tx, client_id=client_id, now=now_utc())
+        sids = await oauth_store.client_session_ids(tx, client_id=client_id, now=utcnow())
         if not await oauth_store.delete_client(tx, client_id=client_id):
             raise NotFoundError("No such client.")
         ended = await ctx.revocations.revoke_sessions(tx, sids, reason="client_deleted")

@@ -4,12 +4,12 @@ a code presented again revokes the session its first redemption opened (§4.1.2)
 
 from __future__ import annotations
 
-import hashlib
 from datetime import timedelta
 
 from account_manager import oauth_store
 from account_manager.oauth_store import CodeRow, HostedLogin
-from account_manager.sessions import TokenPair, issue_session, new_session_id, now_utc
+from account_manager.sessions import TokenPair, issue_session, new_session_id
+from shared.clock import sha256_hex, utcnow
 from shared.context import Context
 from shared.db import Tx
 from shared.models import ActorType, EventType
@@ -19,7 +19,7 @@ MAX_CODE = 256
 
 
 def hash_code(code: str) -> str:
-    return hashlib.sha256(code.encode()).hexdigest()
+    return sha256_hex(code)
 
 
 async def save_code(
@@ -32,7 +32,7 @@ async def save_code(
     code_challenge: str | None,
     code_challenge_method: str | None,
 ) -> None:
-    now = now_utc()
+    now = utcnow()
     async with ctx.db.write() as tx:
         await oauth_store.insert_code(
             tx,
@@ -61,7 +61,7 @@ async def find_code(ctx: Context, *, code: str, client_id: str, ip: str | None) 
         async with ctx.db.write() as tx:
             await _revoke_replayed(ctx, tx, row, ip)
         return None
-    if row.expires_at <= now_utc() or not row.usable:
+    if row.expires_at <= utcnow() or not row.usable:
         return None
     return row
 
@@ -74,7 +74,7 @@ async def redeem_code(
     code_hash = hash_code(code)
     sid = new_session_id()
     async with ctx.db.write() as tx:
-        if not await oauth_store.consume_code(tx, code_hash=code_hash, now=now_utc()):
+        if not await oauth_store.consume_code(tx, code_hash=code_hash, now=utcnow()):
             winner = await oauth_store.code_by_hash(tx, code_hash=code_hash)
             if winner is not None:
                 await _revoke_replayed(ctx, tx, winner, ip)

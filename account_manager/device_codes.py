@@ -5,7 +5,6 @@ dash, in either case; wrong ones count toward a lockout per user and address lik
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 import time
@@ -15,8 +14,9 @@ import sqlalchemy as sa
 
 from account_manager import oauth_store
 from account_manager.oauth_store import DeviceCodeRow, HostedLogin
-from account_manager.sessions import TokenPair, issue_session, new_session_id, now_utc
+from account_manager.sessions import TokenPair, issue_session, new_session_id
 from shared import lockout
+from shared.clock import sha256_hex, utcnow
 from shared.context import Context
 from shared.errors import RateLimitedError
 from shared.models import ActorType, EventType
@@ -47,7 +47,7 @@ def normalize_user_code(typed: str) -> str | None:
 
 
 def _hash(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
+    return sha256_hex(value)
 
 
 async def rate_limit_requests(ctx: Context, ip: str | None) -> None:
@@ -59,7 +59,7 @@ async def rate_limit_requests(ctx: Context, ip: str | None) -> None:
 async def save_device_code(ctx: Context, *, client_id: str, device_code: str, user_code: str) -> str:
     """Store a new pair; the user code as stored (another one on the rare clash with a live code)."""
     for _ in range(5):
-        now = now_utc()
+        now = utcnow()
         try:
             async with ctx.db.write() as tx:
                 await oauth_store.insert_device_code(
@@ -87,7 +87,7 @@ async def find_device_code(ctx: Context, device_code: str) -> DeviceCodeRow | No
 async def record_poll(ctx: Context, row: DeviceCodeRow) -> bool:
     """Note a poll of a pending code; True when it came before the interval was up (slow_down: the
     interval grows by 5 s for this and every later poll, RFC 8628 §3.5)."""
-    now = now_utc()
+    now = utcnow()
     early = row.last_polled_at is not None and _seconds(now - row.last_polled_at) < row.interval - EARLY_TOLERANCE
     interval = row.interval + SLOW_DOWN_STEP if early else row.interval
     async with ctx.db.write() as tx:
@@ -141,7 +141,7 @@ async def pending_for(ctx: Context, *, login: HostedLogin, user_code: str, ip: s
     if code is not None:
         async with ctx.db.query() as tx:
             row = await oauth_store.device_code_by_user_code(tx, user_code_hash=_hash(code))
-    if row is None or row.status != "pending" or row.expires_at <= now_utc():
+    if row is None or row.status != "pending" or row.expires_at <= utcnow():
         await lockout.record_failure(ctx, login.user_id, ip, scope=LOCKOUT_SCOPE)
         raise UserCodeNotFoundError()
     await lockout.record_success(ctx, login.user_id, ip, failures=failures, scope=LOCKOUT_SCOPE)
@@ -155,7 +155,7 @@ async def decide(ctx: Context, *, login: HostedLogin, user_code: str, approve: b
     async with ctx.db.write() as tx:
         status = "approved" if approve else "denied"
         if not await oauth_store.decide_device_code(
-            tx, user_code_hash=_hash(code), user_id=login.user_id, status=status, now=now_utc()
+            tx, user_code_hash=_hash(code), user_id=login.user_id, status=status, now=utcnow()
         ):
             raise UserCodeNotFoundError()  # decided or expired meanwhile
         await ctx.events.record(
@@ -170,4 +170,4 @@ async def decide(ctx: Context, *, login: HostedLogin, user_code: str, approve: b
 
 
 def expired(row: DeviceCodeRow, now: datetime | None = None) -> bool:
-    return row.expires_at <= (now or now_utc())
+    return row.expires_at <= (now or utcnow())

@@ -12,7 +12,8 @@ from datetime import timedelta
 
 from account_manager import mfa, oauth_store, sessions, store
 from account_manager.oauth_store import HostedLogin
-from account_manager.sessions import new_session_id, now_utc
+from account_manager.sessions import new_session_id
+from shared.clock import sha256_hex, utcnow
 from shared.context import Context
 from shared.models import ActorType, EventType
 
@@ -21,7 +22,7 @@ MAX_COOKIE = 100
 
 
 def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return sha256_hex(token)
 
 
 async def sign_in(
@@ -51,7 +52,7 @@ async def open_login(
 ) -> tuple[str, HostedLogin]:
     token = secrets.token_urlsafe(32)
     sid = new_session_id()
-    now = now_utc()
+    now = utcnow()
     async with ctx.db.write() as tx:
         ctx.revocations.user_changed(tx, user.id)  # its last login changes
         await oauth_store.open_hosted_login(
@@ -81,7 +82,7 @@ async def current_login(ctx: Context, token: str | None) -> HostedLogin | None:
     if not token or len(token) > MAX_COOKIE:
         return None
     async with ctx.db.query() as tx:
-        return await oauth_store.hosted_login(tx, token_hash=_hash(token), now=now_utc())
+        return await oauth_store.hosted_login(tx, token_hash=_hash(token), now=utcnow())
 
 
 async def sign_out(ctx: Context, *, login: HostedLogin, ip: str | None) -> None:

@@ -9,15 +9,15 @@ passwords."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from account_manager import mfa_store, store
 from account_manager.passwords import passwords
 from account_manager.totp import matching_step, new_secret, otpauth_uri, secret_box
 from shared import lockout
+from shared.clock import sha256_hex, utcnow
 from shared.context import Context
 from shared.db import Tx
 from shared.errors import (
@@ -56,12 +56,8 @@ class WrongFactorError(InvalidCodeError):
     status_code = 403
 
 
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
 def _sha256(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
+    return sha256_hex(value)
 
 
 def normal_code(code: str) -> str:
@@ -108,7 +104,7 @@ async def enrol(ctx: Context, *, user_id: str) -> tuple[str, str]:
             raise NotFoundError("No such user.")
         if user.mfa_enabled:
             raise MfaAlreadyEnabledError()
-        await mfa_store.put_pending_totp(tx, user_id=user_id, secret_box=box, now=now_utc())
+        await mfa_store.put_pending_totp(tx, user_id=user_id, secret_box=box, now=utcnow())
     return secret, otpauth_uri(secret, user.username)
 
 
@@ -118,7 +114,7 @@ async def confirm(ctx: Context, *, user_id: str, sid: str, code: str, ip: str | 
     the factor existed must not become a full session by a refresh."""
     code = normal_code(code)
     codes = [new_recovery_code() for _ in range(RECOVERY_CODES)]
-    now = now_utc()
+    now = utcnow()
     async with ctx.db.write() as tx:
         row = await mfa_store.totp_of(tx, user_id=user_id)
         if row is not None and row.confirmed:
@@ -169,7 +165,7 @@ async def disable(
     if not await passwords(ctx).verify(user.password_hash, password):
         await lockout.record_failure(ctx, key, ip)
         raise WrongPasswordError()
-    now = now_utc()
+    now = utcnow()
     try:
         async with ctx.db.write() as tx:
             await _check_factor(ctx, tx, user=user, code=code, recovery_code=recovery_code, ip=ip, now=now)
@@ -197,7 +193,7 @@ async def enrol_by_operator(ctx: Context, *, username: str) -> tuple[str, str, l
     """A factor set up and in force at once by the platform's operator (who holds the database and the
     keys anyway): the secret, its otpauth URI and the recovery codes, to hand to the user. Every
     session of the user ends, so none opened with the password alone outlives it."""
-    secret, codes, now = new_secret(), [new_recovery_code() for _ in range(RECOVERY_CODES)], now_utc()
+    secret, codes, now = new_secret(), [new_recovery_code() for _ in range(RECOVERY_CODES)], utcnow()
     async with ctx.db.write() as tx:
         user = await store.user_by_username(tx, username=username)
         if user is None:
@@ -225,7 +221,7 @@ async def enrol_by_operator(ctx: Context, *, username: str) -> tuple[str, str, l
 async def reset_by_operator(ctx: Context, *, username: str) -> None:
     """The way back for a user who lost the authenticator and the recovery codes: the factor goes and
     every session ends; the user enrols again (which a required role makes the next thing they do)."""
-    now = now_utc()
+    now = utcnow()
     async with ctx.db.write() as tx:
         user = await store.user_by_username(tx, username=username)
         if user is None:
@@ -252,7 +248,7 @@ async def begin(ctx: Context, *, user: store.UserRow, ip: str | None) -> str:
     """After a right password, for a user with a factor: a single-use token for the second step,
     valid 5 minutes, from this address only. Stored hashed."""
     token = MFA_TOKEN_PREFIX + secrets.token_urlsafe(32)
-    now = now_utc()
+    now = utcnow()
     async with ctx.db.write() as tx:
         await mfa_store.insert_mfa_token(
             tx,
@@ -275,7 +271,7 @@ async def finish(
     if not mfa_token or len(mfa_token) > MAX_MFA_TOKEN:
         raise InvalidMfaTokenError()
     token_hash = _sha256(mfa_token)
-    now = now_utc()
+    now = utcnow()
     async with ctx.db.query() as tx:
         row = await mfa_store.mfa_token_by_hash(tx, token_hash=token_hash)
     if row is None or row.used or row.expires_at <= now or row.ip != ip:

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from account_manager import store
-from account_manager.sessions import REFRESH_PREFIX, hash_refresh, now_utc
+from account_manager.sessions import REFRESH_PREFIX, hash_refresh
+from shared.clock import utcnow
 from shared.context import Context
 from shared.errors import InvalidTargetError, InvalidTokenError, RateLimitedError
 from shared.models import ActorType, EventType
@@ -78,7 +79,7 @@ async def _introspect_refresh(ctx: Context, token: str) -> dict[str, Any]:
     ctx.revocations.require_confirmed()
     async with ctx.db.read() as tx:
         row = await store.refresh_by_hash(tx, token_hash=hash_refresh(token))
-    now = now_utc()
+    now = utcnow()
     if row is None or row.used_at is not None or row.session_revoked or row.user_disabled or row.expires_at <= now:
         return INACTIVE
     return {

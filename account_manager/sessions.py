@@ -5,10 +5,9 @@ session ends every token of it at once, wherever it is checked."""
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from account_manager import mfa, store
 from account_manager.passwords import passwords
 from shared import lockout
+from shared.clock import sha256_hex, utcnow
 from shared.context import Context
 from shared.db import Tx
 from shared.errors import (
@@ -46,12 +46,8 @@ class TokenPair:
         return asdict(self)
 
 
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
 def hash_refresh(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return sha256_hex(token)
 
 
 def new_session_id() -> str:
@@ -108,7 +104,7 @@ async def issue_session(
     has none, the access token is good only for enrolling (SPEC §12)."""
     settings = ctx.settings
     enrolment = await mfa.enrolment_only(ctx, tx, user_id=user_id, role=role, mfa_enabled=mfa_enabled)
-    now = now_utc()
+    now = utcnow()
     sid = sid or new_session_id()
     refresh_token = new_refresh_token()
     ctx.revocations.user_changed(tx, user_id)  # its last login changes
@@ -219,7 +215,7 @@ async def refresh(ctx: Context, *, refresh_token: str, ip: str | None, user_agen
     token_hash = hash_refresh(refresh_token)
     async with ctx.db.write() as tx:
         row = await store.refresh_by_hash(tx, token_hash=token_hash)
-        now = now_utc()
+        now = utcnow()
         if row is None or row.session_revoked or row.user_disabled or row.expires_at <= now:
             raise InvalidGrantError()
         new_token = new_refresh_token()
@@ -286,7 +282,7 @@ async def logout(ctx: Context, *, user_id: str, sid: str, ip: str | None) -> Non
 
 async def logout_all(ctx: Context, *, user_id: str, ip: str | None) -> None:
     async with ctx.db.write() as tx:
-        sids = await store.active_session_ids(tx, user_id=user_id, now=now_utc())
+        sids = await store.active_session_ids(tx, user_id=user_id, now=utcnow())
         await ctx.revocations.revoke_sessions(tx, sids, reason="logout_all")
         await ctx.events.record(
             tx, EventType.LOGOUT, actor_type=ActorType.USER, actor_id=user_id, ip=ip, detail={"sessions": len(sids)}
@@ -312,13 +308,13 @@ async def revoke_session(ctx: Context, *, user_id: str, sid: str, ip: str | None
 async def end_all_sessions(
     ctx: Context, tx: Tx, *, user_id: str, reason: str, except_sid: str | None = None
 ) -> list[str]:
-    sids = await store.active_session_ids(tx, user_id=user_id, now=now_utc(), except_sid=except_sid)
+    sids = await store.active_session_ids(tx, user_id=user_id, now=utcnow(), except_sid=except_sid)
     return await ctx.revocations.revoke_sessions(tx, sids, reason=reason)
 
 
 async def list_sessions(ctx: Context, *, user_id: str, current_sid: str) -> list[dict[str, object]]:
     async with ctx.db.read() as tx:
-        rows = await store.list_sessions(tx, user_id=user_id, now=now_utc())
+        rows = await store.list_sessions(tx, user_id=user_id, now=utcnow())
     return [
         {
             "id": row.id,

@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from account_manager.sessions import now_utc
 from shared import tables
+from shared.clock import utcnow
 from shared.context import Context
 from tests.account_manager.flows import (
     APP_REDIRECT,
@@ -178,7 +178,7 @@ async def test_an_expired_code_is_invalid_grant(
     verifier = new_verifier()
     code = await code_for(browser, app_client["client_id"], user["username"], verifier)
     async with ctx.db.write() as tx:
-        await tx.execute(sa.update(tables.oauth_codes).values(expires_at=now_utc() - timedelta(seconds=1)))
+        await tx.execute(sa.update(tables.oauth_codes).values(expires_at=utcnow() - timedelta(seconds=1)))
     assert_error(await redeem(client, app_client["client_id"], code, verifier), 400, "invalid_grant")
 
 

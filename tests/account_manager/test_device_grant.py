@@ -18,8 +18,8 @@ from authlib.integrations.base_client.errors import OAuthError
 from fastapi import FastAPI
 
 from account_manager.device_codes import REQUESTS_PER_MINUTE
-from account_manager.sessions import now_utc
 from shared import tables
+from shared.clock import utcnow
 from shared.context import Context
 from tests.account_manager.flows import (
     DEVICE_GRANT,
@@ -145,7 +145,7 @@ async def test_an_expired_device_code_is_expired_token(
 ) -> None:
     started = await start(client, hub["client_id"])
     async with ctx.db.write() as tx:
-        await tx.execute(sa.update(tables.oauth_device_codes).values(expires_at=now_utc() - timedelta(seconds=1)))
+        await tx.execute(sa.update(tables.oauth_device_codes).values(expires_at=utcnow() - timedelta(seconds=1)))
     assert_error(await poll(client, hub["client_id"], started["device_code"]), 400, "expired_token")
 
 
