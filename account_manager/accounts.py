@@ -25,6 +25,7 @@ from shared.errors import (
     ValidationFailedError,
 )
 from shared.models import ActorType, EventType, Role
+from shared.registry import Key
 
 USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{2,63}")
 EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
@@ -119,12 +120,11 @@ async def register(ctx: Context, *, username: str, password: str, email: str | N
     )
 
 
+USER_CACHE = Key[RowCache[store.UserRow]]("user_cache")
+
+
 def user_cache(ctx: Context) -> RowCache[store.UserRow]:
-    found = ctx.extras.get("user_cache")
-    if found is None:
-        found = ctx.extras["user_cache"] = RowCache[store.UserRow](ctx.revocations, "user")
-    assert isinstance(found, RowCache)
-    return found
+    return ctx.services.get(USER_CACHE, lambda: RowCache[store.UserRow](ctx.revocations, "user"))
 
 
 async def get_user(ctx: Context, *, user_id: str, cached: bool = False) -> store.UserRow:

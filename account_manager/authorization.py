@@ -23,6 +23,7 @@ from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
 from account_manager import clients
 from account_manager.grants import Client, CodeGrant, DeviceEndpoint, DeviceGrant, Incoming, OAuthRequest, Pkce, wait
 from shared.context import Context
+from shared.registry import Key
 
 __all__ = ["Incoming", "LoginNeeded", "Outcome", "authorize", "device_authorization", "token"]
 WORKERS = 8  # Authlib requests in threads at once; more wait (their storage calls run on the loop anyway)
@@ -88,13 +89,11 @@ def failure(error: OAuth2Error) -> Outcome:
     return Outcome(status, {"error": error.error, "detail": detail}, dict(headers), error=error.error)
 
 
+OAUTH_SERVER = Key[tuple["Server", anyio.CapacityLimiter]]("oauth_server")
+
+
 def _server(ctx: Context) -> tuple[Server, anyio.CapacityLimiter]:
-    found = ctx.extras.get("oauth_server")
-    if found is None:
-        found = ctx.extras["oauth_server"] = (Server(ctx), anyio.CapacityLimiter(WORKERS))
-    server, limiter = found
-    assert isinstance(server, Server) and isinstance(limiter, anyio.CapacityLimiter)
-    return server, limiter
+    return ctx.services.get(OAUTH_SERVER, lambda: (Server(ctx), anyio.CapacityLimiter(WORKERS)))
 
 
 async def _run(ctx: Context, work: Callable[[Server, OAuthRequest], Any], incoming: Incoming) -> Any:

@@ -11,6 +11,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from shared.context import Context
 from shared.errors import WeakPasswordError
+from shared.registry import Key
 
 MIN_LENGTH = 8
 MAX_LENGTH = 1024  # argon2 takes any length; a bound keeps a stranger from making us hash megabytes
@@ -62,9 +63,8 @@ class Passwords:
             return False
 
 
+PASSWORDS = Key[Passwords]("passwords")
+
+
 def passwords(ctx: Context) -> Passwords:
-    found = ctx.extras.get("passwords")
-    if found is None:
-        found = ctx.extras["passwords"] = Passwords(ctx)
-    assert isinstance(found, Passwords)
-    return found
+    return ctx.services.get(PASSWORDS, lambda: Passwords(ctx))

@@ -15,6 +15,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.context import Context
+from shared.registry import Key
 
 STEP = 30
 DIGITS = 6
@@ -95,9 +96,8 @@ def _load_or_create_key(path: Path) -> bytes:
     return key
 
 
+SECRET_BOX = Key[SecretBox]("mfa_secret_box")
+
+
 def secret_box(ctx: Context) -> SecretBox:
-    found = ctx.extras.get("mfa_secret_box")
-    if found is None:
-        found = ctx.extras["mfa_secret_box"] = SecretBox.from_directory(ctx.settings.keys_dir)
-    assert isinstance(found, SecretBox)
-    return found
+    return ctx.services.get(SECRET_BOX, lambda: SecretBox.from_directory(ctx.settings.keys_dir))

@@ -28,6 +28,7 @@ from device_connector.mqtt_relay import MqttRelay
 from device_connector.port import BrokerEvents, CloseReason, Connection
 from shared.context import Context
 from shared.models import Role
+from shared.registry import Key
 from shared.tokens import Claims, TokenKind
 
 log = logging.getLogger("handshake.clustered")
@@ -57,10 +58,7 @@ class Admissions:
     @classmethod
     def of(cls, ctx: Context) -> Admissions:
         """The process's one instance: the hooks put, the adapter reads."""
-        found = ctx.extras.get("admissions")
-        if not isinstance(found, Admissions):
-            found = ctx.extras["admissions"] = cls(ctx)
-        return found
+        return ctx.services.get(ADMISSIONS, lambda: cls(ctx))
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -96,6 +94,9 @@ class Admissions:
         self.local = {k: v for k, v in self.local.items() if v.claims.exp > now}
         if len(self.local) >= LOCAL_LIMIT:
             self.local.clear()
+
+
+ADMISSIONS = Key[Admissions]("admissions")
 
 
 class Once:

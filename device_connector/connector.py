@@ -28,6 +28,7 @@ from shared import jsonlimits
 from shared.context import Context
 from shared.events import event_row
 from shared.models import ActorType, DeviceRole, EventType
+from shared.registry import Key
 from shared.tokens import TokenKind
 
 log = logging.getLogger("handshake.connector")
@@ -326,3 +327,7 @@ class Connector:
                     log.warning("not retaining %s's %s: it cannot be written back as JSON", row.uid, channel)
                     continue
                 self.broker.load_retained(f"devices/{row.uid}/{channel}", data)
+
+
+# The process's connector, once the device connector service has started it.
+CONNECTOR = Key[Connector]("connector")

@@ -6,7 +6,7 @@ import contextlib
 
 from fastapi import APIRouter
 
-from device_connector.connector import Connector
+from device_connector.connector import CONNECTOR, Connector
 from device_connector.routes import devices, hooks, rabbitmq
 from shared.context import Context
 from shared.settings import Settings
@@ -27,12 +27,12 @@ async def on_start(ctx: Context) -> None:
         with contextlib.suppress(Exception):
             await connector.stop()
         raise
-    ctx.extras["connector"] = connector
-    ctx.extras.setdefault("readiness", {})["broker"] = connector.ready
+    ctx.services.put(CONNECTOR, connector)
+    ctx.readiness["broker"] = connector.ready
     if not ctx.settings.clustered_broker:
         # Where clients find the embedded broker: in /readyz and the discovery document, so that the
         # SDKs and `handshake demo` ask instead of assuming 1883 (which may be another broker).
-        ctx.extras["mqtt_listener"] = mqtt_listener(ctx.settings)
+        ctx.mqtt_listener = mqtt_listener(ctx.settings)
 
 
 def mqtt_listener(settings: Settings) -> dict[str, int]:
@@ -45,8 +45,8 @@ def mqtt_listener(settings: Settings) -> dict[str, int]:
 
 
 async def on_stop(ctx: Context) -> None:
-    ctx.extras.get("readiness", {}).pop("broker", None)
-    ctx.extras.pop("mqtt_listener", None)
-    connector = ctx.extras.pop("connector", None)
+    ctx.readiness.pop("broker", None)
+    ctx.mqtt_listener = None
+    connector = ctx.services.pop(CONNECTOR)
     if connector is not None:
         await connector.stop()

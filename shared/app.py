@@ -168,10 +168,10 @@ def _common_router() -> APIRouter:
                 checks["redis"] = "unreachable"
         checks["revocation"] = "ok" if ctx.revocations.confirmed else "unconfirmed"
         # Services add their own, e.g. the device connector's broker (SPEC §2: "broker reachable").
-        for name, probe in ctx.extras.get("readiness", {}).items():
+        for name, probe in ctx.readiness.items():
             checks[name] = "ok" if probe() else "unreachable"
         ready = all(value == "ok" for value in checks.values())
-        listener = ctx.extras.get("mqtt_listener")
+        listener = ctx.mqtt_listener
         where = {"mqtt": dict(listener)} if listener else {}  # port and tls_port: where the broker listens
         if ready:
             return JSONResponse({"status": "ready", "checks": checks, **where})

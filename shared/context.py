@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -26,6 +26,7 @@ from shared.fanout import Fanout
 from shared.keys import KeyDirectory, KeyRing, ring_from_settings
 from shared.metrics import Metrics
 from shared.pool import BoundedPool
+from shared.registry import Services
 from shared.revocation import Revocations
 from shared.settings import Settings
 from shared.tokens import Issuer, Verifier
@@ -50,8 +51,14 @@ class Context:
     hashing: BoundedPool
     metrics: Metrics
     device_lists: DeviceLists
-    # Per-service state that lives as long as the context (the account manager's password hasher...).
-    extras: dict[str, Any] = field(default_factory=dict)
+    # What each service keeps for the life of the context (its password hasher, caches, the
+    # connector), by typed key (shared.registry).
+    services: Services = field(default_factory=Services)
+    # Checks /readyz runs besides the database, Redis and revocation (the device connector's broker).
+    readiness: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    # Where the embedded MQTT broker listens (`port`, `tls_port`), for /readyz and the discovery
+    # document; None without one (a clustered broker, or no device connector in this process).
+    mqtt_listener: dict[str, int] | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod

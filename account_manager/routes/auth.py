@@ -168,7 +168,7 @@ async def exchange(request: Request, ctx: CtxDep, user: CurrentUser, ip: ClientI
 @router.get("/.well-known/oauth-authorization-server", tags=["keys"])  # RFC 8414: the same document
 async def discovery(ctx: CtxDep) -> JSONResponse:
     issuer = ctx.settings.issuer.rstrip("/")
-    document = {
+    document: dict[str, object] = {
         "issuer": ctx.settings.issuer,
         "jwks_uri": f"{issuer}/.well-known/jwks.json",
         "token_endpoint": f"{issuer}/v1/auth/token",
@@ -184,7 +184,7 @@ async def discovery(ctx: CtxDep) -> JSONResponse:
         "id_token_signing_alg_values_supported": [ctx.settings.jwt_alg],
         "subject_types_supported": ["public"],
     }
-    listener = ctx.extras.get("mqtt_listener")
+    listener = ctx.mqtt_listener
     if listener:  # an extension (RFC 8414 §2 allows them): where this deployment's MQTT broker listens
         for key in ("port", "tls_port"):
             if key in listener:

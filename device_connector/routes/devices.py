@@ -7,20 +7,23 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from device_connector import store
-from device_connector.connector import Connector
+from device_connector.connector import CONNECTOR, Connector
 from device_connector.schemas import CommandIn
 from shared import jsonlimits
 from shared.bodies import body_doc, parse_body, raw_body
 from shared.context import Context
 from shared.deps import ClientIp, CtxDep, CurrentUser
 from shared.device_lists import require_role
+from shared.errors import ServiceUnavailableError
 from shared.models import DeviceRole
 
 router = APIRouter(tags=["device connector"])
 
 
 def connector(ctx: Context) -> Connector:
-    found: Connector = ctx.extras["connector"]
+    found = ctx.services.find(CONNECTOR)
+    if found is None:  # a route of the device connector, served without it started: not ready
+        raise ServiceUnavailableError("The device connector is not running.")
     return found
 
 

@@ -13,12 +13,14 @@ from fastapi.responses import JSONResponse
 
 from device_connector.acl import Action, Grants, acl_rules, may_publish, may_subscribe
 from device_connector.clustered import Admissions
+from device_connector.connector import CONNECTOR
 from device_connector.gate import Admission, Gate
 from device_connector.port import BrokerEvents, Refused
 from shared.bodies import raw_body
 from shared.context import Context
 from shared.deps import CtxDep
 from shared.errors import HandshakeError, InvalidRequestError, NotFoundError
+from shared.registry import Key
 
 router = APIRouter(tags=["broker hooks"])
 GRANTS_TTL = 5.0  # role changes reach a clustered broker's ACL checks within this many seconds
@@ -77,11 +79,11 @@ class GrantsCache:
         self.entries[client_id] = (time.monotonic(), username, grants)
 
 
+HOOK_GRANTS = Key[GrantsCache]("hook_grants")
+
+
 def grants_cache(ctx: Context) -> GrantsCache:
-    found = ctx.extras.get("hook_grants")
-    if not isinstance(found, GrantsCache):
-        found = ctx.extras["hook_grants"] = GrantsCache()
-    return found
+    return ctx.services.get(HOOK_GRANTS, GrantsCache)
 
 
 async def admit(ctx: Context, *, client_id: str, username: str, password: str, ip: str | None) -> Admission | None:
@@ -89,7 +91,7 @@ async def admit(ctx: Context, *, client_id: str, username: str, password: str, i
     try:
         admission = await Gate(ctx).admit(client_id=client_id, username=username, password=password)
     except Refused as refusal:
-        events: BrokerEvents | None = ctx.extras.get("connector")
+        events: BrokerEvents | None = ctx.services.find(CONNECTOR)
         if events is not None:
             events.refused(client_id=client_id, username=username, ip=ip, reason=refusal.reason)
         return None
@@ -161,8 +163,8 @@ async def emqx_events(request: Request, ctx: CtxDep) -> JSONResponse:
     body = await body_of(request)
     if not secret_ok(ctx, header_secret(request)):
         raise UnauthorizedHookError()
-    connector = ctx.extras.get("connector")
-    broker = getattr(connector, "broker", None)
+    connector = ctx.services.find(CONNECTOR)
+    broker = connector.broker if connector is not None else None
     if not isinstance(broker, EmqxBroker):
         raise NotFoundError("This connector does not run with HANDSHAKE_MQTT_BROKER=emqx.")
     if body is None or not await broker.webhook(body):

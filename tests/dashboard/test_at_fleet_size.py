@@ -17,6 +17,7 @@ from account_manager.accounts import create_user
 from shared.models import Role
 from tests.conftest import Backend, make_settings
 from tests.dashboard.conftest import PASSWORD, PHONE, WIDE, Account, LiveServer, Tab, new_tab, reset_database, signed_in
+from tests.device_connector.helpers import running_connector
 from tests.fleet import MODELS, fleet_uid, seed_fleet, seed_history
 
 FLEET = 50_000
@@ -65,7 +66,7 @@ def fleet(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         # The connector's start-up census (every device not connected goes offline) is written by the
         # journal in the background: seeded presence must come after it, or it is undone.
-        server.call(server.ctx.extras["connector"].journal.idle())
+        server.call(running_connector(server.ctx).journal.idle())
         admin = server.staff("admin")
         owners = [server.staff("user") for _ in range(3)]
         longest = server.call(create_user(server.ctx, username="u" + "w" * 63, password=PASSWORD, role=Role.USER))

@@ -24,6 +24,7 @@ import pytest
 from fastapi import FastAPI
 from paho.mqtt.enums import CallbackAPIVersion
 
+from device_connector.connector import CONNECTOR, Connector
 from shared.context import Context
 from shared.settings import Settings
 from tests.conftest import Users, bearer
@@ -464,3 +465,10 @@ __all__ = [
     "sync_http",
     "user_id",
 ]
+
+
+def running_connector(ctx: Context) -> Connector:
+    """The app's device connector, which its lifespan started."""
+    found = ctx.services.find(CONNECTOR)
+    assert found is not None, "the device connector is not running"
+    return found

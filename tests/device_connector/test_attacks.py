@@ -25,6 +25,7 @@ from tests.device_connector.helpers import (  # noqa: F401  (mqtt_fixture is the
     eventually,
     make_world,
     mqtt_fixture,
+    running_connector,
 )
 
 QUIET = 1.0  # s to wait for something that must not arrive
@@ -38,7 +39,7 @@ def nested(depth: int) -> Any:
 
 
 def connector(ctx: Context) -> Connector:
-    found: Connector = ctx.extras["connector"]
+    found: Connector = running_connector(ctx)
     return found
 
 

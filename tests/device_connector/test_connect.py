@@ -24,6 +24,7 @@ from tests.device_connector.helpers import (  # noqa: F401  (mqtt_fixture is the
     make_world,
     mqtt_fixture,
     owned_device,
+    running_connector,
 )
 from tests.device_manager import person, provision, staff
 
@@ -264,7 +265,7 @@ async def test_a_refused_connect_leaves_a_persistent_session_alone(
 
     # A will planted by a refused CONNECT would be published on an unexpected close: drop the line.
     await resumed.drop()
-    broker = ctx.extras["connector"].broker
+    broker = running_connector(ctx).broker
     assert await eventually(lambda: not broker.is_online(session_id))
     await publisher.publish(events_topic, b"after")
     assert await watcher.wait_for(events_topic, b"after")
@@ -286,7 +287,7 @@ async def test_a_will_only_on_a_topic_the_client_may_publish_to(
     assert await device_sees.subscribe(f"devices/{uid}/commands") == [1]
 
     # A will the client may not publish: the CONNECT is refused, or the will is never published.
-    broker = ctx.extras["connector"].broker
+    broker = running_connector(ctx).broker
     bad_wills = [
         (viewer.id, viewer.id, viewer.tokens["access_token"], f"devices/{uid}/commands"),  # a viewer commanding
         (viewer.id, viewer.id, viewer.tokens["access_token"], f"devices/{uid}/state"),  # posing as the device

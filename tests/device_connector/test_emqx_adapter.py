@@ -31,7 +31,7 @@ from device_connector.mqtt_relay import RECONNECT_MAX_DELAY, MqttRelay
 from shared.app import create_app
 from shared.testing import forge
 from tests.conftest import Backend, Users, _reset_postgres, make_settings
-from tests.device_connector.helpers import World, events, eventually, make_world
+from tests.device_connector.helpers import World, events, eventually, make_world, running_connector
 from tests.proxy import TcpProxy
 
 MOSQUITTO = ("127.0.0.1", 1883)
@@ -299,7 +299,7 @@ async def test_commands_relay_once_emqx_says_the_device_is_connected(
         assert await broker.connect(world.uid, world.uid, world.device_token)
         # EMQX's webhook reaches every replica through the fan-out: the connector learns of the
         # connection a moment after EMQX says so, as it would from a real EMQX.
-        connector = emqx.app.state.ctx.extras["connector"]  # type: ignore[attr-defined]
+        connector = running_connector(emqx.app.state.ctx)  # type: ignore[attr-defined]
         await eventually(lambda: connector.broker.is_online(world.uid))
         reply = await emqx.post(f"/v1/devices/{world.uid}/commands", json=command, headers=world.owner.headers)
         assert reply.status_code == 200, reply.text

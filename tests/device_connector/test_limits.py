@@ -20,6 +20,7 @@ from tests.device_connector.helpers import (
     mqtt_fixture,
     mqtt_string,
     remaining_length,
+    running_connector,
 )
 
 __all__ = ["mqtt_fixture"]
@@ -51,7 +52,7 @@ async def test_a_subscriber_that_stops_reading_is_disconnected_and_others_go_on(
     viewer = await mqtt.connect(world.viewer.id, world.viewer.id, world.viewer.tokens["access_token"])
     assert await viewer.subscribe(events) == [1]
     device = await mqtt.connect(world.uid, world.uid, world.device_token)
-    broker = ctx.extras["connector"].broker
+    broker = running_connector(ctx).broker
     payload = b"x" * 16_384
     for _ in range(1500):  # ~24 MB: far more than the socket buffers hold
         device.publish_nowait(events, payload, qos=0)

@@ -24,7 +24,7 @@ from shared.context import Context
 from shared.settings import Settings
 from shared.testing import forge, free_port
 from tests.conftest import IN_CI, Backend, Users, _reset_postgres, make_settings
-from tests.device_connector.helpers import Mqtt, World, events, eventually, make_world
+from tests.device_connector.helpers import Mqtt, World, events, eventually, make_world, running_connector
 from tests.device_connector.test_mosquitto_clients import run as run_command
 from tests.proxy import TcpProxy
 from tests.rabbitmq import RABBITMQ_BIN, RabbitCluster, RabbitUnavailable
@@ -487,13 +487,13 @@ async def test_presence_survives_losing_the_event_connection(
     if not await eventually(settled, timeout=30):
         left = (await served.http.get(f"/v1/devices/{world.uid}", headers=world.owner.headers)).json()
         listed = await served.http.get("/v1/admin/devices", params={"online": "true"}, headers=world.admin.headers)
-        broker = served.ctx.extras["connector"].broker
+        broker = running_connector(served.ctx).broker
         pytest.fail(
             f"presence stayed as it was when the events were lost: left online={left['online']}, online now="
             f"{[d['uid'] for d in listed.json()]}, came {other_uid} in the book: {broker.is_online(other_uid)}"
         )
-    assert served.ctx.extras["connector"].broker.is_online(other_uid)
-    assert not served.ctx.extras["connector"].broker.is_online(world.uid)
+    assert running_connector(served.ctx).broker.is_online(other_uid)
+    assert not running_connector(served.ctx).broker.is_online(world.uid)
 
 
 async def test_desired_state_reaches_a_device_on_another_node(served: Served, world: World, mqtt: Clients) -> None:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+from device_connector.routes.hooks import HOOK_GRANTS
 from device_connector.routes.rabbitmq import mqtt_topic
 from shared.app import create_app
 from shared.context import Context
@@ -251,7 +252,7 @@ async def test_topic_checks_follow_role_changes(client: httpx.AsyncClient, world
     removed = await client.delete(f"/v1/devices/{world.uid}/shares/{world.viewer.id}", headers=world.owner.headers)
     assert removed.status_code == 204
     # Asked of a process that did not answer the CONNECT (or past the grants' TTL): read afresh.
-    ctx.extras.pop("hook_grants", None)
+    ctx.services.pop(HOOK_GRANTS)
     assert await ask(client, "topic", **form) == "deny"
 
 

@@ -25,6 +25,7 @@ from tests.device_connector.helpers import (  # noqa: F401  (mqtt_fixture is the
     eventually,
     make_world,
     mqtt_fixture,
+    running_connector,
     sync_http,
 )
 from tests.device_manager import Device, Person, assert_error
@@ -154,7 +155,7 @@ async def test_offline_device_and_timeout(client: httpx.AsyncClient, users: User
     assert response.json() == {"id": second["id"], "status": "ok", "result": "fresh"}
 
     await silent.close()
-    assert await eventually(lambda: not ctx.extras["connector"].broker.is_online(uid))
+    assert await eventually(lambda: not running_connector(ctx).broker.is_online(uid))
     assert_error(await command(client, world.owner, uid, "echo", {}), 409, "device_offline")
 
 
@@ -290,7 +291,7 @@ async def test_the_sdk_gets_a_fresh_token_when_its_token_is_refused(
     its token was revoked it used to retry the refused token until its renewal time, ~48 min later."""
     world = await make_world(client, users, ctx)
     uid = world.uid
-    broker = ctx.extras["connector"].broker
+    broker = running_connector(ctx).broker
     sdk = await devices.start(echo_device(devices, world.device))
     old_kid = jwt.get_unverified_header(sdk.mqtt.password or "")["kid"]
     ctx.key_dir.add(ctx.settings.jwt_alg)  # what `handshake keys rotate` then `keys revoke` do

@@ -27,6 +27,7 @@ from tests.device_connector.helpers import (  # noqa: F401  (mqtt_fixture is the
     get_device_token,
     mqtt_fixture,
     owned_device,
+    running_connector,
     sync_http,
 )
 from tests.device_manager import Device, Person, person, staff
@@ -245,7 +246,7 @@ async def test_nobody_may_renew_or_read_anothers_token_topic(
 
 
 def live(ctx: Context, client_id: str) -> Connection | None:
-    connector = ctx.extras["connector"]
+    connector = running_connector(ctx)
     return next((c for c in connector.broker.connections() if c.client_id == client_id), None)
 
 
