@@ -18,11 +18,11 @@ from shared.cache import RowCache
 from shared.clock import utcnow
 from shared.context import Context
 from shared.errors import (
-    InvalidCredentialsError,
     NotFoundError,
     RegistrationClosedError,
     UsernameTakenError,
     ValidationFailedError,
+    WrongPasswordError,
 )
 from shared.models import ActorType, EventType, Role
 from shared.registry import Key
@@ -32,12 +32,6 @@ EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
 # User ids: lower-case letters and digits, one length, no "-" (the MQTT client-id rule needs it).
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 USER_ID_LENGTH = 20
-
-
-class WrongPasswordError(InvalidCredentialsError):
-    # 403, not 401: a mobile app drops its tokens on 401, and the caller's token is fine.
-    status_code = 403
-    default_detail = "The current password is wrong."
 
 
 def new_user_id() -> str:

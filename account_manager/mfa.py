@@ -22,11 +22,14 @@ from shared.context import Context
 from shared.db import Tx
 from shared.errors import (
     AccountDisabledError,
-    HandshakeError,
     InvalidCodeError,
     InvalidMfaTokenError,
+    MfaAlreadyEnabledError,
     NotFoundError,
     ValidationFailedError,
+    WrongCodeError,
+    WrongFactorError,
+    WrongPasswordError,
 )
 from shared.models import ActorType, EventType
 
@@ -37,23 +40,6 @@ RECOVERY_CODES = 10
 _RECOVERY_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # base32, lower case: 16 characters are 80 bits
 _CODE = re.compile(r"[0-9]{6}")
 _RECOVERY = re.compile(r"[a-z2-7]{16}")
-
-
-class MfaAlreadyEnabledError(HandshakeError):
-    code = "mfa_already_enabled"
-    status_code = 409
-    default_detail = "A second factor is already on; turn it off first (DELETE /v1/users/me/mfa) to replace it."
-
-
-class WrongCodeError(InvalidCodeError):
-    # The second step of a login: a failed authentication, like a wrong password (401).
-    status_code = 401
-
-
-class WrongFactorError(InvalidCodeError):
-    # Turning the factor off with a bad code: 403, not 401, since the caller's token is fine and a
-    # mobile app drops its tokens on 401.
-    status_code = 403
 
 
 def _sha256(value: str) -> str:
@@ -154,8 +140,6 @@ async def disable(
 ) -> None:
     """Turn the factor off with the password and a code (or a recovery code): both are guesses like a
     login's and counted in the same lockout. Every other session of the user ends."""
-    from account_manager.accounts import WrongPasswordError  # accounts imports sessions, which imports this
-
     code, recovery_code = one_factor(code, recovery_code)
     user = await _user(ctx, user_id)
     if not user.mfa_enabled:

@@ -22,10 +22,11 @@ from device_connector.gate import is_device_name
 from device_connector.journal import Journal, NewEvent, Reported
 from device_connector.port import Broker, CloseReason, Connection
 from device_connector.presence import Presence
-from device_connector.relay import DeviceOfflineError, DeviceTimeoutError, Relay
+from device_connector.relay import Relay
 from device_connector.renewal import Renewals, connections_of, is_renewal_topic, target_of
 from shared import jsonlimits
 from shared.context import Context
+from shared.errors import DeviceOfflineError, DeviceTimeoutError
 from shared.events import event_row
 from shared.models import ActorType, DeviceRole, EventType
 from shared.registry import Key

@@ -10,19 +10,7 @@ from typing import Any
 
 import orjson
 
-from shared.errors import HandshakeError
-
-
-class DeviceOfflineError(HandshakeError):
-    code = "device_offline"
-    status_code = 409
-    default_detail = "The device is not connected."
-
-
-class DeviceTimeoutError(HandshakeError):
-    code = "device_timeout"
-    status_code = 504
-    default_detail = "The device did not reply in time."
+from shared.errors import DeviceOfflineError
 
 
 class Relay:

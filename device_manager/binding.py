@@ -11,34 +11,21 @@ from typing import Any
 
 from device_manager import credentials, store
 from device_manager.access import record, require
-from device_manager.provisioning import DeviceDisabledError, authenticate_device
+from device_manager.provisioning import authenticate_device
 from shared import device_lists, lockout
 from shared.clock import utcnow
 from shared.context import Context
-from shared.errors import HandshakeError
+from shared.errors import (
+    AlreadyBoundError,
+    DeviceDisabledError,
+    InvalidClaimCodeError,
+    InvalidPairingTokenError,
+)
 from shared.models import DeviceRole, EventType
 
 PAIRING_TTL = 600
 # Verified against when the UID is unknown, so an unknown UID costs as much as a wrong code.
 _DUMMY_CLAIM_HASH = credentials.hash_claim_code("0" * 20, "AAAAAAAA")
-
-
-class InvalidClaimCodeError(HandshakeError):
-    code = "invalid_claim_code"
-    status_code = 403
-    default_detail = "The UID or claim code is wrong."
-
-
-class AlreadyBoundError(HandshakeError):
-    code = "already_bound"
-    status_code = 409
-    default_detail = "This device belongs to someone else; its owner must unbind it first."
-
-
-class InvalidPairingTokenError(HandshakeError):
-    code = "invalid_pairing_token"
-    status_code = 403
-    default_detail = "The pairing token is unknown, used or expired."
 
 
 async def bind(ctx: Context, *, uid: str, claim_code: str, user_id: str, ip: str | None) -> dict[str, str]:

@@ -11,22 +11,15 @@ from device_manager import credentials, store
 from shared import lockout
 from shared.clock import utcnow
 from shared.context import Context
-from shared.errors import HandshakeError, InvalidCredentialsError, ValidationFailedError
+from shared.errors import (
+    DeviceDisabledError,
+    InvalidCredentialsError,
+    UidTakenError,
+    ValidationFailedError,
+)
 from shared.models import ActorType, EventType
 
 MAX_BATCH = 1000
-
-
-class DeviceDisabledError(HandshakeError):
-    code = "device_disabled"
-    status_code = 403
-    default_detail = "This device is disabled."
-
-
-class UidTakenError(HandshakeError):
-    code = "uid_taken"
-    status_code = 409
-    default_detail = "A device with that UID exists already."
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,8 @@ from shared import device_lists
 from shared.clock import utcnow
 from shared.context import Context
 from shared.db import Tx
-from shared.errors import ForbiddenError, HandshakeError, NotFoundError
+from shared.errors import CannotShareWithOwnerError, ForbiddenError, NotFoundError
 from shared.models import DeviceRole, EventType
-
-
-class CannotShareWithOwnerError(HandshakeError):
-    code = "invalid_request"
-    status_code = 400
-    default_detail = "The owner already has every right on the device."
 
 
 def device_view(row: Any, role: str) -> dict[str, Any]:

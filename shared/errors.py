@@ -218,3 +218,87 @@ class ServiceUnavailableError(HandshakeError):
 
 class ConfigurationError(Exception):
     """A bad setting or environment problem found at start-up: one line for the command line."""
+
+
+# --- The device manager's (SPEC §5) ---------------------------------------------------------------
+
+
+class DeviceDisabledError(HandshakeError):
+    code = "device_disabled"
+    status_code = 403
+    default_detail = "This device is disabled."
+
+
+class UidTakenError(HandshakeError):
+    code = "uid_taken"
+    status_code = 409
+    default_detail = "A device with that UID exists already."
+
+
+class InvalidClaimCodeError(HandshakeError):
+    code = "invalid_claim_code"
+    status_code = 403
+    default_detail = "The UID or claim code is wrong."
+
+
+class AlreadyBoundError(HandshakeError):
+    code = "already_bound"
+    status_code = 409
+    default_detail = "This device belongs to someone else; its owner must unbind it first."
+
+
+class InvalidPairingTokenError(HandshakeError):
+    code = "invalid_pairing_token"
+    status_code = 403
+    default_detail = "The pairing token is unknown, used or expired."
+
+
+class CannotShareWithOwnerError(InvalidRequestError):
+    default_detail = "The owner already has every right on the device."
+
+
+# --- The device connector's (SPEC §6) -------------------------------------------------------------
+
+
+class DeviceOfflineError(HandshakeError):
+    code = "device_offline"
+    status_code = 409
+    default_detail = "The device is not connected."
+
+
+class DeviceTimeoutError(HandshakeError):
+    code = "device_timeout"
+    status_code = 504
+    default_detail = "The device did not reply in time."
+
+
+class UnauthorizedHookError(HandshakeError):
+    code = "invalid_hook_secret"
+    status_code = 401
+    default_detail = "The hook secret is missing or wrong."
+
+
+# --- The account manager's variants: a catalogue code at another status, and the second factor (SPEC §4, §12) ---
+
+
+class WrongPasswordError(InvalidCredentialsError):
+    # 403, not 401: a mobile app drops its tokens on 401, and the caller's token is fine.
+    status_code = 403
+    default_detail = "The current password is wrong."
+
+
+class MfaAlreadyEnabledError(HandshakeError):
+    code = "mfa_already_enabled"
+    status_code = 409
+    default_detail = "A second factor is already on; turn it off first (DELETE /v1/users/me/mfa) to replace it."
+
+
+class WrongCodeError(InvalidCodeError):
+    # The second step of a login: a failed authentication, like a wrong password (401).
+    status_code = 401
+
+
+class WrongFactorError(InvalidCodeError):
+    # Turning the factor off with a bad code: 403, not 401, since the caller's token is fine and a
+    # mobile app drops its tokens on 401.
+    status_code = 403

@@ -19,19 +19,13 @@ from device_connector.port import BrokerEvents, Refused
 from shared.bodies import raw_body
 from shared.context import Context
 from shared.deps import CtxDep
-from shared.errors import HandshakeError, InvalidRequestError, NotFoundError
+from shared.errors import HandshakeError, InvalidRequestError, NotFoundError, UnauthorizedHookError
 from shared.registry import Key
 
 router = APIRouter(tags=["broker hooks"])
 GRANTS_TTL = 5.0  # role changes reach a clustered broker's ACL checks within this many seconds
 
 DENY = {"result": "deny"}
-
-
-class UnauthorizedHookError(HandshakeError):
-    code = "invalid_hook_secret"
-    status_code = 401
-    default_detail = "The hook secret is missing or wrong."
 
 
 def secret_ok(ctx: Context, offered: str) -> bool:
