@@ -64,24 +64,28 @@ def _user(row: Any) -> UserRow | None:
 # The statements of a login and of GET /v1/users/me, built once: building a statement and its cache
 # key cost more CPU than SQLite takes to run it. Executed with a dict of parameters, they are compiled
 # once per process too.
-_b = sa.bindparam
-_USER_BY_NAME = sa.select(users).where(users.c.username_key == _b("username_key"))
-_USER_BY_ID = sa.select(users).where(users.c.id == _b("user_id"))
+_USER_BY_NAME = sa.select(users).where(users.c.username_key == sa.bindparam("username_key"))
+_USER_BY_ID = sa.select(users).where(users.c.id == sa.bindparam("user_id"))
 _INSERT_SESSION = sa.insert(sessions).values(
-    id=_b("sid"),
-    user_id=_b("user_id"),
-    created_at=_b("now"),
-    last_used_at=_b("now"),
-    expires_at=_b("expires_at"),
-    ip=_b("ip"),
-    user_agent=_b("user_agent"),
-    client_id=_b("client_id"),
+    id=sa.bindparam("sid"),
+    user_id=sa.bindparam("user_id"),
+    created_at=sa.bindparam("now"),
+    last_used_at=sa.bindparam("now"),
+    expires_at=sa.bindparam("expires_at"),
+    ip=sa.bindparam("ip"),
+    user_agent=sa.bindparam("user_agent"),
+    client_id=sa.bindparam("client_id"),
 )
 _INSERT_REFRESH = sa.insert(refresh_tokens).values(
-    token_hash=_b("refresh_hash"), session_id=_b("sid"), created_at=_b("now"), expires_at=_b("expires_at")
+    token_hash=sa.bindparam("refresh_hash"),
+    session_id=sa.bindparam("sid"),
+    created_at=sa.bindparam("now"),
+    expires_at=sa.bindparam("expires_at"),
 )
 _RECORD_LOGIN = (
-    sa.update(users).where(users.c.id == _b("user_id")).values(last_login_at=_b("now"), updated_at=_b("now"))
+    sa.update(users)
+    .where(users.c.id == sa.bindparam("user_id"))
+    .values(last_login_at=sa.bindparam("now"), updated_at=sa.bindparam("now"))
 )
 # PostgreSQL takes the three as one statement: data-modifying CTEs commit or fail together, and the
 # refresh token's foreign key is checked at the end of the statement, when the session is there.

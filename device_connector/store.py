@@ -18,23 +18,26 @@ devices, shares, state = tables.devices, tables.device_shares, tables.device_sta
 # The statements of a CONNECT, a command and presence, built once (building one and its cache key
 # costs more CPU than running it), executed with a dict of parameters. (An UPDATE's parameters may not
 # bear its table's column names: SQLAlchemy keeps those for the SET clause.)
-_b = sa.bindparam
-_OWNED_BY = sa.select(devices.c.uid).where(devices.c.owner_id == _b("user_id"))
-_SHARED_WITH = sa.select(shares.c.uid, shares.c.role).where(shares.c.user_id == _b("user_id"))
-_OWNER_OF = sa.select(devices.c.owner_id).where(devices.c.uid == _b("uid"))
-_SHARES_OF = sa.select(shares.c.user_id, shares.c.role).where(shares.c.uid == _b("uid"))
+_OWNED_BY = sa.select(devices.c.uid).where(devices.c.owner_id == sa.bindparam("user_id"))
+_SHARED_WITH = sa.select(shares.c.uid, shares.c.role).where(shares.c.user_id == sa.bindparam("user_id"))
+_OWNER_OF = sa.select(devices.c.owner_id).where(devices.c.uid == sa.bindparam("uid"))
+_SHARES_OF = sa.select(shares.c.user_id, shares.c.role).where(shares.c.uid == sa.bindparam("uid"))
 _SET_PRESENCE = (
     sa.update(devices)
-    .where(devices.c.uid == _b("device"))
+    .where(devices.c.uid == sa.bindparam("device"))
     .values(
-        online=_b("is_online"),
-        connected_at=_b("since"),
-        last_seen=_b("now"),
-        ip=_b("address"),
-        region=_b("country"),
+        online=sa.bindparam("is_online"),
+        connected_at=sa.bindparam("since"),
+        last_seen=sa.bindparam("now"),
+        ip=sa.bindparam("address"),
+        region=sa.bindparam("country"),
     )
 )
-_SET_OFFLINE = sa.update(devices).where(devices.c.uid == _b("device")).values(online=False, last_seen=_b("now"))
+_SET_OFFLINE = (
+    sa.update(devices)
+    .where(devices.c.uid == sa.bindparam("device"))
+    .values(online=False, last_seen=sa.bindparam("now"))
+)
 
 
 async def roles_of_user(tx: Tx, *, user_id: str) -> dict[str, DeviceRole]:

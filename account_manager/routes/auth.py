@@ -19,7 +19,7 @@ from account_manager.schemas import (
     TokenIn,
     TokenPairOut,
 )
-from shared.bodies import body_doc, parse_body, raw_body, validate_body
+from shared.bodies import body_doc, body_fields, parse_body, validate_body
 from shared.deps import ClientIp, CtxDep, CurrentUser, EnrollingUser
 from shared.errors import (
     AccountDisabledError,
@@ -82,7 +82,7 @@ async def login_with_factor(request: Request, ctx: CtxDep, ip: ClientIp) -> JSON
 async def token(request: Request, ctx: CtxDep, ip: ClientIp) -> JSONResponse:
     """The OAuth 2 token endpoint (RFC 6749 §4.3 and §6; §4.1.3 with PKCE, RFC 7636; RFC 8628 §3.4),
     with its error codes (§5.2). Every grant ends in the same token pair and session."""
-    data = await raw_body(request)
+    data = await body_fields(request)
     grant = data.get("grant_type")
     if grant in (GrantType.AUTHORIZATION_CODE, GrantType.DEVICE_CODE):
         incoming = authorization.Incoming("POST", request.headers, form_items(data), ip, _user_agent(request))

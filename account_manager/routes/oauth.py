@@ -15,7 +15,7 @@ from account_manager.authorization import Incoming, LoginNeeded, Outcome
 from account_manager.oauth_store import HostedLogin
 from account_manager.routes.dashboard import SECURITY_HEADERS
 from account_manager.schemas import DeviceAuthorizationIn
-from shared.bodies import body_doc, raw_body
+from shared.bodies import body_doc, body_fields
 from shared.deps import ClientIp, CtxDep
 from shared.errors import (
     AccountDisabledError,
@@ -87,7 +87,7 @@ def login_page(
 async def read_form(request: Request) -> dict[str, str] | None:
     """A hosted page's form post; None when it is not one we can read (a 400 page, not JSON)."""
     try:
-        data = await raw_body(request)
+        data = await body_fields(request)
     except HandshakeError:
         return None
     return {key: value for key, value in data.items() if isinstance(value, str) and len(value) <= 8192}
@@ -271,7 +271,7 @@ async def device_authorization(request: Request, ctx: CtxDep, ip: ClientIp) -> J
     """RFC 8628 §3.1: `client_id` (and its secret, for a confidential client) → `device_code`,
     `user_code`, `verification_uri`, `verification_uri_complete`, `expires_in`, `interval`."""
     await device_codes.rate_limit_requests(ctx, ip)
-    items = form_items(await raw_body(request))
+    items = form_items(await body_fields(request))
     outcome = await authorization.device_authorization(ctx, Incoming("POST", request.headers, items, ip))
     return json_outcome(outcome)
 

@@ -10,7 +10,7 @@ from device_connector import store
 from device_connector.connector import CONNECTOR, Connector
 from device_connector.schemas import CommandIn
 from shared import jsonlimits
-from shared.bodies import body_doc, parse_body, raw_body
+from shared.bodies import body_doc, body_fields, parse_body
 from shared.context import Context
 from shared.deps import ClientIp, CtxDep, CurrentUser
 from shared.device_lists import require_role
@@ -75,6 +75,6 @@ def _servable(value: Any) -> Any:
 @router.put("/v1/devices/{uid}/state/desired")
 async def put_desired(uid: str, request: Request, ctx: CtxDep, user: CurrentUser) -> dict[str, Any]:
     uid = await _require(ctx, uid, user.id, DeviceRole.CONTROLLER)
-    desired = await raw_body(request)
+    desired = await body_fields(request)
     at = await connector(ctx).set_desired(uid, desired)
     return {"desired": desired, "desired_at": _iso(at)}

@@ -16,7 +16,7 @@ from device_connector.clustered import Admissions
 from device_connector.connector import CONNECTOR
 from device_connector.gate import Admission, Gate
 from device_connector.port import BrokerEvents, Refused
-from shared.bodies import raw_body
+from shared.bodies import body_fields
 from shared.context import Context
 from shared.deps import CtxDep
 from shared.errors import HandshakeError, InvalidRequestError, NotFoundError, UnauthorizedHookError
@@ -50,7 +50,7 @@ def text(body: dict[str, object], name: str) -> str:
 
 async def body_of(request: Request) -> dict[str, object] | None:
     try:
-        return await raw_body(request)
+        return await body_fields(request)
     except HandshakeError:
         return None
 
