@@ -4,7 +4,11 @@ aiosqlite runs every sqlite3 call on its own thread, and SQLAlchemy's adapter ma
 statement (cursor, execute, fetchall, close). A hop to that thread and back costs ~75 µs of CPU here,
 ten times an indexed query itself, so a login spent more on hops than on SQL. Here a statement is
 executed, fetched and closed in one hop, and COMMIT or ROLLBACK outside a transaction costs none.
-Every sqlite3 call still runs on the connection's thread, never on the event loop."""
+Every sqlite3 call still runs on the connection's thread, never on the event loop.
+
+This reaches into aiosqlite's internals (its `_execute`, `_conn`, `_iter_chunk_size`, `_thread`), as
+SQLAlchemy's own aiosqlite adapter does: aiosqlite is pinned to the minor series whose internals
+tests/shared/test_sqlite_driver.py checks, and the Cursor's whole public surface is ours."""
 
 from __future__ import annotations
 
@@ -40,13 +44,18 @@ class Cursor(aiosqlite.Cursor):
         self._conn = conn
         self.iter_chunk_size = conn._iter_chunk_size
         self._arraysize = 1
+        self._row_factory: Any = None
         self._outcome: _Outcome | None = None
         self._rows: _Rows = deque()
 
     def _run(self, method: str, sql: str, parameters: Any) -> _Outcome:
         cursor = self._conn._conn.cursor()
         try:
-            getattr(cursor, method)(sql, parameters)
+            cursor.row_factory = self._row_factory
+            if method == "executescript":
+                cursor.executescript(sql)
+            else:
+                getattr(cursor, method)(sql, parameters)
             return _Outcome(cursor)
         finally:
             cursor.close()
@@ -56,6 +65,9 @@ class Cursor(aiosqlite.Cursor):
 
     async def executemany(self, sql: str, parameters: Iterable[Iterable[Any]]) -> Cursor:
         return await self._hop("executemany", sql, parameters)
+
+    async def executescript(self, sql_script: str) -> Cursor:
+        return await self._hop("executescript", sql_script, ())
 
     async def _hop(self, method: str, sql: str, parameters: Any) -> Cursor:
         outcome: _Outcome = await self._conn._execute(self._run, method, sql, parameters)  # type: ignore[no-untyped-call]
@@ -88,6 +100,18 @@ class Cursor(aiosqlite.Cursor):
     @property
     def description(self) -> Any:
         return self._outcome.description if self._outcome else None
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._conn._conn
+
+    @property
+    def row_factory(self) -> Any:
+        return self._row_factory
+
+    @row_factory.setter
+    def row_factory(self, factory: Any) -> None:
+        self._row_factory = factory  # applied to the sqlite3 cursor of each later statement
 
     @property
     def arraysize(self) -> int:
