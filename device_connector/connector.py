@@ -30,7 +30,6 @@ from shared.errors import DeviceOfflineError, DeviceTimeoutError
 from shared.events import event_row
 from shared.models import ActorType, DeviceRole, EventType
 from shared.registry import Key
-from shared.tokens import TokenKind
 
 log = logging.getLogger("handshake.connector")
 SWEEP_INTERVAL = 0.5
@@ -212,10 +211,8 @@ class Connector:
                 reason = None
                 if now > claims.exp:
                     reason = CloseReason.TOKEN_EXPIRED
-                elif claims.kind is TokenKind.DEVICE and claims.sub in revocations.devices:
-                    reason = CloseReason.DISABLED
-                elif claims.sid in revocations.sids or claims.jti in revocations.jtis:
-                    reason = CloseReason.REVOKED
+                elif (revoked := revocations.revoked(claims)) is not None:
+                    reason = CloseReason(revoked)
                 elif claims.kid not in keys.by_kid:  # `keys revoke`: every token it signed is refused
                     reason = CloseReason.REVOKED
                 if reason is not None:

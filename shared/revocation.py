@@ -66,13 +66,17 @@ class Revocations:
     def check(self, claims: Claims) -> None:
         if not self.confirmed:
             raise ServiceUnavailableError("Token revocation state cannot be confirmed right now.")
-        if claims.jti in self.jtis:
+        if self.revoked(claims) is not None:
             raise InvalidTokenError()
-        if claims.kind is TokenKind.DEVICE:
-            if claims.sub in self.devices:
-                raise InvalidTokenError()
-        elif claims.sid in self.sids:
-            raise InvalidTokenError()
+
+    def revoked(self, claims: Claims) -> str | None:
+        """Why a token is no longer good, from the in-memory view: "disabled" (its device is),
+        "revoked" (the token itself, or its session); None if it is not revoked."""
+        if claims.kind is TokenKind.DEVICE and claims.sub in self.devices:
+            return "disabled"
+        if claims.jti in self.jtis or (claims.kind is not TokenKind.DEVICE and claims.sid in self.sids):
+            return "revoked"
+        return None
 
     def require_confirmed(self) -> None:
         if not self.confirmed:
