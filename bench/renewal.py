@@ -57,7 +57,7 @@ import httpx
 import orjson
 
 from bench._rabbit_clients import MqttClient
-from bench._server import BACKENDS, PASSWORD, _backend_env, load_note
+from bench._server import BACKENDS, PASSWORD, _backend_env, load_note, percentile
 from bench.mqtt import CHILDREN, HOST, Platform, cpu_seconds, log_problems, start_platform
 from bench.rabbitmq import Api, Device, bounded, codes_text
 
@@ -92,6 +92,10 @@ class Tally:
     commands: Counter[str] = field(default_factory=Counter)  # outcome -> count
     lost: list[str] = field(default_factory=list)  # the first SHOW_LOST lost commands, described
     gaps: list[float] = field(default_factory=list)  # s from the end of a connection to the next one subscribed
+    fetches: list[float] = field(default_factory=list)  # s each POST /v1/devices/token took during the run
+    renewals_acked: int = 0  # renewals the broker sent a PUBACK for
+    closes: list[str] = field(default_factory=list)  # what each device the server closed did before (evidence)
+    started: float = 0.0  # wall clock of the run's start (0: set-up)
 
     def command(self, outcome: str, detail: str) -> None:
         self.commands[outcome] += 1
@@ -114,18 +118,32 @@ class Firmware:
         self.issued_at = 0.0  # wall clock the current token was fetched
         self.expires_at = 0.0  # its `exp`
         self.next_token: str | None = None  # fetched ahead, for the reconnect at expiry (baseline)
+        self.history: list[str] = []
+
+    def note(self, what: str) -> None:
+        """The device's recent history, told when the server closes it."""
+        if self.tally.started:
+            self.history.append(f"{time.time() - self.tally.started:.1f} {what}")
+            del self.history[:-8]
 
     async def fetch_token(self) -> str | None:
         body = {"uid": self.device.uid, "secret": self.device.secret}
+        t0 = time.monotonic()
         try:
             response = await self.api.http.post("/v1/devices/token", json=body)
         except httpx.HTTPError as exc:
             self.tally.token_failures[type(exc).__name__] += 1
+            self.note(f"token request failed after {time.monotonic() - t0:.1f} s: {exc!r}")
             return None
+        if self.tally.started:
+            self.tally.fetches.append(time.monotonic() - t0)
         if response.status_code != 200:
             self.tally.token_failures[str(response.status_code)] += 1
+            self.note(f"token request: {response.status_code} after {time.monotonic() - t0:.1f} s")
             return None
-        return str(response.json()["access_token"])
+        token = str(response.json()["access_token"])
+        self.note(f"fresh token (exp {token_exp(token) - self.tally.started:.1f}) after {time.monotonic() - t0:.1f} s")
+        return token
 
     def take(self, token: str) -> None:
         self.token, self.issued_at, self.expires_at = token, time.time(), token_exp(token)
@@ -187,6 +205,12 @@ class Firmware:
                 return
             if closed.is_set():
                 self.tally.server_closes += 1
+                if mode == "renew" and self.client.closed_at is not None:
+                    at = time.time() - (asyncio.get_running_loop().time() - self.client.closed_at)
+                    self.tally.closes.append(
+                        f"{self.device.uid} closed at {at - self.tally.started:.1f}, its token's exp"
+                        f" {self.expires_at - self.tally.started:.1f}; before: " + " | ".join(self.history)
+                    )
                 if self.next_token is not None:
                     self.take(self.next_token)
                     self.next_token = None
@@ -197,8 +221,11 @@ class Firmware:
                 self.issued_at = time.time() - (self.expires_at - time.time())  # try again halfway to exp
                 continue
             if mode == "renew":
-                self.client.publish(f"devices/{self.device.uid}/token", token.encode(), qos=1)
                 self.tally.renewals_sent += 1
+                self.note("renewal published")
+                acked = await self.client.publish_acked(f"devices/{self.device.uid}/token", token.encode())
+                self.tally.renewals_acked += acked
+                self.note("PUBACK" if acked else "no PUBACK")
                 self.take(token)
             elif mode == "expiry":
                 self.next_token = token
@@ -365,6 +392,7 @@ async def one_run(
     # The run starts here: what the first connects were refused is not counted (`reconnects` is
     # connacks - n: each device's first CONNACK 0 is not a reconnect).
     tally.refused.clear()
+    tally.started = time.time()
     since = datetime.now(UTC)
     renewed_before = await renewals(api)
     cpu_before = cpu_seconds(platform.child.pid)
@@ -409,7 +437,8 @@ def report(run: Run, ttl: int, rate: float, target: bool) -> None:
     outcomes = ", ".join(f"{outcome}: {k}" for outcome, k in t.commands.most_common() if outcome != "200 ok")
     print(f"  commands sent / answered / lost                  {sent:6d} / {t.commands.get('200 ok', 0)} / {lost}"
           + (f" ({outcomes})" if outcomes else "") + verdict(lost == 0))  # fmt: skip
-    print(f"  renewals sent / accepted by the connector        {t.renewals_sent:6d} / {run.renewed.get('renewed', 0)}"
+    print(f"  renewals sent / PUBACKed / accepted by the connector {t.renewals_sent:6d} / {t.renewals_acked}"
+          f" / {run.renewed.get('renewed', 0)}"
           + (f"   (refused: {run.renewed['refused']})" if run.renewed.get("refused") else ""))  # fmt: skip
     print(f"  commands heard / replies sent by devices         {t.commands_heard:6d} / {t.replies_sent}")
     if t.gaps:
@@ -421,8 +450,14 @@ def report(run: Run, ttl: int, rate: float, target: bool) -> None:
         print(f"  failed token requests                            {dict(t.token_failures)}")
     print(f"  online at the end (platform's view)              {run.online_at_end:6d}")
     print(f"  platform CPU during the run                      {run.cpu:6.1f} s")
+    if t.fetches:
+        fetches = sorted(t.fetches)
+        print(f"  POST /v1/devices/token during the run            {len(fetches)}: p50 {percentile(fetches, 0.5):.2f} s,"
+              f" p99 {percentile(fetches, 0.99):.2f} s, max {fetches[-1]:.2f} s")  # fmt: skip
     for line in t.lost:
         print(f"    lost: {line}")
+    for line in t.closes[:SHOW_LOST]:
+        print(f"    closed with renewal: {line}")
 
 
 async def login_token(api: Api, username: str, password: str) -> str:
