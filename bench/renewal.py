@@ -24,7 +24,7 @@ answer commands on `devices/{uid}/replies`. Everything talks to 127.0.0.1 only a
 
 Run from the repository root:
     .venv/bin/python -m bench.renewal [--devices 1000] [--ttl 60] [--lifetimes 3] [--rate 20]
-                                      [--backend sqlite|postgres] [--baseline expiry|early]"""
+                                      [--backend sqlite|postgres] [--baseline expiry|early] [--baseline-first]"""
 
 from __future__ import annotations
 
@@ -465,7 +465,9 @@ async def login_token(api: Api, username: str, password: str) -> str:
     return str(login["access_token"])
 
 
-async def bench(platform: Platform, backend: str, n: int, ttl: int, lifetimes: int, rate: float, baseline: str) -> None:
+async def bench(
+    platform: Platform, backend: str, n: int, ttl: int, lifetimes: int, rate: float, baseline: str, baseline_first: bool
+) -> None:
     api = Api(platform.base_url)
     try:
         admin = await login_token(api, "admin", platform.admin_password)
@@ -488,14 +490,15 @@ async def bench(platform: Platform, backend: str, n: int, ttl: int, lifetimes: i
         print(f"setup: {n} devices provisioned and bound to one owner in {time.monotonic() - t0:.0f} s"
               f" (device tokens live {ttl} s)")  # fmt: skip
         runs = []
-        for name, mode in (("with renewal", "renew"), (f"without renewal ({baseline})", baseline)):
+        order = [("with renewal", "renew"), (f"without renewal ({baseline})", baseline)]
+        for name, mode in reversed(order) if baseline_first else order:
             # Access tokens that outlive the run: fresh ones before each.
             admin = await login_token(api, "admin", platform.admin_password)
             app_token = await login_token(api, owner, PASSWORD)
             runs.append(await one_run(name, mode, platform, api, admin, app_token, devices, ttl, lifetimes, rate))
+        with_, without = runs[::-1] if baseline_first else runs
         for run in runs:
-            report(run, ttl, rate, target=run is runs[0])
-        with_, without = runs
+            report(run, ttl, rate, target=run is with_)
         print(f"\nbackend {backend}; with renewal ÷ without: reconnects {with_.reconnects} vs {without.reconnects},"
               f" lost commands {with_.lost} vs {without.lost}, platform CPU {with_.cpu:.1f} s vs {without.cpu:.1f} s")  # fmt: skip
         if api.retries:
@@ -514,6 +517,7 @@ def main() -> None:
     parser.add_argument("--baseline", choices=("expiry", "early"), default="expiry",
                         help="without renewal: reconnect when the server closes at exp (default), or drop and"
                              " reconnect a while before exp as the SDK did before SPEC §12")  # fmt: skip
+    parser.add_argument("--baseline-first", action="store_true", help="run without renewal first")
     args = parser.parse_args()
     with contextlib.suppress(ValueError, OSError):
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -527,7 +531,8 @@ def main() -> None:
         platform = None
         try:
             platform = start_platform(workdir, env)
-            asyncio.run(bench(platform, args.backend, args.devices, args.ttl, args.lifetimes, args.rate, args.baseline))
+            asyncio.run(bench(platform, args.backend, args.devices, args.ttl, args.lifetimes, args.rate, args.baseline,
+                              args.baseline_first))  # fmt: skip
         finally:
             for child in reversed(CHILDREN):
                 child.stop()
