@@ -207,6 +207,23 @@ class MqttClient:
         """Fire and forget (a QoS 1 PUBACK is read, not awaited)."""
         self._write(publish_packet(topic, payload, qos, self._packet_id() if qos else 0))
 
+    async def publish_acked(self, topic: str, payload: bytes, timeout: float = 10.0) -> bool:
+        """QoS 1, and whether its PUBACK came within `timeout` (False: none, or the connection ended first).
+        The reader task must run (`listen`)."""
+        if not self.connected:
+            return False
+        packet_id = self._packet_id()
+        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting[packet_id] = waiter
+        self._write(publish_packet(topic, payload, 1, packet_id))
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except (TimeoutError, ConnectionError):
+            self._waiting.pop(packet_id, None)
+            return False
+        return True
+
     def ping(self) -> None:
         self._write(PINGREQ_PACKET)
 
