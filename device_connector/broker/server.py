@@ -89,6 +89,8 @@ class _QuietStartFailure(logging.Filter):
 _QUIET_START_FAILURE = _QuietStartFailure()
 CONNECT_TIMEOUT = 10.0
 SET_UP_AT_ONCE = 8  # CONNECTs authenticated and set up concurrently (the rest wait their turn)
+SHED_AFTER = 5.0  # s from a TCP connection after which a CONNECT still waiting for set-up is refused with 3
+SERVER_UNAVAILABLE = 3  # CONNACK return code (MQTT 3.1.1 §3.2.2.3)
 REDELIVER_AFTER = 5.0  # s without a PUBACK before a QoS 1 delivery is sent again (DUP)
 DENIED = 0x80
 
@@ -210,6 +212,7 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         super().__init__({"listeners": listeners, "plugins": {}})
         self.admit = admit
         self._setting_up = asyncio.Semaphore(SET_UP_AT_ONCE)
+        self.shed = 0  # CONNECTs refused with 3 because set-up could not start in time
         self.max_packet = max_packet
         self.max_conn_per_ip = max_conn_per_ip
         self.max_inflight = max_inflight
@@ -232,13 +235,14 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
             await writer.close()
             return
         ip = peer[0]
+        accepted = asyncio.get_running_loop().time()
         if self.max_conn_per_ip and self.per_ip.get(ip, 0) >= self.max_conn_per_ip:
             await writer.close()
             return
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         await server.acquire_connection()
         try:
-            await self._serve(LimitedReader(reader, self.max_packet), writer)
+            await self._serve(LimitedReader(reader, self.max_packet), writer, accepted)
         except Exception as exc:  # one client's trouble never takes the broker down
             log.info("connection from %s ended: %r", ip, exc)
             with contextlib.suppress(Exception):
@@ -249,7 +253,7 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
             if not self.per_ip[ip]:
                 del self.per_ip[ip]
 
-    async def _serve(self, reader: ReaderAdapter, writer: WriterAdapter) -> None:
+    async def _serve(self, reader: ReaderAdapter, writer: WriterAdapter, accepted: float) -> None:
         try:
             handler, incoming = await asyncio.wait_for(
                 Handler.init_from_connect(reader, writer, self.plugins_manager), CONNECT_TIMEOUT
@@ -262,9 +266,25 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         # set-up is a run of callbacks on the event loop that every HTTP request would queue behind
         # (issue 11: p99 of GET /v1/users/me during a storm). Connects wait here instead, off the loop's
         # ready queue; the broker's throughput is the same, bound by the CPU either way.
-        async with self._setting_up:
+        # A CONNECT that cannot start its set-up within SHED_AFTER of its TCP connection is answered
+        # "server unavailable" (3) at once: its client backs off and comes back, where it would
+        # otherwise wait out its own timeout and retry into the same queue (SPEC §6: under load a
+        # CONNECT is refused with 3 and nothing else).
+        try:
+            async with asyncio.timeout(max(0.0, SHED_AFTER - (asyncio.get_running_loop().time() - accepted))):
+                await self._setting_up.acquire()
+        except TimeoutError:
+            self.shed += 1
+            writer.write(ConnackPacket.build(0, SERVER_UNAVAILABLE).to_bytes())
+            with contextlib.suppress(Exception):
+                await writer.drain()
+            await writer.close()
+            return
+        try:
             if not await self._set_up(handler, incoming, reader, writer):
                 return
+        finally:
+            self._setting_up.release()
         await self._client_message_loop(handler.session, handler)
 
     async def _set_up(self, handler: Handler, incoming: Session, reader: ReaderAdapter, writer: WriterAdapter) -> bool:

@@ -11,7 +11,9 @@ from typing import Any
 
 import httpx
 import jwt
+import pytest
 
+from device_connector.broker import server as broker_server
 from shared.context import Context
 from shared.settings import Settings
 from shared.testing import forge
@@ -322,3 +324,21 @@ async def test_the_server_says_where_its_broker_listens(client: httpx.AsyncClien
     assert ready.json()["mqtt"] == {"port": settings.mqtt_port}, ready.text
     discovery = await client.get("/.well-known/openid-configuration")
     assert discovery.json()["mqtt_port"] == settings.mqtt_port, discovery.text
+
+
+async def test_a_connect_that_cannot_be_set_up_in_time_is_refused_with_3(
+    client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a storm a CONNECT waits for its turn to be set up; past SHED_AFTER from its TCP connection it
+    is answered "server unavailable" (3) at once, not left to its client's timeout (issue 11: under load a
+    CONNECT is refused with 3 and nothing else). A turn that comes in time is served as usual."""
+    world = await make_world(client, users, ctx)
+    monkeypatch.setattr(broker_server, "SHED_AFTER", 0.5)
+    setting_up = running_connector(ctx).broker.server._setting_up
+    held = [await setting_up.acquire() for _ in range(broker_server.SET_UP_AT_ONCE)]  # a storm's set-ups
+    try:
+        assert await mqtt.attempt(world.uid, world.uid, world.device_token) == 3
+    finally:
+        for _ in held:
+            setting_up.release()
+    assert await mqtt.attempt(world.uid, world.uid, world.device_token) == 0
