@@ -67,18 +67,26 @@ def login_page(
     status: int = 200,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    secret = pages.read_cookie(request, pages.FORM_COOKIE) or secrets.token_urlsafe(32)
-    response = pages.render(
+    return _form_page(
+        request,
         "login.html",
         status=status,
+        headers=headers,
         form_target=form_target,
         title="Sign in",
         client_name=client_name,
         error=error,
-        csrf=hosted.form_token(secret),
         continue_to=continue_to,
         username=username,
     )
+
+
+def _form_page(
+    request: Request, template: str, *, status: int, headers: dict[str, str] | None, **fields: Any
+) -> Response:
+    """A hosted form, with the anti-forgery token derived from the form cookie (set, or kept)."""
+    secret = pages.read_cookie(request, pages.FORM_COOKIE) or secrets.token_urlsafe(32)
+    response = pages.render(template, status=status, csrf=hosted.form_token(secret), **fields)
     response.headers.update(headers or {})
     pages.set_cookie(response, request, pages.FORM_COOKIE, secret, max_age=FORM_COOKIE_AGE, lax=False)
     return response
@@ -182,21 +190,18 @@ async def _code_page(
     headers: dict[str, str] | None = None,
 ) -> Response:
     client_name, form_target = await _login_target(ctx, continue_to, ip)
-    secret = pages.read_cookie(request, pages.FORM_COOKIE) or secrets.token_urlsafe(32)
-    response = pages.render(
+    return _form_page(
+        request,
         "mfa.html",
         status=status,
+        headers=headers,
         form_target=form_target,
         title="Second factor",
         client_name=client_name,
         error=error,
-        csrf=hosted.form_token(secret),
         continue_to=continue_to,
         mfa_token=mfa_token,
     )
-    response.headers.update(headers or {})
-    pages.set_cookie(response, request, pages.FORM_COOKIE, secret, max_age=FORM_COOKIE_AGE, lax=False)
-    return response
 
 
 @router.post("/v1/oauth/login/mfa", include_in_schema=False)

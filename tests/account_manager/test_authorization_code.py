@@ -4,7 +4,6 @@ the session a password login makes, and every RFC error case is answered as the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -31,18 +30,6 @@ from tests.account_manager.flows import (
     register_client,
 )
 from tests.conftest import Users, assert_error, bearer
-
-
-@pytest.fixture
-async def browser(app: FastAPI) -> AsyncIterator[Browser]:
-    opened = Browser(app)
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-async def app_client(client: httpx.AsyncClient, ctx: Context, users: Users) -> dict[str, Any]:
-    return await register_client(client, ctx, users)
 
 
 def authorize_url(client_id: str, *, verifier: str | None = None, state: str | None = "s", **extra: str) -> str:

@@ -6,7 +6,6 @@ and rate-limited."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -41,13 +40,6 @@ async def hub(client: httpx.AsyncClient, ctx: Context, users: Users) -> dict[str
     return await register_client(
         client, ctx, users, name="Living-room hub", redirect_uris=[], grant_types=[DEVICE_GRANT]
     )
-
-
-@pytest.fixture
-async def browser(app: FastAPI) -> AsyncIterator[Browser]:
-    opened = Browser(app)
-    yield opened
-    await opened.close()
 
 
 async def signed_in(browser: Browser, users: Users) -> dict[str, Any]:

@@ -4,7 +4,6 @@ a login that is a session like any other."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -23,22 +22,9 @@ from tests.account_manager.flows import (
     Browser,
     form_fields,
     new_verifier,
-    register_client,
 )
 from tests.account_manager.test_authorization_code import authorize_url
 from tests.conftest import Users, bearer
-
-
-@pytest.fixture
-async def browser(app: FastAPI) -> AsyncIterator[Browser]:
-    opened = Browser(app)
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-async def app_client(client: httpx.AsyncClient, ctx: Context, users: Users) -> dict[str, Any]:
-    return await register_client(client, ctx, users)
 
 
 def directives(header: str) -> dict[str, str]:

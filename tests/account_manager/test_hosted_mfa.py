@@ -4,14 +4,11 @@ a recovery code ends the authorization request at the app, whose tokens then nee
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from fastapi import FastAPI
 
-from shared.context import Context
 from tests.account_manager.flows import (
     AUTHORIZE_URL,
     TOKEN_URL,
@@ -19,22 +16,9 @@ from tests.account_manager.flows import (
     form_fields,
     new_verifier,
     oauth_client,
-    register_client,
 )
 from tests.account_manager.mfa_helpers import code, enrol, wrong_code
 from tests.conftest import Users, bearer
-
-
-@pytest.fixture
-async def browser(app: FastAPI) -> AsyncIterator[Browser]:
-    opened = Browser(app)
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-async def app_client(client: httpx.AsyncClient, ctx: Context, users: Users) -> dict[str, Any]:
-    return await register_client(client, ctx, users)
 
 
 async def code_form(browser: Browser, url: str, username: str) -> httpx.Response:
