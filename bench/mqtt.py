@@ -63,6 +63,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench._server import BACKENDS, PASSWORD, _backend_env, load_note, percentile
+from device_connector.endpoints import no_delay
 from shared.testing import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -432,15 +433,9 @@ def prepare_world(platform: Platform, plan: Plan) -> World:
 # --- paho helpers -----------------------------------------------------------------------------------------
 
 
-def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    # paho does not set TCP_NODELAY; without it a QoS 1 exchange waits on Nagle (PERF §5).
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def new_client(client_id: str, username: str | None = None, password: str | None = None) -> mqtt.Client:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
-    client.on_socket_open = _no_delay
+    client.on_socket_open = no_delay  # paho does not set TCP_NODELAY (PERF §5)
     if username is not None:
         client.username_pw_set(username, password)
     return client
