@@ -301,3 +301,18 @@ def load_note() -> str:
     # The machine is shared: the load average printed beside the figures says how far to trust them.
     one, five, _ = os.getloadavg()
     return f"{os.cpu_count()} cores, load average {one:.1f} (1 min) {five:.1f} (5 min)"
+
+
+def probe_figures(output: str) -> tuple[dict[str, float], int, str]:
+    """Percentiles (ms), requests, and the non-2xx line of a wrk --latency report."""
+    found: dict[str, float] = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("50%", "75%", "90%", "99%"):
+            value = parts[1]
+            scale = 1000.0 if value.endswith("s") and not value.endswith(("ms", "us")) else 1.0
+            number = float(value.rstrip("mus"))
+            found[parts[0]] = number * scale / (1000.0 if value.endswith("us") else 1.0)
+    requests = next((int(line.split()[0]) for line in output.splitlines() if "requests in" in line), 0)
+    bad = next((line.strip() for line in output.splitlines() if "Non-2xx" in line), "")
+    return found, requests, bad

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from bench._server import BACKENDS, PASSWORD, _backend_env, load_note
+from bench._server import BACKENDS, PASSWORD, _backend_env, load_note, probe_figures
 from bench.mqtt import CHILDREN, Platform, cpu_seconds, start_platform
 from bench.rabbitmq import Api, Device, Storm, bounded, codes_text, wait_online
 from shared.keys import ring_from_settings
@@ -104,21 +104,6 @@ async def me_probe(base_url: str, token: str, seconds: int, workdir: Path) -> st
     process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
     out, _ = await process.communicate()
     return out.decode()
-
-
-def probe_figures(output: str) -> tuple[dict[str, float], int, str]:
-    """Percentiles (ms), requests, and the non-2xx line of a wrk --latency report."""
-    found: dict[str, float] = {}
-    for line in output.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] in ("50%", "75%", "90%", "99%"):
-            value = parts[1]
-            scale = 1000.0 if value.endswith("s") and not value.endswith(("ms", "us")) else 1.0
-            number = float(value.rstrip("mus"))
-            found[parts[0]] = number * scale / (1000.0 if value.endswith("us") else 1.0)
-    requests = next((int(line.split()[0]) for line in output.splitlines() if "requests in" in line), 0)
-    bad = next((line.strip() for line in output.splitlines() if "Non-2xx" in line), "")
-    return found, requests, bad
 
 
 async def storm(platform: Platform, env: dict[str, str], n: int, window: int, timeout: float, workdir: Path) -> None:
