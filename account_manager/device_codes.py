@@ -46,10 +46,6 @@ def normalize_user_code(typed: str) -> str | None:
     return code if _USER_CODE.fullmatch(code) else None
 
 
-def _hash(value: str) -> str:
-    return sha256_hex(value)
-
-
 async def rate_limit_requests(ctx: Context, ip: str | None) -> None:
     minute = int(time.time() // 60)
     if await ctx.counters.hit(f"device_authorization:{ip}:{minute}", 120) > REQUESTS_PER_MINUTE:
@@ -64,8 +60,8 @@ async def save_device_code(ctx: Context, *, client_id: str, device_code: str, us
             async with ctx.db.write() as tx:
                 await oauth_store.insert_device_code(
                     tx,
-                    device_code_hash=_hash(device_code),
-                    user_code_hash=_hash(normalize_user_code(user_code) or ""),
+                    device_code_hash=sha256_hex(device_code),
+                    user_code_hash=sha256_hex(normalize_user_code(user_code) or ""),
                     client_id=client_id,
                     created_at=now,
                     expires_at=now + timedelta(seconds=DEVICE_CODE_TTL),
@@ -81,7 +77,7 @@ async def find_device_code(ctx: Context, device_code: str) -> DeviceCodeRow | No
     if not device_code or len(device_code) > 256:
         return None
     async with ctx.db.query() as tx:
-        return await oauth_store.device_code_by_hash(tx, device_code_hash=_hash(device_code))
+        return await oauth_store.device_code_by_hash(tx, device_code_hash=sha256_hex(device_code))
 
 
 async def record_poll(ctx: Context, row: DeviceCodeRow) -> bool:
@@ -140,7 +136,7 @@ async def pending_for(ctx: Context, *, login: HostedLogin, user_code: str, ip: s
     row = None
     if code is not None:
         async with ctx.db.query() as tx:
-            row = await oauth_store.device_code_by_user_code(tx, user_code_hash=_hash(code))
+            row = await oauth_store.device_code_by_user_code(tx, user_code_hash=sha256_hex(code))
     if row is None or row.status != "pending" or row.expires_at <= utcnow():
         await lockout.record_failure(ctx, login.user_id, ip, scope=LOCKOUT_SCOPE)
         raise UserCodeNotFoundError()
@@ -155,7 +151,7 @@ async def decide(ctx: Context, *, login: HostedLogin, user_code: str, approve: b
     async with ctx.db.write() as tx:
         status = "approved" if approve else "denied"
         if not await oauth_store.decide_device_code(
-            tx, user_code_hash=_hash(code), user_id=login.user_id, status=status, now=utcnow()
+            tx, user_code_hash=sha256_hex(code), user_id=login.user_id, status=status, now=utcnow()
         ):
             raise UserCodeNotFoundError()  # decided or expired meanwhile
         await ctx.events.record(

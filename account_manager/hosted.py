@@ -21,10 +21,6 @@ HOSTED_LOGIN_TTL = 12 * 3600  # a working day; the apps' own sessions last as lo
 MAX_COOKIE = 100
 
 
-def _hash(token: str) -> str:
-    return sha256_hex(token)
-
-
 async def sign_in(
     ctx: Context, *, username: str, password: str, ip: str | None, user_agent: str | None
 ) -> tuple[str, HostedLogin] | str:
@@ -57,7 +53,7 @@ async def open_login(
         ctx.revocations.user_changed(tx, user.id)  # its last login changes
         await oauth_store.open_hosted_login(
             tx,
-            token_hash=_hash(token),
+            token_hash=sha256_hex(token),
             sid=sid,
             user_id=user.id,
             now=now,
@@ -82,7 +78,7 @@ async def current_login(ctx: Context, token: str | None) -> HostedLogin | None:
     if not token or len(token) > MAX_COOKIE:
         return None
     async with ctx.db.query() as tx:
-        return await oauth_store.hosted_login(tx, token_hash=_hash(token), now=utcnow())
+        return await oauth_store.hosted_login(tx, token_hash=sha256_hex(token), now=utcnow())
 
 
 async def sign_out(ctx: Context, *, login: HostedLogin, ip: str | None) -> None:

@@ -42,10 +42,6 @@ _CODE = re.compile(r"[0-9]{6}")
 _RECOVERY = re.compile(r"[a-z2-7]{16}")
 
 
-def _sha256(value: str) -> str:
-    return sha256_hex(value)
-
-
 def normal_code(code: str) -> str:
     """A TOTP code as typed ("123 456" too); 422 for anything that cannot be one."""
     cleaned = code.replace(" ", "")
@@ -113,7 +109,7 @@ async def confirm(ctx: Context, *, user_id: str, sid: str, code: str, ip: str | 
             raise InvalidCodeError()
         await mfa_store.confirm_totp(tx, user_id=user_id, now=now)
         await mfa_store.replace_recovery_codes(
-            tx, user_id=user_id, code_hashes=[_sha256(normal_recovery_code(c)) for c in codes], now=now
+            tx, user_id=user_id, code_hashes=[sha256_hex(normal_recovery_code(c)) for c in codes], now=now
         )
         ctx.revocations.user_changed(tx, user_id)
         ended = await _end_other_sessions(ctx, tx, user_id=user_id, sid=sid, reason="mfa_enabled", now=now)
@@ -187,7 +183,7 @@ async def enrol_by_operator(ctx: Context, *, username: str) -> tuple[str, str, l
         box = secret_box(ctx).seal(secret, user_id=user.id)
         await mfa_store.put_pending_totp(tx, user_id=user.id, secret_box=box, now=now)
         await mfa_store.confirm_totp(tx, user_id=user.id, now=now)
-        hashes = [_sha256(normal_recovery_code(c)) for c in codes]
+        hashes = [sha256_hex(normal_recovery_code(c)) for c in codes]
         await mfa_store.replace_recovery_codes(tx, user_id=user.id, code_hashes=hashes, now=now)
         ctx.revocations.user_changed(tx, user.id)
         ended = await _end_other_sessions(ctx, tx, user_id=user.id, sid="", reason="mfa_enabled", now=now)
@@ -236,7 +232,7 @@ async def begin(ctx: Context, *, user: store.UserRow, ip: str | None) -> str:
     async with ctx.db.write() as tx:
         await mfa_store.insert_mfa_token(
             tx,
-            token_hash=_sha256(token),
+            token_hash=sha256_hex(token),
             user_id=user.id,
             ip=ip,
             now=now,
@@ -254,7 +250,7 @@ async def finish(
     code, recovery_code = one_factor(code, recovery_code)
     if not mfa_token or len(mfa_token) > MAX_MFA_TOKEN:
         raise InvalidMfaTokenError()
-    token_hash = _sha256(mfa_token)
+    token_hash = sha256_hex(mfa_token)
     now = utcnow()
     async with ctx.db.query() as tx:
         row = await mfa_store.mfa_token_by_hash(tx, token_hash=token_hash)
@@ -290,7 +286,7 @@ async def _check_factor(
     """Use up a right code or recovery code of the user in `tx`; WrongCodeError otherwise (the
     transaction then rolls back whatever else it did)."""
     if recovery_code is not None:
-        used = await mfa_store.use_recovery_code(tx, user_id=user.id, code_hash=_sha256(recovery_code), now=now)
+        used = await mfa_store.use_recovery_code(tx, user_id=user.id, code_hash=sha256_hex(recovery_code), now=now)
         if not used:
             raise WrongCodeError()
         left = await mfa_store.recovery_codes_left(tx, user_id=user.id)

@@ -99,7 +99,9 @@ def allowed(grants: Grants, uid: str, channel: Channel, action: Action) -> bool:
 
 def renews(grants: Grants, topic: str) -> bool:
     """Whether `topic` is the connection's own token-renewal topic (SPEC §12): what is published there
-    is checked as a token and never delivered to anyone."""
+    is checked as a token and never delivered to anyone. Asked of every publish: the suffix first."""
+    if not topic.endswith("/token"):
+        return False
     if grants.device_uid is not None:
         return topic == f"devices/{grants.device_uid}/token"
     return grants.user_id is not None and topic in (USER_RENEWAL_TOPIC, f"users/{grants.user_id}/token")

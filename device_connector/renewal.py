@@ -54,10 +54,6 @@ def target_of(topic: str, conn: Connection | None) -> Target | None:
     return None
 
 
-def is_renewal_topic(topic: str) -> bool:
-    return topic == USER_RENEWAL_TOPIC or target_of(topic, None) is not None
-
-
 class Renewals:
     def __init__(self, ctx: Context, refused: Refusal) -> None:
         self.ctx = ctx

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from shared import tables
 from shared.db import Tx
+from shared.device_lists import VISIBLE
 from shared.search import one_of, starts_with
 
 devices, shares, pairing, users = tables.devices, tables.device_shares, tables.pairing_tokens, tables.users
@@ -131,13 +132,9 @@ async def user_by_username(tx: Tx, *, username: str) -> Any:
     return (await tx.execute(stmt)).first()
 
 
-# Devices a user owns or has been shared, with the user's role on each; and one page of them with the
-# total, in one statement (the window's count is taken before LIMIT). Built once: building a statement
-# and its cache key costs more than the database takes to run it (PERF §5).
-_VISIBLE = sa.union_all(
-    sa.select(devices.c.uid, sa.literal("owner").label("role")).where(devices.c.owner_id == sa.bindparam("user_id")),
-    sa.select(shares.c.uid, shares.c.role).where(shares.c.user_id == sa.bindparam("user_id")),
-).subquery("visible")
+# One page of the devices a user can see (shared.device_lists.VISIBLE) with the total, in one statement
+# (the window's count is taken before LIMIT). Built once: building a statement and its cache key costs
+# more than the database takes to run it (PERF §5).
 _PAGE_FOR_USER = (
     sa.select(
         devices.c.uid,
@@ -145,15 +142,15 @@ _PAGE_FOR_USER = (
         devices.c.model,
         devices.c.online,
         devices.c.last_seen,
-        _VISIBLE.c.role,
+        VISIBLE.c.role,
         sa.func.count().over().label("total"),
     )
-    .join(_VISIBLE, _VISIBLE.c.uid == devices.c.uid)
+    .join(VISIBLE, VISIBLE.c.uid == devices.c.uid)
     .order_by(devices.c.uid)
     .limit(sa.bindparam("limit", type_=sa.Integer))
     .offset(sa.bindparam("offset", type_=sa.Integer))
 )
-_COUNT_FOR_USER = sa.select(sa.func.count()).select_from(_VISIBLE)
+_COUNT_FOR_USER = sa.select(sa.func.count()).select_from(VISIBLE)
 
 
 async def list_for_user(tx: Tx, *, user_id: str, limit: int, offset: int) -> tuple[list[Any], int]:

@@ -45,16 +45,17 @@ MAX_USERS = 50_000
 PRESENCE_TTL = 10.0  # s a list is served from memory at most (see above)
 
 _devices, _shares = tables.devices, tables.device_shares
-_VISIBLE = sa.union_all(
+# The devices a user owns or has been shared, each with the user's role on it (`user_id` bound).
+VISIBLE = sa.union_all(
     sa.select(_devices.c.uid, sa.literal("owner").label("role")).where(_devices.c.owner_id == sa.bindparam("user_id")),
     sa.select(_shares.c.uid, _shares.c.role).where(_shares.c.user_id == sa.bindparam("user_id")),
 ).subquery("visible")
 # Built once: building a statement and its cache key costs more than running it (PERF §5).
 _ALL_FOR_USER = (
     sa.select(
-        _devices.c.uid, _devices.c.name, _devices.c.model, _devices.c.online, _devices.c.last_seen, _VISIBLE.c.role
+        _devices.c.uid, _devices.c.name, _devices.c.model, _devices.c.online, _devices.c.last_seen, VISIBLE.c.role
     )
-    .join(_VISIBLE, _VISIBLE.c.uid == _devices.c.uid)
+    .join(VISIBLE, VISIBLE.c.uid == _devices.c.uid)
     .order_by(_devices.c.uid)
     .limit(MAX_DEVICES + 1)
 )

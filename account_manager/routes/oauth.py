@@ -142,10 +142,10 @@ def _failed_login(exc: HandshakeError) -> str:
     return "The username or password is wrong."
 
 
-@router.post("/v1/oauth/login", include_in_schema=False)
-async def sign_in(request: Request, ctx: CtxDep, ip: ClientIp) -> Response:
-    """The hosted login form: the password step (the lockout of /v1/auth/login, counted together),
-    then on to the authorization request or /device it came from."""
+async def _sign_in_form(request: Request) -> tuple[dict[str, str], str] | Response:
+    """A hosted sign-in form (password or code step) and the page it continues to, once it is readable,
+    posted by our own page (origin and anti-forgery token) and continuing to one of ours; else the
+    refusal page."""
     form = await read_form(request)
     if form is None:
         return pages.message("Sign-in refused", "The form could not be read.", status=400)
@@ -156,6 +156,17 @@ async def sign_in(request: Request, ctx: CtxDep, ip: ClientIp) -> Response:
     continue_to = pages.safe_continue(form.get("continue"))
     if continue_to is None:
         return pages.message("Sign-in refused", "The page to continue to is not one of ours.", status=400)
+    return form, continue_to
+
+
+@router.post("/v1/oauth/login", include_in_schema=False)
+async def sign_in(request: Request, ctx: CtxDep, ip: ClientIp) -> Response:
+    """The hosted login form: the password step (the lockout of /v1/auth/login, counted together),
+    then on to the authorization request or /device it came from."""
+    checked = await _sign_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    form, continue_to = checked
     username, password = form.get("username", ""), form.get("password", "")
     try:
         if not username or not password or len(username) > 256 or len(password) > 1024:
@@ -207,16 +218,10 @@ async def _code_page(
 @router.post("/v1/oauth/login/mfa", include_in_schema=False)
 async def sign_in_with_factor(request: Request, ctx: CtxDep, ip: ClientIp) -> Response:
     """The hosted code form (SPEC §12): the password step's mfa_token and a code or recovery code."""
-    form = await read_form(request)
-    if form is None:
-        return pages.message("Sign-in refused", "The form could not be read.", status=400)
-    if not pages.same_origin(request) or not hosted.form_token_ok(
-        pages.read_cookie(request, pages.FORM_COOKIE), form.get("csrf")
-    ):
-        return pages.message("Sign-in refused", REFUSED, status=403)
-    continue_to = pages.safe_continue(form.get("continue"))
-    if continue_to is None:
-        return pages.message("Sign-in refused", "The page to continue to is not one of ours.", status=400)
+    checked = await _sign_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    form, continue_to = checked
     mfa_token, typed = form.get("mfa_token", ""), form.get("code", "")
     try:
         if not typed:

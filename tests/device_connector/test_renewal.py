@@ -186,7 +186,9 @@ async def test_a_bad_renewal_changes_nothing(
         found = await events(client, world.admin, type="mqtt_auth_failed", device_uid=uid)
         return [str(event["detail"].get("reason")) for event in found]
 
-    assert all(reason.startswith("renewal") for reason in await eventually(refusals))
+    found = await eventually(refusals)
+    assert found, "a refused renewal left no mqtt_auth_failed event"
+    assert all(reason.startswith("renewal") for reason in found)
 
 
 @pytest.mark.parametrize("offered", ["another session", "another user", "a device token"])
