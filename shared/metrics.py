@@ -20,6 +20,12 @@ class Metrics:
         self.mqtt_renewals = Counter(
             "handshake_mqtt_renewals", "Tokens renewed over live MQTT connections", ["result"], registry=self.registry
         )
+        self.gc_full_collections = Counter(
+            "handshake_gc_full_collections",
+            "Full garbage collections run by handshake serve, by what decided them (quiet, growth, interval)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.revocation_propagation = Histogram(
             "handshake_revocation_propagation_seconds",
             "From a revocation's commit to this process applying it",

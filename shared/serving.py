@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from shared.app import SERVICES, create_app, load_services
 from shared.cli import fail, load_settings, service_module
+from shared.collector import Collector
 from shared.context import Context
 from shared.errors import ConfigurationError, HandshakeError, WeakPasswordError
 from shared.settings import Settings
@@ -266,6 +267,11 @@ async def _serve(app: FastAPI, config: uvicorn.Config, stops: StopSignals) -> No
     revocation watchers) is cancelled by a stop signal instead of running to its end first."""
     async with contextlib.AsyncExitStack() as stack:
         state = await stops.starting(stack.enter_async_context(app.router.lifespan_context(app)))
+        ctx: Context | None = (state or {}).get("ctx")
+        # The process is ours alone from here: its garbage collector runs at the server's pace.
+        collector = Collector(ctx.metrics.gc_full_collections if ctx is not None else None)
+        collector.start()
+        stack.push_async_callback(collector.stop)
         await _Server(config, state, stops).serve()
 
 
