@@ -1,4 +1,4 @@
-"""A minimal MQTT 3.1.1 client over asyncio streams, for bench/rabbitmq.py: CONNECT/CONNACK, SUBSCRIBE/SUBACK,
+"""A minimal MQTT 3.1.1 client over asyncio streams, for bench/rabbitmq.py, storm.py and renewal.py: CONNECT/CONNACK, SUBSCRIBE/SUBACK,
 PUBLISH (QoS 0 and 1, both ways, PUBACK sent and read), PINGREQ, DISCONNECT, and a socket dropped on purpose.
 Thousands of them fit in one event loop, where paho would need a thread each. TCP_NODELAY on every socket
 (PERF §5: Nagle turns a 1 ms request/response into 40-90 ms).
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -258,3 +259,15 @@ async def connect_disconnect(host: str, port: int, client_id: str, username: str
     if outcome.ok:
         await client.disconnect()
     return outcome.code
+
+
+CONNACK_CODES = {"1": "bad protocol", "2": "id rejected", "3": "server unavailable", "4": "bad credentials",
+                 "5": "not authorized"}  # fmt: skip
+
+
+def codes_text(counts: Counter[str]) -> str:
+    """Refusals by CONNACK return code (or the word `connect` answered), most frequent first, each named."""
+    return ", ".join(
+        f"{n}× {code}" + (f" ({CONNACK_CODES[code]})" if code in CONNACK_CODES else "")
+        for code, n in counts.most_common()
+    )

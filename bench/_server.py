@@ -13,7 +13,6 @@ unique key prefix that is deleted afterwards)."""
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import re
 import secrets
@@ -32,17 +31,16 @@ import jwt
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from bench._proc import REPO, STARTUP_TIMEOUT, clean_env, stop_process
 from shared.app import create_app
 from shared.deps import CurrentUser
 from shared.keys import KeyDirectory
 from shared.settings import Settings
 from shared.testing import free_port
 
-REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN_DSN = os.environ.get("HANDSHAKE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("HANDSHAKE_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 BACKENDS = ("sqlite", "postgres")
-STARTUP_TIMEOUT = 60.0
 
 
 # --- the served app (runs inside the uvicorn subprocess) ------------------------------------------
@@ -114,12 +112,6 @@ class Server:
     backend: str
     base_url: str
     pid: int
-
-
-def _clean_env() -> dict[str, str]:
-    # Inherited HANDSHAKE_* variables (a config file, cheap argon2 from a test shell...) would skew the
-    # figures: the benchmark must run on the defaults, argon2 included.
-    return {k: v for k, v in os.environ.items() if not k.startswith("HANDSHAKE_")}
 
 
 async def _pg_execute(sql: str) -> None:
@@ -196,15 +188,17 @@ def _wait_healthy(process: subprocess.Popen[bytes], base_url: str, log_path: Pat
     raise RuntimeError(f"uvicorn did not become healthy in {STARTUP_TIMEOUT:.0f} s:\n{log_path.read_text()[-4000:]}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()  # SIGTERM: uvicorn runs the lifespan shutdown
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
+@contextmanager
+def uvicorn(port: int, env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """app_factory() served on `port` in a subprocess with `env`, healthy when this yields; stopped on exit."""
+    # Server output goes to a file, never a pipe nobody reads (a full pipe would stall it).
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(_uvicorn_command(port), cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            _wait_healthy(process, f"http://127.0.0.1:{port}", log_path)
+            yield process
+        finally:
+            stop_process(process)  # SIGTERM: uvicorn runs the lifespan shutdown
 
 
 @contextmanager
@@ -215,25 +209,16 @@ def running_server(backend: str) -> Iterator[Server]:
         with _backend_env(backend, workdir) as backend_env:
             port = free_port()
             base_url = f"http://127.0.0.1:{port}"
-            env = {**_clean_env(), **backend_env, "HANDSHAKE_ISSUER": base_url}
+            env = {**clean_env(), **backend_env, "HANDSHAKE_ISSUER": base_url}
             # The benchmarks' admins sign in with the password alone: the second factor is not on the
             # paths they measure (its own cost is one row read and an HMAC per login of such a user).
             env["HANDSHAKE_MFA_REQUIRED_ROLES"] = "[]"
             # The device connector's embedded broker listens too: on a free port, not 1883, so the
             # benchmark runs beside a developer's server.
             env["HANDSHAKE_MQTT_PORT"] = str(free_port())
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
             log_path = workdir / "server.log"
-            # Server output goes to a file, never a pipe nobody reads (a full pipe would stall it).
-            with log_path.open("wb") as log_file:
-                process = subprocess.Popen(
-                    _uvicorn_command(port), cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT
-                )
-                try:
-                    _wait_healthy(process, base_url, log_path)
-                    yield Server(backend=backend, base_url=base_url, pid=process.pid)
-                finally:
-                    _stop(process)
+            with uvicorn(port, env, log_path) as process:
+                yield Server(backend=backend, base_url=base_url, pid=process.pid)
             problems = _server_problems(log_path)
             if problems:
                 print(f"[{backend}] server log (warnings and errors):\n{problems}", file=sys.stderr)
@@ -268,14 +253,6 @@ def check_ok(client: httpx.Client, path: str, token: str | None = None) -> None:
     response = client.get(path, headers=headers)
     if response.status_code != 200:
         raise RuntimeError(f"GET {path}: {response.status_code} {response.text}")
-
-
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    rank = min(len(sorted_values), max(1, math.ceil(fraction * len(sorted_values))))
-    return sorted_values[rank - 1]
 
 
 _COUNTER = re.compile(r"^handshake_(http_requests|token_verifications)_total\{([^}]*)\} ([\d.e+]+)$", re.M)

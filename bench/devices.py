@@ -38,7 +38,7 @@ from typing import Any  # noqa: E402
 import httpx  # noqa: E402
 from asgi_lifespan import LifespanManager  # noqa: E402
 
-from bench._server import _backend_env  # noqa: E402
+from bench._server import PASSWORD, _backend_env  # noqa: E402
 from device_manager import credentials  # noqa: E402
 from shared.app import create_app  # noqa: E402
 from shared.context import Context  # noqa: E402
@@ -46,7 +46,6 @@ from shared.settings import Settings  # noqa: E402
 
 BATCH = 1000
 OWNED = 100
-PASSWORD = "bench correct horse battery"
 TOTAL_BUDGET = 110.0  # seconds, start-up included: the run must stay under two minutes
 
 

@@ -32,10 +32,10 @@ from bench._server import (
     Server,
     check_ok,
     load_note,
-    percentile,
     register_and_login,
     running_server,
 )
+from bench._stats import percentile
 from shared.settings import Settings
 
 USERS = 20  # logins spread over many accounts, so nothing per account (lockout, sessions) matters

@@ -46,13 +46,10 @@ import dataclasses
 import hashlib
 import json
 import os
-import random
 import re
 import resource
 import secrets
 import shutil
-import signal
-import statistics
 import subprocess
 import tempfile
 import time
@@ -66,30 +63,30 @@ from typing import Any
 import httpx
 import orjson
 
-from bench._rabbit_clients import MqttClient, connect_disconnect
-from bench._server import (
-    BACKENDS,
-    PASSWORD,
-    _backend_env,
-    _clean_env,
-    _stop,
-    _uvicorn_command,
-    _wait_healthy,
-    load_note,
-    percentile,
+from bench._api import Api, Device, bounded, command, is_pong, timed_requests
+from bench._fleet import Fleet
+from bench._proc import (
+    HOST,
+    REPO,
+    clean_env,
+    cpu_seconds,
+    log_lines,
+    print_log_summary,
+    raise_fd_limit,
+    self_cpu,
+    set_time_limit,
 )
-from bench.mqtt import _VOLATILE, cpu_seconds
+from bench._proc import settle_async as settle
+from bench._rabbit_clients import MqttClient, codes_text, connect_disconnect
+from bench._server import BACKENDS, PASSWORD, _backend_env, load_note, uvicorn
+from bench._stats import Latencies, Rate, med, percentile, verdict
 from shared.testing import free_port
 from tests.rabbitmq import RABBITMQ_BIN, RabbitCluster, RabbitUnavailable
 
-REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 A, B, C = 0, 1, 2
 ADMIN = "bench-admin"
 STORM_MODEL, COMMAND_MODEL, REVOKE_MODEL = "bench-storm", "bench-command", "bench-revoke"
 INTERNAL_PREFIX = "bench-internal-"  # matches neither a UID nor a user id: the connector leaves them alone
-KEEPALIVE = 120  # the storm's clients send a PINGREQ every PING_EVERY s
-PING_EVERY = 45.0
 REVOKE_GAP = 0.25
 RABBIT_PROBLEM = re.compile(r"\[(warning|error)\] <[\d.]+> \S")  # the first line of each, not a report's rest
 OURS = re.compile(r"[A-Z0-9]{20}|[a-z0-9]{20}")  # a device's UID or a user's id: the platform's connections
@@ -178,7 +175,7 @@ def running_platform(backend: str, cluster: RabbitCluster, port: int, workdir: P
     with _backend_env(backend, workdir) as backend_env:
         base_url = f"http://{HOST}:{port}"
         env = {
-            **_clean_env(),
+            **clean_env(),
             **backend_env,
             "HANDSHAKE_ISSUER": base_url,
             "HANDSHAKE_MQTT_BROKER": "rabbitmq",
@@ -188,7 +185,6 @@ def running_platform(backend: str, cluster: RabbitCluster, port: int, workdir: P
             "HANDSHAKE_MQTT_HOOK_SECRET": cluster.secret,
             "HANDSHAKE_MFA_REQUIRED_ROLES": "[]",  # the admin signs in with the password alone (not measured here)
         }
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         admin_password = secrets.token_urlsafe(18)
         made = subprocess.run(
             [sys.executable, "-m", "shared.cli", "users", "create", ADMIN, "--role", "admin", "--password", admin_password],
@@ -197,37 +193,13 @@ def running_platform(backend: str, cluster: RabbitCluster, port: int, workdir: P
         if made.returncode != 0:
             raise RuntimeError(f"handshake users create: {made.stdout}{made.stderr}")
         log_path = workdir / "server.log"
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                _uvicorn_command(port), cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT
-            )
-            try:
-                _wait_healthy(process, base_url, log_path)
-                _wait_ready(process, base_url, log_path)
-                yield Platform(backend, base_url, process, log_path, admin_password)
-            finally:
-                _stop(process)
+        with uvicorn(port, env, log_path) as process:
+            _wait_ready(process, base_url, log_path)
+            yield Platform(backend, base_url, process, log_path, admin_password)
         # Its log level is "warning": every line in it is worth a look, tracebacks' last lines included.
         print_log_summary(
             f"{backend} platform", log_lines(log_path, lambda line: not line.startswith((" ", "Traceback")))
         )
-
-
-def log_lines(path: Path, keep: Callable[[str], bool]) -> Counter[str]:
-    """The lines `keep` wants, volatile parts (addresses, numbers, hex) blanked so that one kind counts once."""
-    found: Counter[str] = Counter()
-    with contextlib.suppress(OSError):
-        for line in path.read_text(errors="replace").splitlines():
-            if line.strip() and keep(line):
-                found[_VOLATILE.sub("#", line)[:200]] += 1
-    return found
-
-
-def print_log_summary(name: str, found: Counter[str], top: int = 10) -> None:
-    if found:
-        print(f"\n[{name}] log: {sum(found.values())} lines, by kind (# = a number):")
-        for line, count in found.most_common(top):
-            print(f"  {count:6d}× {line[:170]}")
 
 
 def rabbit_logs(cluster: RabbitCluster) -> list[Path]:
@@ -247,99 +219,7 @@ def _wait_ready(process: subprocess.Popen[bytes], base_url: str, log_path: Path,
     raise RuntimeError(f"the platform was not ready on RabbitMQ in {timeout:.0f} s:\n{log_path.read_text()[-4000:]}")
 
 
-def raise_fd_limit() -> tuple[int, int]:
-    """The soft limit up to the hard one (the RabbitMQ nodes and the server started after inherit it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-def self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-async def settle(pids: list[int], *, quiet: float = 0.15, longest: float = 4.0) -> None:
-    """Until the servers are idle (each under `quiet` of a core over 200 ms), at most `longest` s: a run's
-    tail (presence writes, RabbitMQ's event and stats work) would otherwise steal CPU from the next run."""
-    deadline = time.monotonic() + longest
-    while time.monotonic() < deadline:
-        before = [cpu_seconds(pid) for pid in pids]
-        await asyncio.sleep(0.2)
-        busy = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
-        if all(not (b > quiet * 0.2) for b in busy):
-            return
-
-
 # --- the platform's API ---------------------------------------------------------------------------------
-
-
-class Api:
-    def __init__(self, base_url: str) -> None:
-        limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits)
-        self.retries: Counter[str] = Counter()
-
-    async def call(
-        self, method: str, path: str, *, body: Any = None, token: str | None = None, status: tuple[int, ...] = (200,)
-    ) -> Any:
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        for attempt in range(6):
-            response = await self.http.request(method, path, json=body, headers=headers)
-            if response.status_code == 503 and attempt < 5:
-                self.retries[f"{method} {path.split('/')[2]} 503"] += 1
-                await asyncio.sleep(0.5 * (attempt + 1))
-                continue
-            if response.status_code not in status:
-                raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:300]}")
-            return response.json() if response.content else None
-        raise AssertionError("unreachable")
-
-    async def total(self, path: str, token: str, **params: str | int) -> int:
-        response = await self.http.get(
-            path, params={**params, "limit": 1}, headers={"Authorization": f"Bearer {token}"}
-        )
-        if response.status_code != 200:
-            return -1
-        return int(response.headers.get("X-Total-Count", -1))
-
-    async def online(self, token: str, model: str) -> int:
-        return await self.total("/v1/admin/devices", token, online="true", model=model)
-
-    async def events(self, token: str, type_: str) -> int:
-        return await self.total("/v1/admin/events", token, type=type_)
-
-    async def post_requests(self) -> float:
-        """POST requests answered so far, from /metrics: nearly all of them hook calls during a storm."""
-        text = (await self.http.get("/metrics")).text
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("handshake_http_requests_total{") and 'method="POST"' in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
-
-async def bounded(limit: int, jobs: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
-    gate = asyncio.Semaphore(limit)
-
-    async def one(job: Callable[[], Awaitable[Any]]) -> Any:
-        async with gate:
-            return await job()
-
-    return list(await asyncio.gather(*(one(job) for job in jobs)))
-
-
-@dataclass
-class Device:
-    uid: str
-    secret: str
-    claim_code: str
-    token: str = ""
 
 
 @dataclass
@@ -361,28 +241,17 @@ class World:
 async def new_person(api: Api) -> Person:
     username = f"bench-{secrets.token_hex(5)}"
     await api.call("POST", "/v1/auth/register", body={"username": username, "password": PASSWORD}, status=(201,))
-    login = await api.call("POST", "/v1/auth/login", body={"username": username, "password": PASSWORD})
-    me = await api.call("GET", "/v1/users/me", token=login["access_token"])
-    return Person(me["id"], login["access_token"])
+    token = await api.login(username, PASSWORD)
+    me = await api.call("GET", "/v1/users/me", token=token)
+    return Person(me["id"], token)
 
 
 async def prepare_world(api: Api, platform: Platform, plan: Plan) -> World:
-    login = await api.call("POST", "/v1/auth/login", body={"username": ADMIN, "password": platform.admin_password})
-    admin = str(login["access_token"])
+    admin = await api.login(ADMIN, platform.admin_password)
     owner = await new_person(api)
     logout = [await new_person(api) for _ in range(plan.logout_users)]
     wanted = ((STORM_MODEL, plan.devices), (COMMAND_MODEL, plan.command_devices), (REVOKE_MODEL, plan.revoke_devices))
-    jobs = [(model, min(500, n - start)) for model, n in wanted for start in range(0, n, 500)]
-
-    def provision(model: str, count: int) -> Callable[[], Awaitable[Any]]:
-        body = {"model": model, "count": count}
-        return lambda: api.call("POST", "/v1/admin/devices", body=body, token=admin, status=(201,))
-
-    # Each batch's claim codes (scrypt) are hashed across the server's hashing pool: two batches at a time.
-    bodies = await bounded(2, [provision(model, count) for model, count in jobs])
-    made: dict[str, list[Device]] = {model: [] for model, _ in wanted}
-    for (model, _), body in zip(jobs, bodies, strict=True):
-        made[model] += [Device(d["uid"], d["secret"], d["claim_code"]) for d in body["devices"]]
+    made = {model: await api.provision(admin, model, n) for model, n in wanted}
 
     def bind(d: Device) -> Callable[[], Awaitable[Any]]:
         body = {"uid": d.uid, "claim_code": d.claim_code}
@@ -400,52 +269,6 @@ async def prepare_world(api: Api, platform: Platform, plan: Plan) -> World:
 
 
 # --- reporting helpers ----------------------------------------------------------------------------------
-
-
-def med(values: list[float]) -> float:
-    clean = [v for v in values if v == v]
-    return statistics.median(clean) if clean else float("nan")
-
-
-def verdict(ok: bool) -> str:
-    return "ok" if ok else "MISSED"
-
-
-def codes_text(counts: Counter[str]) -> str:
-    names = {"1": "bad protocol", "2": "id rejected", "3": "server unavailable", "4": "bad credentials",
-             "5": "not authorized"}  # fmt: skip
-    return ", ".join(
-        f"{n}× {code}" + (f" ({names[code]})" if code in names else "") for code, n in counts.most_common()
-    )
-
-
-@dataclass
-class Latencies:
-    values_ms: list[float]
-    failures: Counter[str]
-    wall: float
-    server_cpu_ms: float = float("nan")
-
-    @property
-    def p50(self) -> float:
-        return percentile(sorted(self.values_ms), 0.50)
-
-    @property
-    def p99(self) -> float:
-        return percentile(sorted(self.values_ms), 0.99)
-
-    @property
-    def rate(self) -> float:
-        return len(self.values_ms) / self.wall if self.wall else float("nan")
-
-    def line(self, name: str) -> str:
-        bad = ""
-        if self.failures:
-            bad = f"  FAILED {sum(self.failures.values())}: " + "; ".join(
-                f"{c}× {w}" for w, c in self.failures.most_common(3)
-            )
-        return (f"  {name:<46} p50 {self.p50:6.1f} ms  p99 {self.p99:7.1f} ms  {self.rate:6.0f}/s"
-                f"  platform CPU {self.server_cpu_ms:5.2f} ms/op  ({len(self.values_ms)} ok){bad}")  # fmt: skip
 
 
 @dataclass
@@ -544,18 +367,6 @@ async def explain_missing(api: Api, admin: str, model: str, watch: EventWatch, c
 # --- 1. CONNECT + DISCONNECT ------------------------------------------------------------------------------
 
 
-@dataclass
-class Rate:
-    per_s: float
-    done: int
-    refused: Counter[str]
-    platform_us: float  # platform CPU per successful CONNECT+DISCONNECT
-    broker_us: float  # the three RabbitMQ nodes' CPU, the same way
-    drained_per_s: float = float("nan")
-    unwritten: int = 0  # connects whose device_connected the platform never wrote (when not drained)
-    collided: int = 0  # of our connections, those that reused the name of an untracked closed one
-
-
 class Drain:
     """When has the platform written a run's presence? Each device CONNECT and DISCONNECT writes one event."""
 
@@ -628,7 +439,9 @@ async def connect_run(
     per = 1e6 / max(1, ok)
     if watch is not None:
         collided = len(watch.collided) - collided
-    return Rate(ok / elapsed, ok, refused, cpu_p * per, cpu_b * per, drained, unwritten, collided)
+    return Rate(
+        ok / elapsed, ok, cpu_p * per, refused, drained, unwritten=unwritten, broker_us=cpu_b * per, collided=collided
+    )
 
 
 def rate_line(name: str, rates: list[Rate]) -> str:
@@ -647,7 +460,7 @@ def rate_line(name: str, rates: list[Rate]) -> str:
         )
     extras.append(f"{sum(r.done for r in rates)} done")
     return (f"  {name:<30} median {med([r.per_s for r in rates]):5.0f}/s   CPU µs/op: RabbitMQ"
-            f" {med([r.broker_us for r in rates]):5.0f}, platform {med([r.platform_us for r in rates]):5.0f}"
+            f" {med([r.broker_us for r in rates]):5.0f}, platform {med([r.cpu_us for r in rates]):5.0f}"
             f"   rounds: {' '.join(f'{r.per_s:.0f}' for r in rates)}   [{', '.join(extras)}]")  # fmt: skip
 
 
@@ -734,48 +547,6 @@ async def answering_device(port: int, device: Device, *, timeout: float = 10) ->
     return client
 
 
-async def wait_online(api: Api, admin: str, model: str, n: int, timeout: float) -> float | None:
-    """Seconds until the platform says `n` devices of `model` are online; None if not within `timeout`."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if await api.online(admin, model) >= n:
-            return time.monotonic() - t0
-        await asyncio.sleep(0.1)
-    return None
-
-
-async def timed_requests(
-    api: Api,
-    jobs: list[list[tuple[str, str, dict[str, Any] | None]]],
-    token: str,
-    check: Callable[[Any], bool],
-    pid: int,
-) -> Latencies:
-    """Each inner list is one task's sequence of (method, path, json); the tasks run concurrently."""
-    values: list[float] = []
-    failures: Counter[str] = Counter()
-    headers = {"Authorization": f"Bearer {token}"}
-
-    async def task(sequence: list[tuple[str, str, dict[str, Any] | None]]) -> None:
-        for method, path, body in sequence:
-            t0 = time.perf_counter()
-            try:
-                response = await api.http.request(method, path, json=body, headers=headers)
-            except httpx.HTTPError as exc:
-                failures[type(exc).__name__] += 1
-                continue
-            elapsed = (time.perf_counter() - t0) * 1000
-            if response.status_code != 200 or not check(response.json()):
-                failures[f"{response.status_code} {response.text[:70]}"] += 1
-                continue
-            values.append(elapsed)
-
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-    await asyncio.gather(*(task(sequence) for sequence in jobs))
-    wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
-    return Latencies(values, failures, wall, cpu / max(1, len(values)) * 1000)
-
-
 async def mqtt_round_trips(
     cluster: RabbitCluster, device: Device, internal: tuple[str, str], n: int, pid: int
 ) -> Latencies:
@@ -822,42 +593,42 @@ async def bench_commands(
     port_a = cluster.nodes[A].mqtt_port
     clients = await asyncio.gather(*(answering_device(port_a, d) for d in devices))
     try:
-        if await wait_online(api, world.admin, COMMAND_MODEL, len(devices), 15) is None:
+        if await api.until_online(world.admin, COMMAND_MODEL, len(devices), 15) is None:
             print("  ! not every command device is online for the platform after 15 s")
         first = devices[0].uid
 
-        def command(uid: str, i: int) -> tuple[str, str, dict[str, Any]]:
-            return ("POST", f"/v1/devices/{uid}/commands", {"action": "ping", "params": {"i": i}, "timeout": 10})
-
-        def is_pong(body: Any) -> bool:
-            return (
-                isinstance(body, dict) and body.get("status") == "ok" and bool((body.get("result") or {}).get("pong"))
-            )
-
-        token, pid, beams = world.owner.token, platform.pid, [n.pid for n in cluster.nodes]
-        await timed_requests(api, [[command(first, i) for i in range(20)]], token, is_pong, pid)  # warm-up
+        auth, pid, beams = (
+            {"Authorization": f"Bearer {world.owner.token}"},
+            platform.pid,
+            [n.pid for n in cluster.nodes],
+        )
+        await timed_requests(api.http, [[command(first, i) for i in range(20)]], is_pong, pid, auth)  # warm-up
         await settle([pid, *beams])
         state = await timed_requests(
-            api, [[("GET", f"/v1/devices/{first}/state", None)] * plan.commands_sequential], token, lambda b: True, pid
+            api.http,
+            [[("GET", f"/v1/devices/{first}/state", None)] * plan.commands_sequential],
+            lambda b: True,
+            pid,
+            auth,
         )
         await settle([pid, *beams])
         seq = await timed_requests(
-            api, [[command(first, i) for i in range(plan.commands_sequential)]], token, is_pong, pid
+            api.http, [[command(first, i) for i in range(plan.commands_sequential)]], is_pong, pid, auth
         )
         await settle([pid, *beams])
         c50 = await timed_requests(
-            api, [[command(d.uid, i) for i in range(plan.commands_each)] for d in devices], token, is_pong, pid
+            api.http, [[command(d.uid, i) for i in range(plan.commands_each)] for d in devices], is_pong, pid, auth
         )
         await settle([pid, *beams])
         rr = await mqtt_round_trips(cluster, devices[0], internal[-1], plan.commands_sequential, pid)
     finally:
         for client in clients:
             await client.disconnect()
-    print(seq.line("1 concurrent"))
-    print(c50.line(f"50 concurrent, {len(devices)} devices"))
+    print(seq.line("1 concurrent", server="platform", width=46))
+    print(c50.line(f"50 concurrent, {len(devices)} devices", server="platform", width=46))
     print("  its parts, alone, 1 concurrent:")
-    print(state.line("GET /v1/devices/{uid}/state (auth + 1 read)"))
-    print(rr.line("MQTT request/reply C → A → C, internal user"))
+    print(state.line("GET /v1/devices/{uid}/state (auth + 1 read)", server="platform", width=46))
+    print(rr.line("MQTT request/reply C → A → C, internal user", server="platform", width=46))
     parts = state.p50 + rr.p50
     print(f"  1 concurrent: p50 < 10 ms {verdict(seq.p50 < 10)}; command p50 ÷ (HTTP alone + MQTT alone) p50 ="
           f" {seq.p50 / parts:4.2f}")  # fmt: skip
@@ -883,7 +654,7 @@ async def bench_revocations(
         raise RuntimeError(f"revocation devices refused: {codes_text(bad)}")
     for client in clients:
         client.listen()
-    if await wait_online(api, world.admin, REVOKE_MODEL, len(devices), 15) is None:
+    if await api.until_online(world.admin, REVOKE_MODEL, len(devices), 15) is None:
         why = await explain_missing(api, world.admin, REVOKE_MODEL, watch, {d.uid for d in devices})
         print(f"  ! after 15 s: {why}")
     loop = asyncio.get_running_loop()
@@ -934,69 +705,6 @@ async def bench_revocations(
 # --- 2. the reconnect storm -------------------------------------------------------------------------------
 
 
-@dataclass
-class Phase:
-    """One wave of N connects: when each got its CONNACK 0, and what was refused on the way."""
-
-    started: float
-    connacks: list[float | None]
-    refused: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def done(self) -> int:
-        return sum(1 for t in self.connacks if t is not None)
-
-    def last(self) -> float | None:
-        times = [t for t in self.connacks if t is not None]
-        return max(times) - self.started if len(times) == len(self.connacks) else None
-
-
-class Storm:
-    def __init__(self, devices: list[Device], ports: list[int], window: int) -> None:
-        self.devices = devices
-        self.ports = ports
-        self.window = asyncio.Semaphore(window)
-        self.clients = [MqttClient(d.uid, d.uid, d.token, keepalive=KEEPALIVE) for d in devices]
-
-    async def _bring_up(self, i: int, phase: Phase, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
-        client, delay = self.clients[i], 0.5
-        while loop.time() < deadline:
-            async with self.window:
-                outcome = await client.connect(HOST, self.ports[i % len(self.ports)], timeout=30)
-            if outcome.ok:
-                client.listen()
-                phase.connacks[i] = loop.time()
-                return
-            phase.refused[str(outcome.code)] += 1
-            await asyncio.sleep(delay * (0.5 + random.random()))  # a device's back-off, jittered
-            delay = min(5.0, delay * 2)
-
-    def wave(self, timeout: float) -> tuple[Phase, asyncio.Future[list[None]]]:
-        loop = asyncio.get_running_loop()
-        phase = Phase(loop.time(), [None] * len(self.clients))
-        deadline = phase.started + timeout
-        return phase, asyncio.gather(*(self._bring_up(i, phase, deadline) for i in range(len(self.clients))))
-
-    def drop_all(self) -> None:
-        for client in self.clients:
-            client.drop()
-
-    def kicked(self) -> int:
-        """Connections the broker closed after their CONNACK 0."""
-        return sum(1 for c in self.clients if c.writer is not None and c.closed.is_set())
-
-    async def pinger(self) -> None:
-        while True:
-            await asyncio.sleep(PING_EVERY)
-            for client in self.clients:
-                if client.connected:
-                    client.ping()
-
-    async def disconnect_all(self) -> None:
-        await bounded(500, [client.disconnect for client in self.clients if client.writer is not None])
-
-
 async def bench_storm(
     plan: Plan, api: Api, world: World, cluster: RabbitCluster, platform: Platform, window: int,
     watch: EventWatch, results: Results,
@@ -1010,7 +718,7 @@ async def bench_storm(
         print(f"  ! {n} sockets do not fit under the open files limit {soft}")
     ports = [node.mqtt_port for node in cluster.nodes]
     beams = [node.pid for node in cluster.nodes]
-    storm = Storm(world.storm, ports, window)
+    storm = Fleet(world.storm, ports, window)
     loop = asyncio.get_running_loop()
     pinger = asyncio.create_task(storm.pinger())
     try:
@@ -1018,7 +726,7 @@ async def bench_storm(
         first, wave = storm.wave(plan.storm_timeout)
         await wave
         up = first.last()
-        seen = await wait_online(api, world.admin, STORM_MODEL, n, plan.storm_timeout)
+        seen = await api.until_online(world.admin, STORM_MODEL, n, plan.storm_timeout)
         print(f"  first connect: {first.done} of {n} CONNACK 0 in {up if up is not None else float('nan'):.1f} s"
               f" ({first.done / max(1e-9, up or plan.storm_timeout):.0f}/s); all online for the platform"
               f" {seen if seen is not None else float('nan'):.1f} s after"
@@ -1149,10 +857,6 @@ def print_table(all_results: list[Results]) -> None:
         print(f"  {name:<40} " + " ".join(f"{c:<{width}}" for c in cells) + f"  {target}")
 
 
-def _alarm(signum: int, frame: Any) -> None:
-    raise TimeoutError("the benchmark's hard time limit was reached")
-
-
 def rabbitmq_missing() -> str | None:
     for tool in ("rabbitmq-server", "rabbitmqctl"):
         if not os.access(RABBITMQ_BIN / tool, os.X_OK):
@@ -1189,9 +893,7 @@ def main() -> None:
     budget = plan.budget_base + plan.budget_per_backend * len(backends)
     soft, hard = raise_fd_limit()
     started = time.monotonic()
-    signal.signal(signal.SIGALRM, _alarm)  # whatever happens, the finally blocks stop the server and cluster
-    signal.alarm(int(budget))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
+    set_time_limit(budget)  # whatever happens, the finally blocks stop the server and cluster
     print(f"bench.rabbitmq{' --quick' if args.quick else ''} --backend {args.backend}: {load_note()};"
           f" open files {soft}/{hard}; hard time limit {budget:.0f} s")  # fmt: skip
     all_results: list[Results] = []
@@ -1214,7 +916,7 @@ def main() -> None:
                     with asyncio.Runner(loop_factory=new_loop) as runner:
                         all_results.append(runner.run(run_backend(plan, platform, cluster, internal, args.window)))
         finally:
-            signal.alarm(0)
+            set_time_limit(0)
             cluster.stop()
             for path in rabbit_logs(cluster):
                 found = log_lines(path, lambda line: bool(RABBIT_PROBLEM.search(line)))

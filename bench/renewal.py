@@ -40,26 +40,25 @@ import contextlib
 import json
 import random
 import re
-import resource
 import secrets
 import statistics
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
-from bench._rabbit_clients import MqttClient
-from bench._server import BACKENDS, PASSWORD, _backend_env, load_note, percentile
-from bench.mqtt import CHILDREN, HOST, Platform, cpu_seconds, log_problems, start_platform
-from bench.rabbitmq import Api, Device, bounded, codes_text
+from bench._api import Api, Device, bounded
+from bench._brokers import Platform, serving
+from bench._proc import HOST, cpu_seconds, raise_fd_limit
+from bench._rabbit_clients import MqttClient, codes_text
+from bench._server import BACKENDS, PASSWORD, load_note
+from bench._stats import percentile
 
 MODEL = "bench-renewal"
 KEEPALIVE = 60  # s; every client sends a PINGREQ every PING_EVERY s
@@ -460,28 +459,17 @@ def report(run: Run, ttl: int, rate: float, target: bool) -> None:
         print(f"    closed with renewal: {line}")
 
 
-async def login_token(api: Api, username: str, password: str) -> str:
-    login = await api.call("POST", "/v1/auth/login", body={"username": username, "password": password})
-    return str(login["access_token"])
-
-
 async def bench(
     platform: Platform, backend: str, n: int, ttl: int, lifetimes: int, rate: float, baseline: str, baseline_first: bool
 ) -> None:
     api = Api(platform.base_url)
     try:
-        admin = await login_token(api, "admin", platform.admin_password)
+        admin = await api.login("admin", platform.admin_password)
         t0 = time.monotonic()
         owner = f"bench-renewal-{secrets.token_hex(4)}"
         await api.call("POST", "/v1/auth/register", body={"username": owner, "password": PASSWORD}, status=(201,))
-        owner_token = await login_token(api, owner, PASSWORD)
-        jobs = [min(500, n - start) for start in range(0, n, 500)]
-        bodies = await bounded(2, [
-            partial(api.call, "POST", "/v1/admin/devices", body={"model": MODEL, "count": count}, token=admin,
-                    status=(201,))
-            for count in jobs
-        ])  # fmt: skip
-        devices = [Device(d["uid"], d["secret"], d["claim_code"]) for body in bodies for d in body["devices"]]
+        owner_token = await api.login(owner, PASSWORD)
+        devices = await api.provision(admin, MODEL, n)
         await bounded(4, [
             partial(api.call, "POST", "/v1/devices/bind", body={"uid": d.uid, "claim_code": d.claim_code},
                     token=owner_token, status=(201,))
@@ -493,8 +481,8 @@ async def bench(
         order = [("with renewal", "renew"), (f"without renewal ({baseline})", baseline)]
         for name, mode in reversed(order) if baseline_first else order:
             # Access tokens that outlive the run: fresh ones before each.
-            admin = await login_token(api, "admin", platform.admin_password)
-            app_token = await login_token(api, owner, PASSWORD)
+            admin = await api.login("admin", platform.admin_password)
+            app_token = await api.login(owner, PASSWORD)
             runs.append(await one_run(name, mode, platform, api, admin, app_token, devices, ttl, lifetimes, rate))
         with_, without = runs[::-1] if baseline_first else runs
         for run in runs:
@@ -519,29 +507,12 @@ def main() -> None:
                              " reconnect a while before exp as the SDK did before SPEC §12")  # fmt: skip
     parser.add_argument("--baseline-first", action="store_true", help="run without renewal first")
     args = parser.parse_args()
-    with contextlib.suppress(ValueError, OSError):
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    print(f"bench.renewal ({args.backend}): {load_note()}; open files {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}")
+    soft, _ = raise_fd_limit()
+    print(f"bench.renewal ({args.backend}): {load_note()}; open files {soft}")
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="handshake-bench-renewal-") as tmp, contextlib.ExitStack() as stack:
-        workdir = Path(tmp)
-        env = stack.enter_context(_backend_env(args.backend, workdir))
-        env["HANDSHAKE_DEVICE_TOKEN_TTL"] = str(args.ttl)
-        platform = None
-        try:
-            platform = start_platform(workdir, env)
-            asyncio.run(bench(platform, args.backend, args.devices, args.ttl, args.lifetimes, args.rate, args.baseline,
-                              args.baseline_first))  # fmt: skip
-        finally:
-            for child in reversed(CHILDREN):
-                child.stop()
-            if platform is not None:
-                problems = log_problems(platform.child.log_path)
-                if problems:
-                    print("\nplatform log (warnings and errors, by kind):")
-                    for line, count in problems.most_common(15):
-                        print(f"  {count:5d}× {line}")
+    with serving(args.backend, "renewal", HANDSHAKE_DEVICE_TOKEN_TTL=str(args.ttl)) as (platform, _, _):
+        asyncio.run(bench(platform, args.backend, args.devices, args.ttl, args.lifetimes, args.rate, args.baseline,
+                          args.baseline_first))  # fmt: skip
     print(f"\ntotal {time.monotonic() - started:.0f} s")
 
 

@@ -8,7 +8,7 @@ with a login storm (target < 50 ms).
 
 Devices are provisioned through the API; their tokens are signed here with the platform's own key
 directory (the connects are what is measured, not 10,000 token requests). Raw asyncio MQTT clients
-(bench/_rabbit_clients.py): thousands fit in one event loop. Everything talks to 127.0.0.1 only and
+(bench/_rabbit_clients.py, bench/_fleet.py): thousands fit in one event loop. Everything talks to 127.0.0.1 only and
 stops by itself.
 
 Run from the repository root:  .venv/bin/python -m bench.storm [--backend sqlite|postgres] [--devices N]"""
@@ -22,19 +22,19 @@ if __name__ == "__main__" and not __package__:
 
 import argparse
 import asyncio
-import contextlib
-import resource
 import secrets
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 
-from bench._server import BACKENDS, PASSWORD, _backend_env, load_note, probe_figures
-from bench.mqtt import CHILDREN, Platform, cpu_seconds, start_platform
-from bench.rabbitmq import Api, Device, Storm, bounded, codes_text, wait_online
+from bench._api import Api, Device, bounded
+from bench._brokers import Platform, serving
+from bench._fleet import Fleet
+from bench._proc import cpu_seconds, raise_fd_limit
+from bench._rabbit_clients import codes_text
+from bench._server import BACKENDS, PASSWORD, load_note, probe_figures
 from shared.keys import ring_from_settings
 from shared.settings import Settings
 from shared.tokens import Issuer
@@ -42,22 +42,6 @@ from shared.tokens import Issuer
 MODEL = "bench-storm-embedded"
 LOGIN_CLIENTS = 8
 USERS = 20
-
-
-async def provision(api: Api, admin: str, n: int) -> list[Device]:
-    jobs = [min(500, n - start) for start in range(0, n, 500)]
-    bodies = await bounded(
-        2,
-        [
-            (
-                lambda count=count: api.call(
-                    "POST", "/v1/admin/devices", body={"model": MODEL, "count": count}, token=admin, status=(201,)
-                )
-            )  # fmt: skip
-            for count in jobs
-        ],
-    )
-    return [Device(d["uid"], d["secret"], d["claim_code"]) for body in bodies for d in body["devices"]]
 
 
 def sign_tokens(devices: list[Device], env: dict[str, str], base_url: str) -> None:
@@ -109,23 +93,20 @@ async def me_probe(base_url: str, token: str, seconds: int, workdir: Path) -> st
 async def storm(platform: Platform, env: dict[str, str], n: int, window: int, timeout: float, workdir: Path) -> None:
     api = Api(platform.base_url)
     try:
-        login = await api.call(
-            "POST", "/v1/auth/login", body={"username": "admin", "password": platform.admin_password}
-        )
-        admin = str(login["access_token"])
+        admin = await api.login("admin", platform.admin_password)
         t0 = time.monotonic()
-        devices = await provision(api, admin, n)
+        devices = await api.provision(admin, MODEL, n)
         sign_tokens(devices, env, platform.base_url)
         users = await make_users(api)
-        me = await api.call("POST", "/v1/auth/login", body={"username": users[0][0], "password": PASSWORD})
+        me = await api.login(*users[0])
         print(
             f"setup: {n} devices provisioned and their tokens signed, {USERS} users, in {time.monotonic() - t0:.0f} s"
         )
 
-        clients = Storm(devices, [platform.mqtt_port], window)
+        clients = Fleet(devices, [platform.mqtt_port], window)
         first, wave = clients.wave(timeout)
         await wave
-        seen = await wait_online(api, admin, MODEL, n, timeout)
+        seen = await api.until_online(admin, MODEL, n, timeout)
         up = first.last()
         print(f"first connect: {first.done} of {n} CONNACK 0 in {up if up is not None else float('nan'):.1f} s;"
               f" all online for the platform {seen if seen is not None else float('nan'):.1f} s after"
@@ -140,7 +121,7 @@ async def storm(platform: Platform, env: dict[str, str], n: int, window: int, ti
         logins: Counter[str] = Counter()
         probe_seconds = max(5, min(int(timeout), n // 400 + 5))  # about the storm's length
         side = [asyncio.create_task(login_storm(platform.base_url, users, stop, logins))]
-        probe = asyncio.create_task(me_probe(platform.base_url, me["access_token"], probe_seconds, workdir))
+        probe = asyncio.create_task(me_probe(platform.base_url, me, probe_seconds, workdir))
         cpu0 = cpu_seconds(platform.child.pid)
         clients.drop_all()
         phase, wave = clients.wave(timeout)
@@ -190,20 +171,11 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=500, help="CONNECTs in flight at once (default 500)")
     parser.add_argument("--timeout", type=float, default=120.0, help="per wave (default 120 s)")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    print(f"bench.storm ({args.backend}): {load_note()}; open files {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}")
+    soft, _ = raise_fd_limit()
+    print(f"bench.storm ({args.backend}): {load_note()}; open files {soft}")
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="handshake-bench-storm-") as tmp, contextlib.ExitStack() as stack:
-        workdir = Path(tmp)
-        env = stack.enter_context(_backend_env(args.backend, workdir))
-        try:
-            platform = start_platform(workdir, env)
-            asyncio.run(storm(platform, env, args.devices, args.window, args.timeout, workdir))
-        finally:
-            for child in reversed(CHILDREN):
-                child.stop()
+    with serving(args.backend, "storm") as (platform, env, workdir):
+        asyncio.run(storm(platform, env, args.devices, args.window, args.timeout, workdir))
     print(f"\ntotal {time.monotonic() - started:.0f} s")
 
 
