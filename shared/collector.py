@@ -6,7 +6,7 @@ stalled the event loop for 0.4-2 s, and a reconnect storm triggered one every fe
 
 `handshake serve` therefore takes the full collections over: young collections stay CPython's (they are
 short), objects made during start-up are frozen (never walked again), and a full pass runs when the
-event loop has been quiet for a moment, or, however busy it is, once memory has grown by half or
+event loop has been quiet for a moment, or, however busy it is, once memory has doubled or
 `MAX_INTERVAL` has passed, so cyclic garbage never piles up without bound. From Python 3.14 the
 interpreter collects the old generation in increments itself; there only the freeze is ours."""
 
@@ -30,8 +30,8 @@ QUIET_LAG = 0.005  # s: a look that came this late or less finds the loop quiet
 QUIET_FOR = 2.0  # s of quiet before a full pass
 MIN_INTERVAL = 30.0  # s: never two quiet-time passes closer than this
 MAX_INTERVAL = 600.0  # s: a full pass at the latest, busy or not
-GROWTH = 1.5  # resident memory this many times that after the last pass: a full pass, busy or not
-GROWTH_FLOOR = 64 * 2**20  # bytes: and grown by at least this much (small processes grow in big steps)
+GROWTH = 2.0  # resident memory this many times that after the last pass: a full pass, busy or not
+GROWTH_FLOOR = 128 * 2**20  # bytes: and grown by at least this much (small processes grow in big steps)
 NEVER = 1_000_000  # young-generation passes before CPython would run a full one by itself
 TAKES_OVER = sys.version_info < (3, 14)  # 3.14's incremental collector has no stop-the-world full pass
 

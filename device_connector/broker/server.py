@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
-from amqtt.broker import Broker, RetainedApplicationMessage
+from amqtt.broker import Broker, ListenerType, RetainedApplicationMessage
 from amqtt.codecs_amqtt import read_or_raise
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.mqtt import connect as amqtt_connect
@@ -89,6 +90,7 @@ class _QuietStartFailure(logging.Filter):
 _QUIET_START_FAILURE = _QuietStartFailure()
 CONNECT_TIMEOUT = 10.0
 SET_UP_AT_ONCE = 8  # CONNECTs authenticated and set up concurrently (the rest wait their turn)
+ACCEPT_BACKLOG = 4096  # connections the kernel queues before accept(); it caps this at net.core.somaxconn
 SHED_AFTER = 5.0  # s from a TCP connection after which a CONNECT still waiting for set-up is refused with 3
 SERVER_UNAVAILABLE = 3  # CONNACK return code (MQTT 3.1.1 §3.2.2.3)
 REDELIVER_AFTER = 5.0  # s without a PUBACK before a QoS 1 delivery is sent again (DUP)
@@ -97,6 +99,15 @@ DENIED = 0x80
 
 class PacketTooLarge(Exception):
     pass
+
+
+async def _refuse(writer: WriterAdapter, code: int) -> None:
+    """A CONNACK with this return code, then the connection closed."""
+    writer.write(ConnackPacket.build(0, code).to_bytes())
+    with contextlib.suppress(Exception):
+        await writer.drain()
+    with contextlib.suppress(Exception):
+        await writer.close()
 
 
 class LimitedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped (no py.typed)
@@ -181,6 +192,24 @@ Admit = Callable[[Session], Awaitable[Connection]]
 
 
 class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.typed)
+    async def _create_server_instance(
+        self, listener_name: str, listener_type: Any, address: str | None, port: int, ssl_context: Any
+    ) -> Any:
+        """amqtt's listener with an accept queue deep enough for a reconnect storm. asyncio's default
+        (100) overflowed when hundreds of devices connected at once: the kernel dropped their SYNs, and
+        each client waited out TCP's retransmission back-off (1, 3, 7, 15 s) before it was even accepted,
+        so CONNECTs timed out that the broker never saw (issue 11)."""
+        if listener_type != ListenerType.TCP:
+            return await super()._create_server_instance(listener_name, listener_type, address, port, ssl_context)
+        return await asyncio.start_server(
+            functools.partial(self.stream_connected, listener_name=listener_name),
+            address,
+            port,
+            reuse_address=True,
+            ssl=ssl_context,
+            backlog=ACCEPT_BACKLOG,
+        )
+
     def __init__(
         self,
         *,
@@ -258,7 +287,15 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
             handler, incoming = await asyncio.wait_for(
                 Handler.init_from_connect(reader, writer, self.plugins_manager), CONNECT_TIMEOUT
             )
-        except (TimeoutError, AMQTTError, MQTTError, NoDataError, PacketTooLarge, ValueError, UnicodeError) as exc:
+        except TimeoutError:
+            # No whole CONNECT within CONNECT_TIMEOUT of the accept: a client that sent nothing, or one
+            # whose CONNECT waited in a saturated event loop. "Server unavailable" (3) tells the second
+            # to back off and come back (SPEC §6: under load a CONNECT is refused with 3), and costs
+            # the first nothing.
+            self.shed += 1
+            await _refuse(writer, SERVER_UNAVAILABLE)
+            return
+        except (AMQTTError, MQTTError, NoDataError, PacketTooLarge, ValueError, UnicodeError) as exc:
             log.debug("no valid CONNECT: %r", exc)
             await writer.close()
             return
@@ -275,10 +312,7 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
                 await self._setting_up.acquire()
         except TimeoutError:
             self.shed += 1
-            writer.write(ConnackPacket.build(0, SERVER_UNAVAILABLE).to_bytes())
-            with contextlib.suppress(Exception):
-                await writer.drain()
-            await writer.close()
+            await _refuse(writer, SERVER_UNAVAILABLE)
             return
         try:
             if not await self._set_up(handler, incoming, reader, writer):
@@ -300,10 +334,7 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
                     ip=incoming.remote_address,
                     reason=refusal.reason,
                 )
-            writer.write(ConnackPacket.build(0, int(refusal.code)).to_bytes())
-            with contextlib.suppress(Exception):
-                await writer.drain()
-            await writer.close()
+            await _refuse(writer, int(refusal.code))
             return False
         session = await self._adopt_session(incoming, conn)
         if isinstance(reader, LimitedReader):

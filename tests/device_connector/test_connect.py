@@ -6,6 +6,9 @@ it names, and its will is never stored; each refusal is an `mqtt_auth_failed` ev
 from __future__ import annotations
 
 import asyncio
+import select
+import socket
+import sys
 import time
 from typing import Any
 
@@ -342,3 +345,36 @@ async def test_a_connect_that_cannot_be_set_up_in_time_is_refused_with_3(
         for _ in held:
             setting_up.release()
     assert await mqtt.attempt(world.uid, world.uid, world.device_token) == 0
+
+
+async def test_a_connection_whose_connect_does_not_come_in_time_is_answered_3(
+    mqtt: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CONNECT not read within CONNECT_TIMEOUT of the accept (a client that sends nothing, or a
+    CONNECT stuck behind a saturated event loop) gets "server unavailable" (3), then the close: a device
+    backs off and comes back instead of seeing a bare close (issue 11)."""
+    monkeypatch.setattr(broker_server, "CONNECT_TIMEOUT", 0.5)
+    silent = mqtt.raw()
+    assert await silent.recv(4, timeout=5) == bytes([0x20, 0x02, 0x00, 0x03])  # CONNACK, return code 3
+    assert await silent.closed_by_server()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the accept queue's overflow is Linux's")
+async def test_a_burst_of_connections_waits_in_the_accept_queue_not_in_tcp_back_off(mqtt: Clients) -> None:
+    """500 devices connecting while the event loop is busy all complete their TCP handshake: the accept
+    queue holds them (asyncio's default of 100 dropped the SYNs past it, and each client then waited out
+    TCP's retransmission back-off of 1, 3, 7 s... before the broker could even see it)."""
+    burst = [socket.socket() for _ in range(500)]
+    try:
+        for sock in burst:
+            sock.setblocking(False)
+            sock.connect_ex((mqtt.host, mqtt.port))
+        deadline = time.monotonic() + 0.5  # the loop is held right here: nothing is accepted meanwhile
+        pending = list(burst)
+        while pending and time.monotonic() < deadline:
+            _, writable, _ = select.select([], pending, [], 0.05)
+            pending = [sock for sock in pending if sock not in writable]
+        assert not pending, f"{len(pending)} of 500 connections did not complete while the loop was busy"
+    finally:
+        for sock in burst:
+            sock.close()

@@ -11,7 +11,16 @@ import weakref
 import pytest
 
 from shared import collector
-from shared.collector import GROWTH_FLOOR, MAX_INTERVAL, MIN_INTERVAL, QUIET_FOR, Collector, Look, reason_to_collect
+from shared.collector import (
+    GROWTH,
+    GROWTH_FLOOR,
+    MAX_INTERVAL,
+    MIN_INTERVAL,
+    QUIET_FOR,
+    Collector,
+    Look,
+    reason_to_collect,
+)
 
 MB = 2**20
 
@@ -36,8 +45,8 @@ def look(**changes: float | int | bool) -> Look:
         ({"promoted": False}, None),  # nothing new in the old generation
         ({"promoted": False, "since_full": MAX_INTERVAL, "rss": 1000 * MB}, None),
         ({"quiet_for": 0.0, "since_full": MAX_INTERVAL}, "interval"),  # busy for too long
-        ({"quiet_for": 0.0, "rss": 150 * MB + GROWTH_FLOOR}, "growth"),  # busy, memory grew by half
-        ({"quiet_for": 0.0, "rss": 149 * MB}, None),  # grew, not by half
+        ({"quiet_for": 0.0, "rss": int(100 * MB * GROWTH) + GROWTH_FLOOR}, "growth"),  # busy, memory grew enough
+        ({"quiet_for": 0.0, "rss": int(100 * MB * GROWTH) - MB}, None),  # grew, not enough
         ({"quiet_for": 0.0, "rss": 20 * MB, "rss_after_full": 10 * MB}, None),  # doubled, by a few MB only
         ({"quiet_for": 0.0, "rss": 10_000 * MB, "rss_after_full": 0}, "growth"),  # no reading at the last pass
     ],
