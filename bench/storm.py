@@ -28,6 +28,7 @@ import secrets
 import tempfile
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -49,11 +50,9 @@ async def provision(api: Api, admin: str, n: int) -> list[Device]:
     bodies = await bounded(
         2,
         [
-            (
-                lambda count=count: api.call(
-                    "POST", "/v1/admin/devices", body={"model": MODEL, "count": count}, token=admin, status=(201,)
-                )
-            )  # fmt: skip
+            partial(
+                api.call, "POST", "/v1/admin/devices", body={"model": MODEL, "count": count}, token=admin, status=(201,)
+            )
             for count in jobs
         ],
     )
@@ -71,7 +70,7 @@ def sign_tokens(devices: list[Device], env: dict[str, str], base_url: str) -> No
 async def make_users(api: Api) -> list[tuple[str, str]]:
     names = [f"storm-{secrets.token_hex(4)}" for _ in range(USERS)]
     await bounded(4, [
-        (lambda n=n: api.call("POST", "/v1/auth/register", body={"username": n, "password": PASSWORD}, status=(201,)))
+        partial(api.call, "POST", "/v1/auth/register", body={"username": n, "password": PASSWORD}, status=(201,))
         for n in names
     ])  # fmt: skip
     return [(n, PASSWORD) for n in names]

@@ -320,6 +320,7 @@ async def test_bad_second_steps_are_a_clear_4xx(client: httpx.AsyncClient, body:
 async def test_bad_bodies_of_the_enrolment_routes_are_a_clear_4xx(client: httpx.AsyncClient, users: Users) -> None:
     _, tokens = await users.new()
     await client.post("/v1/users/me/mfa/totp", headers=bearer(tokens))
+    body: object  # bad bodies of every shape
     for body in ({}, {"code": None}, {"code": 12}, {"code": "x" * 5000}, {"code": "12 34 5"}, [1]):
         response = await client.post("/v1/users/me/mfa/totp/confirm", json=body, headers=bearer(tokens))
         assert 400 <= response.status_code < 500, response.text
