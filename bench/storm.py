@@ -25,6 +25,7 @@ import asyncio
 import secrets
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -55,7 +56,7 @@ def sign_tokens(devices: list[Device], env: dict[str, str], base_url: str) -> No
 async def make_users(api: Api) -> list[tuple[str, str]]:
     names = [f"storm-{secrets.token_hex(4)}" for _ in range(USERS)]
     await bounded(4, [
-        (lambda n=n: api.call("POST", "/v1/auth/register", body={"username": n, "password": PASSWORD}, status=(201,)))
+        partial(api.call, "POST", "/v1/auth/register", body={"username": n, "password": PASSWORD}, status=(201,))
         for n in names
     ])  # fmt: skip
     return [(n, PASSWORD) for n in names]

@@ -57,7 +57,7 @@ async def seed_fleet(ctx: Context, *, count: int, owners: Sequence[str] = ()) ->
 async def seed_users(ctx: Context, *, count: int) -> list[str]:
     """`count` users who cannot log in, so that the planners see a user table of a real size. Their ids."""
     now = datetime.now(UTC)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": f"seeded{n:014d}",
             "username": f"seeded-{n}",

@@ -54,7 +54,8 @@ async def signed_in(browser: Browser, users: Users) -> dict[str, Any]:
 async def start(client: httpx.AsyncClient, client_id: str) -> dict[str, Any]:
     response = await client.post("/v1/oauth/device_authorization", data={"client_id": client_id})
     assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
+    started: dict[str, Any] = response.json()
+    return started
 
 
 async def poll(client: httpx.AsyncClient, client_id: str, device_code: str) -> httpx.Response:

@@ -35,7 +35,7 @@ def test_the_default_requires_a_factor_of_admin_and_support() -> None:
     from shared.settings import Settings
 
     assert Settings().mfa_required_roles == ["admin", "support"]
-    assert Settings(mfa_required_roles="").mfa_required_roles == []
+    assert Settings.model_validate({"mfa_required_roles": ""}).mfa_required_roles == []  # as the environment gives it
     with pytest.raises(ValueError, match="unknown role"):
         Settings(mfa_required_roles=["root"])
 

@@ -153,10 +153,13 @@ async def test_stream_ends_within_seconds_of_its_reader_losing_the_right(live_se
             else:
                 done = await http.patch(f"/v1/admin/users/{reader.id}", json={"role": "user"}, headers=admin)
             assert done.status_code in (200, 204), done.text
+
             # Events keep coming (a stream that delivers stays open as long as a quiet one).
-            noise = asyncio.ensure_future(
-                asyncio.to_thread(lambda: [failed_login(live_server.url, f"noise{n}") for n in range(8)])
-            )
+            def make_noise() -> None:
+                for n in range(8):
+                    failed_login(live_server.url, f"noise{n}")
+
+            noise = asyncio.ensure_future(asyncio.to_thread(make_noise))
             try:
                 assert await ended_within(stream, 5.0), f"the stream outlived its reader's {how} by 5 s"
             finally:

@@ -17,6 +17,7 @@ import jwt
 import pytest
 
 from device_connector.broker import server as broker_server
+from device_connector.broker.embedded import EmbeddedBroker
 from shared.context import Context
 from shared.settings import Settings
 from shared.testing import forge
@@ -337,7 +338,9 @@ async def test_a_connect_that_cannot_be_set_up_in_time_is_refused_with_3(
     CONNECT is refused with 3 and nothing else). A turn that comes in time is served as usual."""
     world = await make_world(client, users, ctx)
     monkeypatch.setattr(broker_server, "SHED_AFTER", 0.5)
-    setting_up = running_connector(ctx).broker.server._setting_up
+    broker = running_connector(ctx).broker
+    assert isinstance(broker, EmbeddedBroker)
+    setting_up = broker.server._setting_up
     held = [await setting_up.acquire() for _ in range(broker_server.SET_UP_AT_ONCE)]  # a storm's set-ups
     try:
         assert await mqtt.attempt(world.uid, world.uid, world.device_token) == 3

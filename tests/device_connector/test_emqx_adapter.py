@@ -25,6 +25,7 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device_connector.mqtt_relay import RECONNECT_MAX_DELAY, MqttRelay
@@ -146,10 +147,16 @@ def retain_for(topic: str, payload: bytes) -> None:
     client.loop_stop()
 
 
+class AppClient(httpx.AsyncClient):
+    """A client of the app in this process, which keeps the app (its state holds the Context)."""
+
+    app: FastAPI
+
+
 @contextlib.asynccontextmanager
 async def connector_on_mosquitto(
     backend: Backend, tmp_path: Path, emqx_api: EmqxApi
-) -> AsyncIterator[tuple[httpx.AsyncClient, LifespanManager]]:
+) -> AsyncIterator[tuple[AppClient, LifespanManager]]:
     """The whole platform with the EMQX adapter, its MQTT client on the machine's Mosquitto."""
     if not mosquitto_up():
         if os.environ.get("CI", "").lower() == "true":
@@ -168,13 +175,13 @@ async def connector_on_mosquitto(
     app = create_app(settings, migrate=True)
     async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
         transport = httpx.ASGITransport(app=manager.app, client=("203.0.113.7", 40000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            http.app = app  # type: ignore[attr-defined]
+        async with AppClient(transport=transport, base_url="http://testserver") as http:
+            http.app = app
             yield http, manager
 
 
 @pytest.fixture
-async def emqx(backend: Backend, tmp_path: Path, emqx_api: EmqxApi) -> AsyncIterator[httpx.AsyncClient]:
+async def emqx(backend: Backend, tmp_path: Path, emqx_api: EmqxApi) -> AsyncIterator[AppClient]:
     async with connector_on_mosquitto(backend, tmp_path, emqx_api) as (http, _):
         yield http
 
@@ -272,10 +279,10 @@ class Firmware:
 
 
 @pytest.fixture
-async def world(emqx: httpx.AsyncClient) -> AsyncIterator[World]:
+async def world(emqx: AppClient) -> AsyncIterator[World]:
     """A world whose device has a UID of its own (its topics are this test's alone); whatever the test
     left retained on the machine's Mosquitto under them is cleared afterwards, and checked gone."""
-    ctx = emqx.app.state.ctx  # type: ignore[attr-defined]
+    ctx = emqx.app.state.ctx
     made = await make_world(emqx, Users(emqx), ctx)
     yield made
     mine = f"devices/{made.uid}/#"
@@ -289,7 +296,7 @@ async def disconnect_reasons(http: httpx.AsyncClient, world: World) -> list[Any]
 
 
 async def test_commands_relay_once_emqx_says_the_device_is_connected(
-    emqx: httpx.AsyncClient, emqx_api: EmqxApi, world: World
+    emqx: AppClient, emqx_api: EmqxApi, world: World
 ) -> None:
     broker = Emqx(emqx, emqx_api)
     command = {"action": "switch", "params": {"on": True}, "timeout": 5}
@@ -299,7 +306,7 @@ async def test_commands_relay_once_emqx_says_the_device_is_connected(
         assert await broker.connect(world.uid, world.uid, world.device_token)
         # EMQX's webhook reaches every replica through the fan-out: the connector learns of the
         # connection a moment after EMQX says so, as it would from a real EMQX.
-        connector = running_connector(emqx.app.state.ctx)  # type: ignore[attr-defined]
+        connector = running_connector(emqx.app.state.ctx)
         await eventually(lambda: connector.broker.is_online(world.uid))
         reply = await emqx.post(f"/v1/devices/{world.uid}/commands", json=command, headers=world.owner.headers)
         assert reply.status_code == 200, reply.text
@@ -345,8 +352,8 @@ async def test_logout_kicks_the_sessions_connections_only(
     assert [client_id for client_id, _ in emqx_api.kicks] == [f"{owner.id}-phone"]
 
 
-async def test_an_expired_token_is_kicked_at_exp(emqx: httpx.AsyncClient, emqx_api: EmqxApi, world: World) -> None:
-    settings = emqx.app.state.ctx.settings  # type: ignore[attr-defined]
+async def test_an_expired_token_is_kicked_at_exp(emqx: AppClient, emqx_api: EmqxApi, world: World) -> None:
+    settings = emqx.app.state.ctx.settings
     token = forge(
         settings.keys_dir,
         claims={"sub": world.uid, "jti": f"short-{world.uid}"},
@@ -443,7 +450,7 @@ async def test_what_others_left_retained_on_the_broker_changes_nothing(
         await asyncio.to_thread(retain_for, topic, payload)
     try:
         async with connector_on_mosquitto(backend, tmp_path, emqx_api) as (http, manager):
-            ctx = http.app.state.ctx  # type: ignore[attr-defined]
+            ctx = http.app.state.ctx
             world = await make_world(http, Users(http), ctx)
             broker = Emqx(http, emqx_api)
             with Firmware(world.uid):

@@ -5,6 +5,7 @@ callbacks (which stamp the connect and disconnect times)."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 from amqtt.session import Session
@@ -13,10 +14,10 @@ from transitions import MachineError
 from device_connector.broker import lifecycle
 
 
-def run(init: object, triggers: tuple[str, ...]) -> list[object]:
+def run(init: Callable[[Session], object], triggers: tuple[str, ...]) -> list[object]:
     session = Session.__new__(Session)
     session.last_connect_time = session.last_disconnect_time = None
-    init(session)  # type: ignore[operator]
+    init(session)
     outcome: list[object] = []
     for trigger in triggers:
         try:

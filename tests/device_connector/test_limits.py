@@ -46,9 +46,11 @@ async def test_a_subscriber_that_stops_reading_is_disconnected_and_others_go_on(
     assert await stalled.send(
         connect_packet(owner.id.encode(), owner.id.encode(), owner.tokens["access_token"].encode())
     )
-    assert (await stalled.recv(4))[:2] == b"\x20\x02"  # CONNACK
+    connack = await stalled.recv(4)
+    assert connack is not None and connack[:2] == b"\x20\x02"  # CONNACK
     assert await stalled.send(subscribe_packet(events.encode()))
-    assert (await stalled.recv(5))[:1] == b"\x90"  # SUBACK; from now on it reads nothing
+    suback = await stalled.recv(5)
+    assert suback is not None and suback[:1] == b"\x90"  # SUBACK; from now on it reads nothing
     viewer = await mqtt.connect(world.viewer.id, world.viewer.id, world.viewer.tokens["access_token"])
     assert await viewer.subscribe(events) == [1]
     device = await mqtt.connect(world.uid, world.uid, world.device_token)

@@ -85,7 +85,8 @@ async def test_a_late_puback_gets_the_message_sent_again(
     packets = Packets(raw)
     token = owner.tokens["access_token"].encode()
     assert await raw.send(connect_packet(owner.id.encode(), owner.id.encode(), token))
-    assert (await packets.next(5))[:2] == (CONNACK, 0)  # type: ignore[index]
+    connack = await packets.next(5)
+    assert connack is not None and connack[:2] == (CONNACK, 0)
     assert await raw.send(subscribe_packet(topic))
     kind, _, body = await packets.next(5) or (0, 0, b"")
     assert kind == SUBACK and body[-1] == 1, body

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -664,7 +665,7 @@ def test_key_changes_reach_the_live_event_stream_with_who_made_them(server: Serv
 
     with http(server.base_url) as client:
         token = login(client, "admin", admin_password(server))
-        heard: list[dict[str, object]] = []
+        heard: list[dict[str, Any]] = []
         opened = threading.Event()
 
         def follow() -> None:
@@ -690,10 +691,10 @@ def test_key_changes_reach_the_live_event_stream_with_who_made_them(server: Serv
         revoked = cli(server.workdir, server.env, "keys", "revoke", new)
         assert revoked.returncode == 0 and not revoked.stderr, revoked.stderr
         reader.join(PROPAGATION + 5)
-        assert [(e["type"], e["detail"]["kid"]) for e in heard] == [("key_rotated", new), ("key_revoked", new)]  # type: ignore[index]
+        assert [(e["type"], e["detail"]["kid"]) for e in heard] == [("key_rotated", new), ("key_revoked", new)]
         for event in heard:
             assert event["actor_type"] == "system"
-            assert str(event["detail"]["operator"]).startswith(getpass.getuser() + "@")  # type: ignore[index]
+            assert str(event["detail"]["operator"]).startswith(getpass.getuser() + "@")
         listed = client.get(
             "/v1/admin/events",
             params={"type": "key_revoked"},

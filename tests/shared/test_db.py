@@ -14,6 +14,7 @@ from typing import Any
 import aiosqlite
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.pool import QueuePool
 
 from shared import tables
 from shared.context import Context
@@ -160,7 +161,9 @@ async def test_requests_beyond_the_pool_wait_for_a_connection_instead_of_opening
 
     async def reader() -> int:
         async with db.query() as tx:
-            held.append(db.engine.pool.checkedout())  # type: ignore[attr-defined]
+            pool = db.engine.pool
+            assert isinstance(pool, QueuePool)
+            held.append(pool.checkedout())
             await asyncio.sleep(0.05)
             return int((await tx.execute(sa.text("SELECT 1"))).scalar_one())
 

@@ -154,8 +154,10 @@ def migration_held(backend: Backend, workdir: Path) -> Iterator[Callable[[Serve]
             db.close()
         return
 
+    dsn = backend.database_url.replace("+asyncpg", "")
+
     async def hold() -> asyncpg.Connection:
-        conn = await asyncpg.connect(backend.database_url.replace("+asyncpg", ""))
+        conn = await asyncpg.connect(dsn)
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
         return conn
 

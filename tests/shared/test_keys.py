@@ -8,14 +8,14 @@ import stat
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt as jose_jwt
 from joserfc.errors import SecurityWarning
-from joserfc.jwk import KeySet
+from joserfc.jwk import KeySet, KeySetSerialization
 from joserfc.jwt import JWTClaimsRegistry
 from jwt.algorithms import RSAAlgorithm
 
@@ -230,7 +230,7 @@ def _joserfc_decode(token: str, jwks: dict[str, Any], alg: str) -> dict[str, Any
     with warnings.catch_warnings():
         # joserfc flags "EdDSA" as deprecated by RFC 9864 (in favour of "Ed25519"); SPEC §3 signs with "EdDSA".
         warnings.filterwarnings("ignore", "EdDSA is deprecated", SecurityWarning)
-        decoded = jose_jwt.decode(token, KeySet.import_key_set(jwks), algorithms=[alg])  # type: ignore[arg-type]
+        decoded = jose_jwt.decode(token, KeySet.import_key_set(cast(KeySetSerialization, jwks)), algorithms=[alg])
     registry = JWTClaimsRegistry(
         leeway=LEEWAY,
         iss={"essential": True, "value": ISSUER},

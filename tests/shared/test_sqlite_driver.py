@@ -31,7 +31,7 @@ async def test_the_aiosqlite_internals_reached_into_are_there() -> None:
     await connection
     try:
         assert isinstance(connection._conn, sqlite3.Connection)
-        assert await connection._execute(lambda: threading.current_thread()) is connection._thread
+        assert await connection._execute(lambda: threading.current_thread()) is connection._thread  # type: ignore[no-untyped-call]
     finally:
         await connection.close()
 

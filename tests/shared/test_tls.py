@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -160,10 +161,15 @@ def test_https_and_mqtt_over_tls_work_with_both_sdks(deployment: tuple[TlsServer
 
     seen: list[object] = []
     heard = threading.Event()
+
+    def hear(state: dict[str, Any]) -> None:
+        seen.append(state)
+        heard.set()
+
     try:
         with device:
             assert device.tls and device.mqtt_port == server.tls_port  # asked of the server, over HTTPS
-            user.watch_state(made["uid"], lambda state: (seen.append(state), heard.set()))  # MQTT over TLS
+            user.watch_state(made["uid"], hear)  # MQTT over TLS
             assert user.tls and user.mqtt_port == server.tls_port
             reply = user.send_command(made["uid"], "switch", {"on": True})
             assert reply["status"] == "ok" and reply["result"] == {"on": True}, reply
