@@ -8,8 +8,6 @@ import string
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
-
 from account_manager import store
 from account_manager.passwords import check_strength, passwords
 from account_manager.sessions import end_all_sessions
@@ -48,18 +46,6 @@ def check_email(email: str | None) -> None:
         raise ValidationFailedError("email: not an email address.")
 
 
-def public_user(user: store.UserRow) -> dict[str, Any]:
-    return {
-        "id": user.id,
-        "username": user.username,
-        "email": user.email,
-        "role": user.role,
-        "created_at": user.created_at,
-        "last_login_at": user.last_login_at,
-        "mfa_enabled": user.mfa_enabled,
-    }
-
-
 async def create_user(
     ctx: Context,
     *,
@@ -80,29 +66,27 @@ async def create_user(
     password_hash = await passwords(ctx).hash(password)
     user_id = new_user_id()
     now = utcnow()
-    try:
-        async with ctx.db.write() as tx:
-            if await store.user_by_username(tx, username=username) is not None:
-                raise UsernameTakenError()
-            await store.insert_user(
-                tx, user_id=user_id, username=username, password_hash=password_hash, role=role, email=email, now=now
+    async with ctx.db.write() as tx:
+        if await store.user_by_username(tx, username=username) is not None:
+            raise UsernameTakenError()
+        # Two registrations of one name at once both pass the look-up: the store's insert lets one win.
+        await store.insert_user(
+            tx, user_id=user_id, username=username, password_hash=password_hash, role=role, email=email, now=now
+        )
+        detail = {"username": username, "role": str(role), "user_id": user_id}
+        if registration:
+            await ctx.events.record(
+                tx, EventType.USER_REGISTERED, actor_type=ActorType.USER, actor_id=user_id, ip=ip, detail=detail
             )
-            detail = {"username": username, "role": str(role), "user_id": user_id}
-            if registration:
-                await ctx.events.record(
-                    tx, EventType.USER_REGISTERED, actor_type=ActorType.USER, actor_id=user_id, ip=ip, detail=detail
-                )
-            else:
-                await ctx.events.record(
-                    tx,
-                    EventType.USER_CREATED,
-                    actor_type=ActorType.USER if actor_id else ActorType.SYSTEM,
-                    actor_id=actor_id,
-                    ip=ip,
-                    detail=detail,
-                )
-    except sa.exc.IntegrityError:
-        raise UsernameTakenError() from None  # two registrations of one name at once: one wins
+        else:
+            await ctx.events.record(
+                tx,
+                EventType.USER_CREATED,
+                actor_type=ActorType.USER if actor_id else ActorType.SYSTEM,
+                actor_id=actor_id,
+                ip=ip,
+                detail=detail,
+            )
     return store.UserRow(user_id, username, email, password_hash, role, False, now, None)
 
 
@@ -178,7 +162,7 @@ async def change_password(
 
 async def admin_update_user(
     ctx: Context, *, actor_id: str, user_id: str, role: Role | None, disabled: bool | None, ip: str | None
-) -> dict[str, Any]:
+) -> store.UserListing:
     async with ctx.db.write() as tx:
         user = await store.user_by_id(tx, user_id=user_id)
         if user is None:
@@ -204,22 +188,32 @@ async def admin_update_user(
                 detail={"user_id": user_id, **changes},
             )
         rows, _ = await store.list_users(tx, query=None, role=None, limit=1, offset=0, now=utcnow(), user_id=user_id)
-    return admin_view(rows[0])
+    return rows[0]
 
 
-def admin_view(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "active_sessions": int(row["active_sessions"] or 0)}
+def new_user_listing(user: store.UserRow) -> store.UserListing:
+    """A user just created, as the admins' list shows it: enabled, no session yet."""
+    return store.UserListing(
+        id=user.id,
+        username=user.username,
+        email=user.email,
+        role=user.role,
+        disabled=user.disabled,
+        created_at=user.created_at,
+        last_login_at=user.last_login_at,
+        mfa_enabled=user.mfa_enabled,
+        active_sessions=0,
+    )
 
 
 async def list_users(
     ctx: Context, *, query: str | None, role: str | None, limit: int, offset: int
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[store.UserListing], int]:
     """A page of users, newest first, and the total. `query` matches the start of a username or an email,
     ignoring case, or a whole user id."""
     query = (query or "").strip() or None
     async with ctx.db.read() as tx:
-        rows, total = await store.list_users(tx, query=query, role=role, limit=limit, offset=offset, now=utcnow())
-    return [admin_view(row) for row in rows], total
+        return await store.list_users(tx, query=query, role=role, limit=limit, offset=offset, now=utcnow())
 
 
 async def ensure_admin(ctx: Context, *, password: str | None) -> str | None:

@@ -1,9 +1,10 @@
-"""Request and response bodies of the account manager (SPEC §4)."""
+"""Request and response bodies of the account manager (SPEC §4). The response models are the wire
+shapes of the domain's objects: routes build them with `of`, so the OpenAPI document shows them."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
@@ -12,6 +13,13 @@ from shared.models import Role
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="ignore", str_max_length=8192)
+
+
+class _Out(BaseModel):
+    @classmethod
+    def of(cls, found: Any) -> Self:
+        """The wire shape of a domain object (a store row, a dataclass): its attributes of these names."""
+        return cls.model_validate(found, from_attributes=True)
 
 
 class RegisterIn(_In):
@@ -122,7 +130,7 @@ class RegisteredOut(BaseModel):
     role: str
 
 
-class UserOut(BaseModel):
+class UserOut(_Out):
     id: str
     username: str
     email: str | None
@@ -137,7 +145,7 @@ class AdminUserOut(UserOut):
     active_sessions: int
 
 
-class SessionOut(BaseModel):
+class SessionOut(_Out):
     id: str
     created_at: datetime
     last_used_at: datetime
@@ -146,7 +154,7 @@ class SessionOut(BaseModel):
     current: bool
 
 
-class EventOut(BaseModel):
+class EventOut(_Out):
     id: int
     ts: datetime
     type: str
@@ -155,3 +163,26 @@ class EventOut(BaseModel):
     device_uid: str | None
     ip: str | None
     detail: dict[str, object]
+
+
+class IntrospectionOut(BaseModel):
+    """RFC 7662 §2.2. Absent fields are left out, not null: an inactive token is exactly `{"active": false}`."""
+
+    active: bool
+    sub: str | None = None
+    exp: int | None = None
+    iat: int | None = None
+    aud: str | None = None
+    iss: str | None = None
+    jti: str | None = None
+    token_type: str | None = None
+    token_use: str | None = None
+    role: str | None = None
+    sid: str | None = None
+
+
+class ExchangedOut(BaseModel):
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+    issued_token_type: str = "urn:ietf:params:oauth:token-type:access_token"

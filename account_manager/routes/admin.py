@@ -31,27 +31,28 @@ async def list_users(
     role: Role | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
-) -> list[dict[str, Any]]:
+) -> list[AdminUserOut]:
     rows, total = await accounts.list_users(ctx, query=query, role=role, limit=limit, offset=offset)
     response.headers["X-Total-Count"] = str(total)
-    return rows
+    return [AdminUserOut.of(row) for row in rows]
 
 
 @router.post("/v1/admin/users", status_code=201, response_model=AdminUserOut, openapi_extra=body_doc(AdminCreateUserIn))
-async def create_user(request: Request, ctx: CtxDep, admin: Admin, ip: ClientIp) -> dict[str, Any]:
+async def create_user(request: Request, ctx: CtxDep, admin: Admin, ip: ClientIp) -> AdminUserOut:
     body = await parse_body(request, AdminCreateUserIn)
     user = await accounts.create_user(
         ctx, username=body.username, password=body.password, role=body.role, email=body.email, actor_id=admin.id, ip=ip
     )
-    return {**accounts.public_user(user), "disabled": False, "active_sessions": 0}
+    return AdminUserOut.of(accounts.new_user_listing(user))
 
 
 @router.patch("/v1/admin/users/{user_id}", response_model=AdminUserOut, openapi_extra=body_doc(AdminUpdateUserIn))
-async def update_user(user_id: str, request: Request, ctx: CtxDep, admin: Admin, ip: ClientIp) -> dict[str, Any]:
+async def update_user(user_id: str, request: Request, ctx: CtxDep, admin: Admin, ip: ClientIp) -> AdminUserOut:
     body = await parse_body(request, AdminUpdateUserIn)
-    return await accounts.admin_update_user(
+    updated = await accounts.admin_update_user(
         ctx, actor_id=admin.id, user_id=user_id, role=body.role, disabled=body.disabled, ip=ip
     )
+    return AdminUserOut.of(updated)
 
 
 @router.get("/v1/admin/events", response_model=list[EventOut])
@@ -65,12 +66,12 @@ async def list_events(
     since: datetime | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
-) -> list[dict[str, Any]]:
+) -> list[EventOut]:
     found, total = await events.list_events(
         ctx, type=type, user_id=user_id, device_uid=device_uid, since=since, limit=limit, offset=offset
     )
     response.headers["X-Total-Count"] = str(total)
-    return found
+    return [EventOut.of(event) for event in found]
 
 
 @router.get("/v1/admin/events/stream", response_class=StreamingResponse)
