@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import string
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -227,22 +228,41 @@ async def ensure_admin(ctx: Context, *, password: str | None) -> str | None:
     return chosen
 
 
-async def stats(ctx: Context) -> dict[str, int]:
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """The platform at a glance (SPEC §4 `GET /v1/admin/stats`): counts now and over the last 24 h."""
+
+    users: int
+    devices: int
+    devices_online: int
+    sessions_active: int
+    logins_24h: int
+    login_failures_24h: int
+    device_connections_24h: int
+
+
+@dataclass(frozen=True, slots=True)
+class HourCounts:
+    hour: datetime  # the start of a UTC hour
+    logins: int
+    login_failures: int
+    device_connections: int
+
+
+async def stats(ctx: Context) -> Stats:
     now = utcnow()
     day_ago: datetime = now - timedelta(hours=24)
     async with ctx.db.read() as tx:
         devices, online = await store.count_devices(tx)
-        return {
-            "users": await store.count_users(tx),
-            "devices": devices,
-            "devices_online": online,
-            "sessions_active": await store.count_active_sessions(tx, now=now),
-            "logins_24h": await store.count_events_since(tx, type=EventType.LOGIN_SUCCEEDED, since=day_ago),
-            "login_failures_24h": await store.count_events_since(tx, type=EventType.LOGIN_FAILED, since=day_ago),
-            "device_connections_24h": await store.count_events_since(
-                tx, type=EventType.DEVICE_CONNECTED, since=day_ago
-            ),
-        }
+        return Stats(
+            users=await store.count_users(tx),
+            devices=devices,
+            devices_online=online,
+            sessions_active=await store.count_active_sessions(tx, now=now),
+            logins_24h=await store.count_events_since(tx, type=EventType.LOGIN_SUCCEEDED, since=day_ago),
+            login_failures_24h=await store.count_events_since(tx, type=EventType.LOGIN_FAILED, since=day_ago),
+            device_connections_24h=await store.count_events_since(tx, type=EventType.DEVICE_CONNECTED, since=day_ago),
+        )
 
 
 # The series of the dashboard's chart (SPEC §8), by the event type each counts.
@@ -253,7 +273,7 @@ HOURLY_SERIES = {
 }
 
 
-async def hourly_stats(ctx: Context, *, hours: int) -> list[dict[str, Any]]:
+async def hourly_stats(ctx: Context, *, hours: int) -> list[HourCounts]:
     """Logins, failures and device connections per UTC hour, oldest first: the current (partial) hour
     and the `hours - 1` before it, hours without events included as zeros so a chart needs no gaps."""
     current = utcnow().replace(minute=0, second=0, microsecond=0)
@@ -264,4 +284,4 @@ async def hourly_stats(ctx: Context, *, hours: int) -> list[dict[str, Any]]:
     for type_, hour, count in counts:
         if hour in buckets:
             buckets[hour][HOURLY_SERIES[EventType(type_)]] = count
-    return [{"hour": hour, **series} for hour, series in buckets.items()]
+    return [HourCounts(hour=hour, **series) for hour, series in buckets.items()]

@@ -1,25 +1,20 @@
 """Request and response bodies of the account manager (SPEC §4). The response models are the wire
-shapes of the domain's objects: routes build them with `of`, so the OpenAPI document shows them."""
+shapes of the domain's objects: routes build them, so the OpenAPI document shows them."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from shared.models import Role
+from shared.schemas import IsoTimestamp
+from shared.schemas import Out as _Out
 
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="ignore", str_max_length=8192)
-
-
-class _Out(BaseModel):
-    @classmethod
-    def of(cls, found: Any) -> Self:
-        """The wire shape of a domain object (a store row, a dataclass): its attributes of these names."""
-        return cls.model_validate(found, from_attributes=True)
 
 
 class RegisterIn(_In):
@@ -186,3 +181,20 @@ class ExchangedOut(BaseModel):
     token_type: str = "Bearer"
     expires_in: int
     issued_token_type: str = "urn:ietf:params:oauth:token-type:access_token"
+
+
+class StatsOut(_Out):
+    users: int
+    devices: int
+    devices_online: int
+    sessions_active: int
+    logins_24h: int
+    login_failures_24h: int
+    device_connections_24h: int
+
+
+class HourlyStatsOut(_Out):
+    hour: IsoTimestamp  # the start of the UTC hour, written as the dashboard's chart has always read it
+    logins: int
+    login_failures: int
+    device_connections: int

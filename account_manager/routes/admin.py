@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from account_manager import accounts, events
-from account_manager.schemas import AdminCreateUserIn, AdminUpdateUserIn, AdminUserOut, EventOut
+from account_manager.schemas import (
+    AdminCreateUserIn,
+    AdminUpdateUserIn,
+    AdminUserOut,
+    EventOut,
+    HourlyStatsOut,
+    StatsOut,
+)
 from shared.bodies import body_doc, parse_body
 from shared.deps import ClientIp, CtxDep, Principal, require_role
 from shared.models import Role
@@ -96,12 +103,12 @@ async def stream_events(
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
-@router.get("/v1/admin/stats")
-async def stats(ctx: CtxDep, _: Reader) -> dict[str, int]:
-    return await accounts.stats(ctx)
+@router.get("/v1/admin/stats", response_model=StatsOut)
+async def stats(ctx: CtxDep, _: Reader) -> StatsOut:
+    return StatsOut.of(await accounts.stats(ctx))
 
 
-@router.get("/v1/admin/stats/hourly")
-async def hourly_stats(ctx: CtxDep, _: Reader, hours: Annotated[int, Query(ge=1, le=168)] = 24) -> list[dict[str, Any]]:
+@router.get("/v1/admin/stats/hourly", response_model=list[HourlyStatsOut])
+async def hourly_stats(ctx: CtxDep, _: Reader, hours: Annotated[int, Query(ge=1, le=168)] = 24) -> list[HourlyStatsOut]:
     """Per UTC hour, oldest first: `{hour, logins, login_failures, device_connections}` (the dashboard's chart)."""
-    return await accounts.hourly_stats(ctx, hours=hours)
+    return [HourlyStatsOut.of(counts) for counts in await accounts.hourly_stats(ctx, hours=hours)]
