@@ -9,7 +9,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from shared.models import Role
-from shared.schemas import IsoTimestamp
 from shared.schemas import Out as _Out
 
 
@@ -194,7 +193,7 @@ class StatsOut(_Out):
 
 
 class HourlyStatsOut(_Out):
-    hour: IsoTimestamp  # the start of the UTC hour, written as the dashboard's chart has always read it
+    hour: datetime  # the start of a UTC hour
     logins: int
     login_failures: int
     device_connections: int

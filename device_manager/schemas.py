@@ -1,14 +1,13 @@
 """Request and response bodies of the device manager (SPEC §5). The response models are the wire
-shapes of the domain's objects: routes build them, so the OpenAPI document shows them. Their
-timestamps are written as these answers always wrote them (shared.schemas.IsoTimestamp)."""
+shapes of the domain's objects: routes build them, so the OpenAPI document shows them."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from shared.schemas import IsoTimestamp as Timestamp
 from shared.schemas import Out as _Out
 
 
@@ -88,7 +87,7 @@ class DeviceSummaryOut(_Out):
     model: str
     role: str
     online: bool
-    last_seen: Timestamp | None
+    last_seen: datetime | None
 
 
 class DeviceOut(BaseModel):
@@ -98,8 +97,8 @@ class DeviceOut(BaseModel):
     role: str
     owner_id: str | None
     online: bool
-    last_seen: Timestamp | None
-    connected_at: Timestamp | None
+    last_seen: datetime | None
+    connected_at: datetime | None
     ip: str | None
     region: str | None
 
@@ -108,7 +107,7 @@ class ShareOut(_Out):
     user_id: str
     username: str
     role: str
-    created_at: Timestamp
+    created_at: datetime
 
 
 class SharedOut(ShareOut):
@@ -128,12 +127,12 @@ class AdminDeviceOut(_Out):
     owner_id: str | None
     owner_username: str | None
     online: bool
-    last_seen: Timestamp | None
-    connected_at: Timestamp | None
+    last_seen: datetime | None
+    connected_at: datetime | None
     ip: str | None
     region: str | None
     disabled: bool
-    created_at: Timestamp
+    created_at: datetime
 
 
 class DeviceDisabledOut(_Out):
