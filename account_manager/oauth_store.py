@@ -69,7 +69,7 @@ class DeviceCodeRow:
     user_disabled: bool
 
 
-def _client(row: Any) -> ClientRow:
+def _client(row: sa.Row[Any]) -> ClientRow:
     return ClientRow(
         id=row.id,
         name=row.name,
@@ -263,7 +263,7 @@ def _device_select() -> sa.Select[Any]:
     )
 
 
-def _device(row: Any) -> DeviceCodeRow | None:
+def _device(row: sa.Row[Any] | None) -> DeviceCodeRow | None:
     if row is None:
         return None
     return DeviceCodeRow(

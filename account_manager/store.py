@@ -71,7 +71,7 @@ class SessionRow:
     user_agent: str | None
 
 
-def _user(row: Any) -> UserRow | None:
+def _user(row: sa.Row[Any] | None) -> UserRow | None:
     if row is None:
         return None
     return UserRow(

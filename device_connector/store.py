@@ -123,7 +123,7 @@ async def offline_among(tx: Tx, *, uids: list[str]) -> list[str]:
     return sorted(found)
 
 
-def _state(row: Any) -> DeviceState:
+def _state(row: sa.Row[Any]) -> DeviceState:
     return DeviceState(row.uid, row.reported, row.reported_at, row.desired, row.desired_at)
 
 

@@ -67,7 +67,7 @@ class UserRef:
     username: str
 
 
-def _device(row: Any) -> DeviceRow | None:
+def _device(row: sa.Row[Any] | None) -> DeviceRow | None:
     if row is None:
         return None
     return DeviceRow(
