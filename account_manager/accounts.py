@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 import secrets
 import string
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-
-import sqlalchemy as sa
 
 from account_manager import store
 from account_manager.passwords import check_strength, passwords
@@ -48,18 +47,6 @@ def check_email(email: str | None) -> None:
         raise ValidationFailedError("email: not an email address.")
 
 
-def public_user(user: store.UserRow) -> dict[str, Any]:
-    return {
-        "id": user.id,
-        "username": user.username,
-        "email": user.email,
-        "role": user.role,
-        "created_at": user.created_at,
-        "last_login_at": user.last_login_at,
-        "mfa_enabled": user.mfa_enabled,
-    }
-
-
 async def create_user(
     ctx: Context,
     *,
@@ -80,29 +67,27 @@ async def create_user(
     password_hash = await passwords(ctx).hash(password)
     user_id = new_user_id()
     now = utcnow()
-    try:
-        async with ctx.db.write() as tx:
-            if await store.user_by_username(tx, username=username) is not None:
-                raise UsernameTakenError()
-            await store.insert_user(
-                tx, user_id=user_id, username=username, password_hash=password_hash, role=role, email=email, now=now
+    async with ctx.db.write() as tx:
+        if await store.user_by_username(tx, username=username) is not None:
+            raise UsernameTakenError()
+        # Two registrations of one name at once both pass the look-up: the store's insert lets one win.
+        await store.insert_user(
+            tx, user_id=user_id, username=username, password_hash=password_hash, role=role, email=email, now=now
+        )
+        detail = {"username": username, "role": str(role), "user_id": user_id}
+        if registration:
+            await ctx.events.record(
+                tx, EventType.USER_REGISTERED, actor_type=ActorType.USER, actor_id=user_id, ip=ip, detail=detail
             )
-            detail = {"username": username, "role": str(role), "user_id": user_id}
-            if registration:
-                await ctx.events.record(
-                    tx, EventType.USER_REGISTERED, actor_type=ActorType.USER, actor_id=user_id, ip=ip, detail=detail
-                )
-            else:
-                await ctx.events.record(
-                    tx,
-                    EventType.USER_CREATED,
-                    actor_type=ActorType.USER if actor_id else ActorType.SYSTEM,
-                    actor_id=actor_id,
-                    ip=ip,
-                    detail=detail,
-                )
-    except sa.exc.IntegrityError:
-        raise UsernameTakenError() from None  # two registrations of one name at once: one wins
+        else:
+            await ctx.events.record(
+                tx,
+                EventType.USER_CREATED,
+                actor_type=ActorType.USER if actor_id else ActorType.SYSTEM,
+                actor_id=actor_id,
+                ip=ip,
+                detail=detail,
+            )
     return store.UserRow(user_id, username, email, password_hash, role, False, now, None)
 
 
@@ -178,7 +163,7 @@ async def change_password(
 
 async def admin_update_user(
     ctx: Context, *, actor_id: str, user_id: str, role: Role | None, disabled: bool | None, ip: str | None
-) -> dict[str, Any]:
+) -> store.UserListing:
     async with ctx.db.write() as tx:
         user = await store.user_by_id(tx, user_id=user_id)
         if user is None:
@@ -204,22 +189,32 @@ async def admin_update_user(
                 detail={"user_id": user_id, **changes},
             )
         rows, _ = await store.list_users(tx, query=None, role=None, limit=1, offset=0, now=utcnow(), user_id=user_id)
-    return admin_view(rows[0])
+    return rows[0]
 
 
-def admin_view(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "active_sessions": int(row["active_sessions"] or 0)}
+def new_user_listing(user: store.UserRow) -> store.UserListing:
+    """A user just created, as the admins' list shows it: enabled, no session yet."""
+    return store.UserListing(
+        id=user.id,
+        username=user.username,
+        email=user.email,
+        role=user.role,
+        disabled=user.disabled,
+        created_at=user.created_at,
+        last_login_at=user.last_login_at,
+        mfa_enabled=user.mfa_enabled,
+        active_sessions=0,
+    )
 
 
 async def list_users(
     ctx: Context, *, query: str | None, role: str | None, limit: int, offset: int
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[store.UserListing], int]:
     """A page of users, newest first, and the total. `query` matches the start of a username or an email,
     ignoring case, or a whole user id."""
     query = (query or "").strip() or None
     async with ctx.db.read() as tx:
-        rows, total = await store.list_users(tx, query=query, role=role, limit=limit, offset=offset, now=utcnow())
-    return [admin_view(row) for row in rows], total
+        return await store.list_users(tx, query=query, role=role, limit=limit, offset=offset, now=utcnow())
 
 
 async def ensure_admin(ctx: Context, *, password: str | None) -> str | None:
@@ -233,22 +228,41 @@ async def ensure_admin(ctx: Context, *, password: str | None) -> str | None:
     return chosen
 
 
-async def stats(ctx: Context) -> dict[str, int]:
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """The platform at a glance (SPEC §4 `GET /v1/admin/stats`): counts now and over the last 24 h."""
+
+    users: int
+    devices: int
+    devices_online: int
+    sessions_active: int
+    logins_24h: int
+    login_failures_24h: int
+    device_connections_24h: int
+
+
+@dataclass(frozen=True, slots=True)
+class HourCounts:
+    hour: datetime  # the start of a UTC hour
+    logins: int
+    login_failures: int
+    device_connections: int
+
+
+async def stats(ctx: Context) -> Stats:
     now = utcnow()
     day_ago: datetime = now - timedelta(hours=24)
     async with ctx.db.read() as tx:
         devices, online = await store.count_devices(tx)
-        return {
-            "users": await store.count_users(tx),
-            "devices": devices,
-            "devices_online": online,
-            "sessions_active": await store.count_active_sessions(tx, now=now),
-            "logins_24h": await store.count_events_since(tx, type=EventType.LOGIN_SUCCEEDED, since=day_ago),
-            "login_failures_24h": await store.count_events_since(tx, type=EventType.LOGIN_FAILED, since=day_ago),
-            "device_connections_24h": await store.count_events_since(
-                tx, type=EventType.DEVICE_CONNECTED, since=day_ago
-            ),
-        }
+        return Stats(
+            users=await store.count_users(tx),
+            devices=devices,
+            devices_online=online,
+            sessions_active=await store.count_active_sessions(tx, now=now),
+            logins_24h=await store.count_events_since(tx, type=EventType.LOGIN_SUCCEEDED, since=day_ago),
+            login_failures_24h=await store.count_events_since(tx, type=EventType.LOGIN_FAILED, since=day_ago),
+            device_connections_24h=await store.count_events_since(tx, type=EventType.DEVICE_CONNECTED, since=day_ago),
+        )
 
 
 # The series of the dashboard's chart (SPEC §8), by the event type each counts.
@@ -259,7 +273,7 @@ HOURLY_SERIES = {
 }
 
 
-async def hourly_stats(ctx: Context, *, hours: int) -> list[dict[str, Any]]:
+async def hourly_stats(ctx: Context, *, hours: int) -> list[HourCounts]:
     """Logins, failures and device connections per UTC hour, oldest first: the current (partial) hour
     and the `hours - 1` before it, hours without events included as zeros so a chart needs no gaps."""
     current = utcnow().replace(minute=0, second=0, microsecond=0)
@@ -270,4 +284,4 @@ async def hourly_stats(ctx: Context, *, hours: int) -> list[dict[str, Any]]:
     for type_, hour, count in counts:
         if hour in buckets:
             buckets[hour][HOURLY_SERIES[EventType(type_)]] = count
-    return [{"hour": hour, **series} for hour, series in buckets.items()]
+    return [HourCounts(hour=hour, **series) for hour, series in buckets.items()]

@@ -52,8 +52,7 @@ def list_(args: argparse.Namespace) -> None:
         return found
 
     for client in run(with_context(load_settings(), work)):
-        view = clients.view(client)
-        print(f"{client.id}  {view['type']:<12}  {client.name}  {' '.join(client.grant_types)}")
+        print(f"{client.id}  {clients.type_of(client):<12}  {client.name}  {' '.join(client.grant_types)}")
 
 
 def delete(args: argparse.Namespace) -> None:

@@ -8,7 +8,6 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from account_manager import oauth_store
 from account_manager.redirect_uris import RedirectUriError, check
@@ -48,15 +47,8 @@ def secret_matches(client: oauth_store.ClientRow, secret: str) -> bool:
     return hmac.compare_digest(client.secret_hash, hash_secret(secret))
 
 
-def view(client: oauth_store.ClientRow) -> dict[str, Any]:
-    return {
-        "client_id": client.id,
-        "name": client.name,
-        "type": str(ClientType.PUBLIC if client.secret_hash is None else ClientType.CONFIDENTIAL),
-        "redirect_uris": client.redirect_uris,
-        "grant_types": client.grant_types,
-        "created_at": client.created_at,
-    }
+def type_of(client: oauth_store.ClientRow) -> ClientType:
+    return ClientType.PUBLIC if client.secret_hash is None else ClientType.CONFIDENTIAL
 
 
 def _grant_types(asked: list[str]) -> list[str]:
@@ -108,7 +100,7 @@ async def create_client(
         created_by=actor_id,
     )
     async with ctx.db.write() as tx:
-        await oauth_store.insert_client(tx, **vars(client))
+        await oauth_store.insert_client(tx, client=client)
         await ctx.events.record(
             tx,
             EventType.CLIENT_CREATED,

@@ -10,10 +10,8 @@ import secrets
 import time
 from datetime import datetime, timedelta
 
-import sqlalchemy as sa
-
 from account_manager import oauth_store
-from account_manager.oauth_store import DeviceCodeRow, HostedLogin
+from account_manager.oauth_store import DeviceCodeRow, HostedLogin, UserCodeTakenError
 from account_manager.sessions import TokenPair, issue_session, new_session_id
 from shared import lockout
 from shared.clock import sha256_hex, utcnow
@@ -68,7 +66,7 @@ async def save_device_code(ctx: Context, *, client_id: str, device_code: str, us
                     poll_interval=INTERVAL,
                 )
             return user_code
-        except sa.exc.IntegrityError:
+        except UserCodeTakenError:
             user_code = new_user_code()
     raise RuntimeError("no free user code after 5 tries")
 

@@ -7,12 +7,11 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
 from account_manager import store
 from shared.context import Context
 from shared.errors import HandshakeError
-from shared.events import Event, event_from_row
+from shared.events import Event
 from shared.tokens import Claims
 
 REVOCATION_CHECK = 1.0  # s: how often a quiet stream asks whether its reader may still read
@@ -27,11 +26,11 @@ async def list_events(
     since: datetime | None,
     limit: int,
     offset: int,
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[Event], int]:
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)  # RFC 3339 without an offset: read it as UTC
     async with ctx.db.read() as tx:
-        rows, total = await store.list_events(
+        return await store.list_events(
             tx,
             type=type,
             user_id=user_id,
@@ -40,7 +39,6 @@ async def list_events(
             limit=limit,
             offset=offset,
         )
-    return [event_from_row(row).to_json() for row in rows], total
 
 
 def _matches(event: Event, *, type: str | None, user_id: str | None, device_uid: str | None) -> bool:
@@ -86,8 +84,7 @@ async def stream_events(
         if last_event_id is not None:
             async with ctx.db.read() as tx:
                 missed = await store.events_after(tx, after=last_event_id, limit=500)
-            for row in missed:
-                event = event_from_row(row)
+            for event in missed:
                 if _matches(event, type=type, user_id=user_id, device_uid=device_uid) and still_allowed():
                     yield _frame(event)
         quiet_since = time.monotonic()

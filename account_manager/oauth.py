@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +15,27 @@ from shared.errors import InvalidTargetError, InvalidTokenError, RateLimitedErro
 from shared.models import ActorType, EventType
 from shared.tokens import TYP, Claims, TokenKind, peek_unverified
 
-INACTIVE: dict[str, Any] = {"active": False}
+
+@dataclass(frozen=True, slots=True)
+class Introspection:
+    """What an active token is (RFC 7662 §2.2). An inactive one is None: the answer then says nothing
+    more than that, whatever made it so."""
+
+    sub: str
+    exp: int
+    iat: int
+    aud: str
+    iss: str
+    token_use: str
+    jti: str | None = None  # none for a refresh token (it is opaque)
+    role: str | None = None
+    sid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangedToken:
+    access_token: str
+    expires_in: int
 
 
 def _kind_of(ctx: Context, token: str) -> tuple[TokenKind, str] | None:
@@ -49,51 +70,45 @@ async def rate_limit_introspection(ctx: Context, ip: str | None) -> None:
         raise RateLimitedError(1)
 
 
-async def introspect(ctx: Context, token: str) -> dict[str, Any]:
+async def introspect(ctx: Context, token: str) -> Introspection | None:
+    """The token, if it is active; None for expired, revoked, forged or malformed alike."""
     if len(token) > 8192:
-        return INACTIVE
+        return None
     if token.startswith(REFRESH_PREFIX):
         return await _introspect_refresh(ctx, token)
     claims = await _verified(ctx, token)
     if claims is None:
-        return INACTIVE
-    body: dict[str, Any] = {
-        "active": True,
-        "sub": claims.sub,
-        "exp": claims.exp,
-        "iat": claims.iat,
-        "aud": claims.aud,
-        "iss": ctx.settings.issuer,
-        "jti": claims.jti,
-        "token_type": "Bearer",
-        "token_use": claims.kind.value,
-    }
-    if claims.role is not None:
-        body["role"] = claims.role
-    if claims.sid is not None:
-        body["sid"] = claims.sid
-    return body
+        return None
+    return Introspection(
+        sub=claims.sub,
+        exp=claims.exp,
+        iat=claims.iat,
+        aud=claims.aud,
+        iss=ctx.settings.issuer,
+        token_use=claims.kind.value,
+        jti=claims.jti,
+        role=claims.role,
+        sid=claims.sid,
+    )
 
 
-async def _introspect_refresh(ctx: Context, token: str) -> dict[str, Any]:
+async def _introspect_refresh(ctx: Context, token: str) -> Introspection | None:
     ctx.revocations.require_confirmed()
     async with ctx.db.read() as tx:
         row = await store.refresh_by_hash(tx, token_hash=hash_refresh(token))
     now = utcnow()
     if row is None or row.used_at is not None or row.session_revoked or row.user_disabled or row.expires_at <= now:
-        return INACTIVE
-    return {
-        "active": True,
-        "sub": row.user_id,
-        "exp": int(row.expires_at.timestamp()),
-        "iat": int(row.created_at.timestamp()),
-        "aud": ctx.settings.audience,
-        "iss": ctx.settings.issuer,
-        "token_type": "Bearer",
-        "token_use": "refresh",
-        "role": row.user_role,
-        "sid": row.session_id,
-    }
+        return None
+    return Introspection(
+        sub=row.user_id,
+        exp=int(row.expires_at.timestamp()),
+        iat=int(row.created_at.timestamp()),
+        aud=ctx.settings.audience,
+        iss=ctx.settings.issuer,
+        token_use="refresh",
+        role=row.user_role,
+        sid=row.session_id,
+    )
 
 
 async def revoke(ctx: Context, token: str, *, ip: str | None) -> None:
@@ -125,7 +140,7 @@ async def _record_revoked(ctx: Context, tx: Any, user_id: str, sid: str, ip: str
 
 async def exchange(
     ctx: Context, *, user_id: str, sid: str, audience: str, nonce: str | None, ip: str | None
-) -> dict[str, Any]:
+) -> ExchangedToken:
     if audience not in ctx.settings.partner_audiences:
         raise InvalidTargetError()
     ttl = ctx.settings.exchanged_ttl
@@ -139,9 +154,4 @@ async def exchange(
             ip=ip,
             detail={"audience": audience},
         )
-    return {
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": ttl,
-        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
-    }
+    return ExchangedToken(access_token=token, expires_in=ttl)

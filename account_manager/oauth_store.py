@@ -18,7 +18,11 @@ device_codes, sessions, users = tables.oauth_device_codes, tables.sessions, tabl
 KEEP_EXPIRED = timedelta(minutes=10)
 
 
-@dataclass(frozen=True)
+class UserCodeTakenError(Exception):
+    """A live device code has this user code already (the unique index refused the second)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ClientRow:
     id: str
     name: str
@@ -29,7 +33,7 @@ class ClientRow:
     created_by: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HostedLogin:
     session_id: str
     user_id: str
@@ -37,7 +41,7 @@ class HostedLogin:
     role: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CodeRow:
     client_id: str
     user_id: str
@@ -51,7 +55,7 @@ class CodeRow:
     user_role: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceCodeRow:
     device_code_hash: str
     client_id: str
@@ -65,7 +69,7 @@ class DeviceCodeRow:
     user_disabled: bool
 
 
-def _client(row: Any) -> ClientRow:
+def _client(row: sa.Row[Any]) -> ClientRow:
     return ClientRow(
         id=row.id,
         name=row.name,
@@ -80,8 +84,18 @@ def _client(row: Any) -> ClientRow:
 # --- clients --------------------------------------------------------------------------------------
 
 
-async def insert_client(tx: Tx, **values: Any) -> None:
-    await tx.execute(sa.insert(clients).values(**values))
+async def insert_client(tx: Tx, *, client: ClientRow) -> None:
+    await tx.execute(
+        sa.insert(clients).values(
+            id=client.id,
+            name=client.name,
+            secret_hash=client.secret_hash,
+            redirect_uris=client.redirect_uris,
+            grant_types=client.grant_types,
+            created_at=client.created_at,
+            created_by=client.created_by,
+        )
+    )
 
 
 async def client_by_id(tx: Tx, *, client_id: str) -> ClientRow | None:
@@ -208,12 +222,35 @@ async def set_code_session(tx: Tx, *, code_hash: str, sid: str) -> None:
 # --- device codes ---------------------------------------------------------------------------------
 
 
-async def insert_device_code(tx: Tx, **values: Any) -> None:
-    await tx.execute(sa.delete(device_codes).where(device_codes.c.expires_at < values["created_at"] - KEEP_EXPIRED))
-    await tx.execute(sa.insert(device_codes).values(status="pending", **values))
+async def insert_device_code(
+    tx: Tx,
+    *,
+    device_code_hash: str,
+    user_code_hash: str,
+    client_id: str,
+    created_at: datetime,
+    expires_at: datetime,
+    poll_interval: int,
+) -> None:
+    """UserCodeTakenError when a stored code has this user code (the caller draws another)."""
+    await tx.execute(sa.delete(device_codes).where(device_codes.c.expires_at < created_at - KEEP_EXPIRED))
+    try:
+        await tx.execute(
+            sa.insert(device_codes).values(
+                status="pending",
+                device_code_hash=device_code_hash,
+                user_code_hash=user_code_hash,
+                client_id=client_id,
+                created_at=created_at,
+                expires_at=expires_at,
+                poll_interval=poll_interval,
+            )
+        )
+    except sa.exc.IntegrityError:
+        raise UserCodeTakenError() from None
 
 
-def _device_select() -> Any:
+def _device_select() -> sa.Select[Any]:
     return (
         sa.select(
             device_codes,
@@ -226,7 +263,7 @@ def _device_select() -> Any:
     )
 
 
-def _device(row: Any) -> DeviceCodeRow | None:
+def _device(row: sa.Row[Any] | None) -> DeviceCodeRow | None:
     if row is None:
         return None
     return DeviceCodeRow(

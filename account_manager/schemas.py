@@ -1,4 +1,5 @@
-"""Request and response bodies of the account manager (SPEC §4)."""
+"""Request and response bodies of the account manager (SPEC §4). The response models are the wire
+shapes of the domain's objects: routes build them, so the OpenAPI document shows them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from shared.models import Role
+from shared.schemas import Out as _Out
 
 
 class _In(BaseModel):
@@ -122,7 +124,7 @@ class RegisteredOut(BaseModel):
     role: str
 
 
-class UserOut(BaseModel):
+class UserOut(_Out):
     id: str
     username: str
     email: str | None
@@ -137,7 +139,7 @@ class AdminUserOut(UserOut):
     active_sessions: int
 
 
-class SessionOut(BaseModel):
+class SessionOut(_Out):
     id: str
     created_at: datetime
     last_used_at: datetime
@@ -146,7 +148,7 @@ class SessionOut(BaseModel):
     current: bool
 
 
-class EventOut(BaseModel):
+class EventOut(_Out):
     id: int
     ts: datetime
     type: str
@@ -155,3 +157,43 @@ class EventOut(BaseModel):
     device_uid: str | None
     ip: str | None
     detail: dict[str, object]
+
+
+class IntrospectionOut(BaseModel):
+    """RFC 7662 §2.2. Absent fields are left out, not null: an inactive token is exactly `{"active": false}`."""
+
+    active: bool
+    sub: str | None = None
+    exp: int | None = None
+    iat: int | None = None
+    aud: str | None = None
+    iss: str | None = None
+    jti: str | None = None
+    token_type: str | None = None
+    token_use: str | None = None
+    role: str | None = None
+    sid: str | None = None
+
+
+class ExchangedOut(BaseModel):
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+    issued_token_type: str = "urn:ietf:params:oauth:token-type:access_token"
+
+
+class StatsOut(_Out):
+    users: int
+    devices: int
+    devices_online: int
+    sessions_active: int
+    logins_24h: int
+    login_failures_24h: int
+    device_connections_24h: int
+
+
+class HourlyStatsOut(_Out):
+    hour: datetime  # the start of a UTC hour
+    logins: int
+    login_failures: int
+    device_connections: int

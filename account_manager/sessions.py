@@ -312,17 +312,7 @@ async def end_all_sessions(
     return await ctx.revocations.revoke_sessions(tx, sids, reason=reason)
 
 
-async def list_sessions(ctx: Context, *, user_id: str, current_sid: str) -> list[dict[str, object]]:
+async def list_sessions(ctx: Context, *, user_id: str) -> list[store.SessionRow]:
+    """The user's live sessions, most recently used first."""
     async with ctx.db.read() as tx:
-        rows = await store.list_sessions(tx, user_id=user_id, now=utcnow())
-    return [
-        {
-            "id": row.id,
-            "created_at": row.created_at,
-            "last_used_at": row.last_used_at,
-            "ip": row.ip,
-            "user_agent": row.user_agent,
-            "current": row.id == current_sid,
-        }
-        for row in rows
-    ]
+        return await store.list_sessions(tx, user_id=user_id, now=utcnow())

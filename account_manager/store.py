@@ -10,12 +10,14 @@ import sqlalchemy as sa
 
 from shared import tables
 from shared.db import Tx
+from shared.errors import UsernameTakenError
+from shared.events import Event, event_from_row
 from shared.search import starts_with
 
 users, sessions, refresh_tokens, events = tables.users, tables.sessions, tables.refresh_tokens, tables.events
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UserRow:
     id: str
     username: str
@@ -28,7 +30,7 @@ class UserRow:
     mfa_enabled: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RefreshRow:
     token_hash: str
     session_id: str
@@ -45,7 +47,31 @@ class RefreshRow:
     user_mfa_enabled: bool = False
 
 
-def _user(row: Any) -> UserRow | None:
+@dataclass(frozen=True, slots=True)
+class UserListing:
+    """A user as the admins' list shows it: the row without its secrets, and its live sessions."""
+
+    id: str
+    username: str
+    email: str | None
+    role: str
+    disabled: bool
+    created_at: datetime
+    last_login_at: datetime | None
+    mfa_enabled: bool
+    active_sessions: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    id: str
+    created_at: datetime
+    last_used_at: datetime
+    ip: str | None
+    user_agent: str | None
+
+
+def _user(row: sa.Row[Any] | None) -> UserRow | None:
     if row is None:
         return None
     return UserRow(
@@ -106,20 +132,24 @@ async def user_by_id(tx: Tx, *, user_id: str) -> UserRow | None:
 async def insert_user(
     tx: Tx, *, user_id: str, username: str, password_hash: str, role: str, email: str | None, now: datetime
 ) -> None:
-    await tx.execute(
-        sa.insert(users).values(
-            id=user_id,
-            username=username,
-            username_key=username.lower(),
-            email=email,
-            password_hash=password_hash,
-            role=role,
-            disabled=False,
-            created_at=now,
-            updated_at=now,
-            mfa_enabled=False,
-        )
+    """UsernameTakenError when the name is someone's already: two registrations of one name at once
+    both pass a look-up first, and the unique index lets one of them in."""
+    statement = sa.insert(users).values(
+        id=user_id,
+        username=username,
+        username_key=username.lower(),
+        email=email,
+        password_hash=password_hash,
+        role=role,
+        disabled=False,
+        created_at=now,
+        updated_at=now,
+        mfa_enabled=False,
     )
+    try:
+        await tx.execute(statement)
+    except sa.exc.IntegrityError:
+        raise UsernameTakenError() from None
 
 
 async def update_user(tx: Tx, *, user_id: str, now: datetime, **values: Any) -> None:
@@ -130,7 +160,7 @@ async def count_users(tx: Tx) -> int:
     return int((await tx.execute(sa.select(sa.func.count()).select_from(users))).scalar_one())
 
 
-def _active_sessions(now: datetime) -> Any:
+def _active_sessions(now: datetime) -> sa.ColumnElement[bool]:
     return (sessions.c.revoked_at.is_(None)) & (sessions.c.expires_at > now)
 
 
@@ -152,7 +182,7 @@ async def list_users(
     offset: int,
     now: datetime,
     user_id: str | None = None,
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[UserListing], int]:
     where = []
     if user_id:
         where.append(users.c.id == user_id)
@@ -184,7 +214,21 @@ async def list_users(
         .limit(limit)
         .offset(offset)
     )
-    return [dict(row._mapping) for row in rows], int(total)
+    found = [
+        UserListing(
+            id=row.id,
+            username=row.username,
+            email=row.email,
+            role=row.role,
+            disabled=bool(row.disabled),
+            created_at=row.created_at,
+            last_login_at=row.last_login_at,
+            mfa_enabled=bool(row.mfa_enabled),
+            active_sessions=int(row.active_sessions or 0),
+        )
+        for row in rows
+    ]
+    return found, int(total)
 
 
 async def open_session(
@@ -234,13 +278,15 @@ async def active_session_ids(tx: Tx, *, user_id: str, now: datetime, except_sid:
     return list((await tx.execute(stmt)).scalars())
 
 
-async def list_sessions(tx: Tx, *, user_id: str, now: datetime) -> list[Any]:
+async def list_sessions(tx: Tx, *, user_id: str, now: datetime) -> list[SessionRow]:
     stmt = (
-        sa.select(sessions)
+        sa.select(sessions.c.id, sessions.c.created_at, sessions.c.last_used_at, sessions.c.ip, sessions.c.user_agent)
         .where(sessions.c.user_id == user_id, _active_sessions(now))
         .order_by(sessions.c.last_used_at.desc())
     )
-    return list(await tx.execute(stmt))
+    return [
+        SessionRow(row.id, row.created_at, row.last_used_at, row.ip, row.user_agent) for row in await tx.execute(stmt)
+    ]
 
 
 async def session_owner(tx: Tx, *, sid: str) -> str | None:
@@ -306,7 +352,7 @@ async def list_events(
     since: datetime | None,
     limit: int,
     offset: int,
-) -> tuple[list[Any], int]:
+) -> tuple[list[Event], int]:
     where = []
     if type:
         where.append(events.c.type == type)
@@ -318,12 +364,12 @@ async def list_events(
         where.append(events.c.ts >= since)
     total = (await tx.execute(sa.select(sa.func.count()).select_from(events).where(*where))).scalar_one()
     rows = await tx.execute(sa.select(events).where(*where).order_by(events.c.id.desc()).limit(limit).offset(offset))
-    return list(rows), int(total)
+    return [event_from_row(row) for row in rows], int(total)
 
 
-async def events_after(tx: Tx, *, after: int, limit: int) -> list[Any]:
+async def events_after(tx: Tx, *, after: int, limit: int) -> list[Event]:
     stmt = sa.select(events).where(events.c.id > after).order_by(events.c.id).limit(limit)
-    return list(await tx.execute(stmt))
+    return [event_from_row(row) for row in await tx.execute(stmt)]
 
 
 async def count_events_since(tx: Tx, *, type: str, since: datetime) -> int:
@@ -346,7 +392,7 @@ async def count_devices(tx: Tx) -> tuple[int, int]:
     return int(total), int(online)
 
 
-def _hour_of(column: Any, dialect: str) -> Any:
+def _hour_of(column: sa.ColumnElement[datetime], dialect: str) -> sa.ColumnElement[datetime]:
     """The UTC hour an instant falls in, read back as an aware datetime. No SQL function does this on
     both databases, so each gets its own; the constants are literal SQL because PostgreSQL wants the
     grouped expression to be identical in SELECT and GROUP BY, which two bind parameters are not."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +15,18 @@ from shared.db import Tx
 from shared.models import DeviceRole
 
 devices, shares, state = tables.devices, tables.device_shares, tables.device_state
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """A device's last reported state and the state its users want (JSON documents), with their times."""
+
+    uid: str
+    reported: Any
+    reported_at: datetime | None
+    desired: Any
+    desired_at: datetime | None
+
 
 # The statements of a CONNECT, a command and presence, built once (building one and its cache key
 # costs more CPU than running it), executed with a dict of parameters. (An UPDATE's parameters may not
@@ -110,8 +123,13 @@ async def offline_among(tx: Tx, *, uids: list[str]) -> list[str]:
     return sorted(found)
 
 
-async def get_state(tx: Tx, *, uid: str) -> Any:
-    return (await tx.execute(sa.select(state).where(state.c.uid == uid))).first()
+def _state(row: sa.Row[Any]) -> DeviceState:
+    return DeviceState(row.uid, row.reported, row.reported_at, row.desired, row.desired_at)
+
+
+async def get_state(tx: Tx, *, uid: str) -> DeviceState | None:
+    row = (await tx.execute(sa.select(state).where(state.c.uid == uid))).first()
+    return None if row is None else _state(row)
 
 
 async def put_state(tx: Tx, *, uid: str, **values: Any) -> None:
@@ -120,8 +138,8 @@ async def put_state(tx: Tx, *, uid: str, **values: Any) -> None:
         await tx.execute(sa.insert(state).values(uid=uid, **values))
 
 
-async def all_states(tx: Tx) -> list[Any]:
-    return list(await tx.execute(sa.select(state)))
+async def all_states(tx: Tx) -> list[DeviceState]:
+    return [_state(row) for row in await tx.execute(sa.select(state))]
 
 
 async def user_role(tx: Tx, *, user_id: str) -> str | None:

@@ -6,8 +6,8 @@ users bind one device at once exactly one wins (a conditional UPDATE decides).""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from device_manager import credentials, store
 from device_manager.access import record, require
@@ -28,7 +28,22 @@ PAIRING_TTL = 600
 _DUMMY_CLAIM_HASH = credentials.hash_claim_code("0" * 20, "AAAAAAAA")
 
 
-async def bind(ctx: Context, *, uid: str, claim_code: str, user_id: str, ip: str | None) -> dict[str, str]:
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A device bound to its owner (who holds, so, the owner's role)."""
+
+    uid: str
+    owner_id: str
+    role: DeviceRole = DeviceRole.OWNER
+
+
+@dataclass(frozen=True, slots=True)
+class PairingToken:
+    token: str  # shown once, stored hashed
+    expires_in: int
+
+
+async def bind(ctx: Context, *, uid: str, claim_code: str, user_id: str, ip: str | None) -> Binding:
     normalized = credentials.normalize_uid(uid) or ""
     failures = await lockout.check(ctx, user_id, ip, scope="bind")
     async with ctx.db.read() as tx:
@@ -45,14 +60,14 @@ async def bind(ctx: Context, *, uid: str, claim_code: str, user_id: str, ip: str
             current = await store.device(tx, uid=device.uid)
             if current is None or current.owner_id != user_id:
                 raise AlreadyBoundError()
-            return {"uid": device.uid, "role": DeviceRole.OWNER.value}  # bound to the caller already
+            return Binding(device.uid, user_id)  # bound to the caller already
         await record(ctx, tx, EventType.DEVICE_BOUND, uid=device.uid, actor_id=user_id, ip=ip, method="claim_code")
         await device_lists.members_changed(tx, ctx.revocations, device.uid)
     await lockout.record_success(ctx, user_id, ip, failures=failures, scope="bind")
-    return {"uid": device.uid, "role": DeviceRole.OWNER.value}
+    return Binding(device.uid, user_id)
 
 
-async def new_pairing_token(ctx: Context, *, user_id: str, ip: str | None) -> dict[str, Any]:
+async def new_pairing_token(ctx: Context, *, user_id: str, ip: str | None) -> PairingToken:
     token = credentials.new_pairing_token()
     now = utcnow()
     async with ctx.db.write() as tx:
@@ -63,10 +78,10 @@ async def new_pairing_token(ctx: Context, *, user_id: str, ip: str | None) -> di
             now=now,
             expires_at=now + timedelta(seconds=PAIRING_TTL),
         )
-    return {"pairing_token": token, "expires_in": PAIRING_TTL}
+    return PairingToken(token, PAIRING_TTL)
 
 
-async def pair(ctx: Context, *, uid: str, secret: str, pairing_token: str, ip: str | None) -> dict[str, str]:
+async def pair(ctx: Context, *, uid: str, secret: str, pairing_token: str, ip: str | None) -> Binding:
     device = await authenticate_device(ctx, uid=uid, secret=secret, ip=ip)
     # Wrong pairing tokens are guesses: counted per device and address like wrong logins (SPEC §4).
     failures = await lockout.check(ctx, device.uid, ip, scope="pair")
@@ -79,7 +94,7 @@ async def pair(ctx: Context, *, uid: str, secret: str, pairing_token: str, ip: s
     return result
 
 
-async def _redeem(ctx: Context, *, device: store.DeviceRow, pairing_token: str, ip: str | None) -> dict[str, str]:
+async def _redeem(ctx: Context, *, device: store.DeviceRow, pairing_token: str, ip: str | None) -> Binding:
     async with ctx.db.write() as tx:
         user_id = await store.redeem_pairing_token(
             tx, token_hash=credentials.hash_token(pairing_token), uid=device.uid, now=utcnow()
@@ -101,7 +116,7 @@ async def _redeem(ctx: Context, *, device: store.DeviceRow, pairing_token: str, 
             user_id=user_id,
         )
         await device_lists.members_changed(tx, ctx.revocations, device.uid)
-    return {"uid": device.uid, "owner_id": user_id, "role": DeviceRole.OWNER.value}
+    return Binding(device.uid, user_id)
 
 
 async def unbind(ctx: Context, *, uid: str, user_id: str, ip: str | None) -> None:

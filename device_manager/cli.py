@@ -48,7 +48,7 @@ def provision(args: argparse.Namespace) -> None:
             handle.close()
             out.unlink(missing_ok=True)  # nothing in it: no device of it was made
         raise
-    rows = [device.to_json() for device in made]
+    rows = [{"uid": device.uid, "secret": device.secret, "claim_code": device.claim_code} for device in made]
     if out is None:
         _write(handle, rows)
         return

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
 
 from device_manager import credentials, store
 from shared import lockout
@@ -22,14 +21,17 @@ from shared.models import ActorType, EventType
 MAX_BATCH = 1000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Provisioned:
     uid: str
     secret: str
     claim_code: str
 
-    def to_json(self) -> dict[str, str]:
-        return {"uid": self.uid, "secret": self.secret, "claim_code": self.claim_code}
+
+@dataclass(frozen=True, slots=True)
+class DeviceToken:
+    access_token: str
+    expires_in: int
 
 
 def _uids(count: int, uids: list[str] | None) -> list[str] | None:
@@ -112,7 +114,7 @@ async def provision(
     return made
 
 
-async def issue_token(ctx: Context, *, uid: str, secret: str, ip: str | None) -> dict[str, Any]:
+async def issue_token(ctx: Context, *, uid: str, secret: str, ip: str | None) -> DeviceToken:
     """A device proves itself with its secret and gets a device token (SPEC §3, §5)."""
     row = await authenticate_device(ctx, uid=uid, secret=secret, ip=ip)
     ttl = ctx.settings.device_token_ttl
@@ -121,7 +123,7 @@ async def issue_token(ctx: Context, *, uid: str, secret: str, ip: str | None) ->
         await ctx.events.record(
             tx, EventType.DEVICE_TOKEN_ISSUED, actor_type=ActorType.DEVICE, actor_id=row.uid, device_uid=row.uid, ip=ip
         )
-    return {"access_token": token, "token_type": "Bearer", "expires_in": ttl}
+    return DeviceToken(token, ttl)
 
 
 async def authenticate_device(ctx: Context, *, uid: str, secret: str, ip: str | None) -> store.DeviceRow:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 from device_manager import store
-from device_manager.sharing import device_view
 from shared.context import Context
 from shared.errors import NotFoundError
 from shared.models import ActorType, EventType
@@ -20,25 +19,17 @@ async def list_devices(
     owner_id: str | None,
     limit: int,
     offset: int,
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[store.FleetDevice], int]:
     """A page of the fleet and its total. `query` matches the start of a UID, a model or an owner's
     username, ignoring case."""
     query = (query or "").strip() or None
     async with ctx.db.read() as tx:
-        rows, total = await store.list_all(
+        return await store.list_all(
             tx, query=query, online=online, model=model, owner_id=owner_id, limit=limit, offset=offset
         )
-    found = []
-    for row in rows:
-        view = device_view(row, role="admin")
-        del view["role"]
-        found.append(
-            {**view, "owner_username": row.owner_username, "disabled": row.disabled, "created_at": row.created_at}
-        )
-    return found, total
 
 
-async def set_disabled(ctx: Context, *, uid: str, disabled: bool, actor_id: str, ip: str | None) -> dict[str, Any]:
+async def set_disabled(ctx: Context, *, uid: str, disabled: bool, actor_id: str, ip: str | None) -> store.DeviceRow:
     """Disabled: its tokens are refused at once and its MQTT connection closed (SPEC §5)."""
     async with ctx.db.write() as tx:
         device = await store.device(tx, uid=uid.upper())
@@ -55,4 +46,4 @@ async def set_disabled(ctx: Context, *, uid: str, disabled: bool, actor_id: str,
                 device_uid=device.uid,
                 ip=ip,
             )
-    return {"uid": device.uid, "disabled": disabled}
+    return dataclasses.replace(device, disabled=disabled)

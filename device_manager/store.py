@@ -12,13 +12,14 @@ import sqlalchemy as sa
 
 from shared import tables
 from shared.db import Tx
-from shared.device_lists import VISIBLE
+from shared.device_lists import VISIBLE, DeviceEntry
+from shared.models import DeviceRole
 from shared.search import one_of, starts_with
 
 devices, shares, pairing, users = tables.devices, tables.device_shares, tables.pairing_tokens, tables.users
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceRow:
     uid: str
     model: str
@@ -34,7 +35,39 @@ class DeviceRow:
     region: str | None
 
 
-def _device(row: Any) -> DeviceRow | None:
+@dataclass(frozen=True, slots=True)
+class FleetDevice:
+    """A device as the operators' list shows it: its status and owner, not its secrets."""
+
+    uid: str
+    name: str | None
+    model: str
+    owner_id: str | None
+    owner_username: str | None
+    online: bool
+    last_seen: datetime | None
+    connected_at: datetime | None
+    ip: str | None
+    region: str | None
+    disabled: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ShareRow:
+    user_id: str
+    username: str
+    role: DeviceRole
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UserRef:
+    id: str
+    username: str
+
+
+def _device(row: sa.Row[Any] | None) -> DeviceRow | None:
     if row is None:
         return None
     return DeviceRow(
@@ -117,19 +150,20 @@ async def delete_share(tx: Tx, *, uid: str, user_id: str) -> bool:
     return result.rowcount > 0
 
 
-async def list_shares(tx: Tx, *, uid: str) -> list[Any]:
+async def list_shares(tx: Tx, *, uid: str) -> list[ShareRow]:
     stmt = (
         sa.select(shares.c.user_id, users.c.username, shares.c.role, shares.c.created_at)
         .join(users, users.c.id == shares.c.user_id)
         .where(shares.c.uid == uid)
         .order_by(shares.c.created_at)
     )
-    return list(await tx.execute(stmt))
+    return [ShareRow(r.user_id, r.username, DeviceRole(r.role), r.created_at) for r in await tx.execute(stmt)]
 
 
-async def user_by_username(tx: Tx, *, username: str) -> Any:
+async def user_by_username(tx: Tx, *, username: str) -> UserRef | None:
     stmt = sa.select(users.c.id, users.c.username).where(users.c.username_key == username.lower())
-    return (await tx.execute(stmt)).first()
+    row = (await tx.execute(stmt)).first()
+    return None if row is None else UserRef(row.id, row.username)
 
 
 # One page of the devices a user can see (shared.device_lists.VISIBLE) with the total, in one statement
@@ -153,15 +187,16 @@ _PAGE_FOR_USER = (
 _COUNT_FOR_USER = sa.select(sa.func.count()).select_from(VISIBLE)
 
 
-async def list_for_user(tx: Tx, *, user_id: str, limit: int, offset: int) -> tuple[list[Any], int]:
-    """One page of the user's devices (uid, name, model, online, last_seen, role) and how many in all."""
+async def list_for_user(tx: Tx, *, user_id: str, limit: int, offset: int) -> tuple[list[DeviceEntry], int]:
+    """One page of the user's devices and how many in all."""
     rows = list(await tx.execute(_PAGE_FOR_USER, {"user_id": user_id, "limit": limit, "offset": offset}))
+    page = [DeviceEntry(r.uid, r.name, r.model, DeviceRole(r.role), bool(r.online), r.last_seen) for r in rows]
     if rows:
-        return rows, int(rows[0].total)
+        return page, int(rows[0].total)
     if offset == 0:
-        return rows, 0
+        return page, 0
     # A page past the end: the total still counts.
-    return rows, int((await tx.execute(_COUNT_FOR_USER, {"user_id": user_id})).scalar_one())
+    return page, int((await tx.execute(_COUNT_FOR_USER, {"user_id": user_id})).scalar_one())
 
 
 # A UID is 20 characters of [A-Z0-9] (SPEC §2): a query of other characters names no UID.
@@ -189,7 +224,7 @@ async def list_all(
     owner_id: str | None,
     limit: int,
     offset: int,
-) -> tuple[list[Any], int]:
+) -> tuple[list[FleetDevice], int]:
     """A page of every device, newest first (the index on created_at, uid walks it), and the total."""
     where: list[sa.ColumnElement[bool]] = []
     if query:
@@ -211,7 +246,24 @@ async def list_all(
         .limit(limit)
         .offset(offset)
     )
-    return list(await tx.execute(stmt)), int(total)
+    page = [
+        FleetDevice(
+            uid=r.uid,
+            name=r.name,
+            model=r.model,
+            owner_id=r.owner_id,
+            owner_username=r.owner_username,
+            online=bool(r.online),
+            last_seen=r.last_seen,
+            connected_at=r.connected_at,
+            ip=r.ip,
+            region=r.region,
+            disabled=bool(r.disabled),
+            created_at=r.created_at,
+        )
+        for r in await tx.execute(stmt)
+    ]
+    return page, int(total)
 
 
 async def insert_pairing_token(tx: Tx, *, token_hash: str, user_id: str, now: datetime, expires_at: datetime) -> None:

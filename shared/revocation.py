@@ -4,7 +4,12 @@ The database is the system of record. Each process keeps the revoked identities 
 check on the hot path is a set lookup; writes reach other processes at once through the fan-out, and a
 reconciliation with the database every second catches anything the fan-out dropped. When that view
 cannot be confirmed (database or Redis unreachable for longer than the allowed staleness) every check
-fails closed with 503, never 200 and never 401 (SPEC §11)."""
+fails closed with 503, never 200 and never 401 (SPEC §11).
+
+It also carries what else stops holding: a role lost on a device ("access", SPEC §5: within 5 s, as a
+revoked session) and the rows per-process caches must forget ("user", "device_row", "members"). They
+ride the same channel, the same one-statement reconciliation pass and the same staleness bound on
+purpose: a cache of roles is only as fresh as this view, and must stop answering when it is not."""
 
 from __future__ import annotations
 

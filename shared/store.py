@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -63,12 +63,33 @@ async def record_revoked_jti(tx: Tx, jti: str, *, now: datetime, expires_at: dat
 
 # --- the event log -----------------------------------------------------------------------------------
 
+
+class EventRow(NamedTuple):
+    id: int
+    ts: datetime
+    type: str
+    actor_type: str
+    actor_id: str | None
+    device_uid: str | None
+    ip: str | None
+    detail: dict[str, Any] | None
+
+
 _INSERT_EVENT = sa.insert(tables.events).returning(tables.events.c.id)
 # Many rows in one statement (SQLAlchemy's "insertmanyvalues"), ids back in the rows' order.
 _INSERT_EVENTS = sa.insert(tables.events).returning(tables.events.c.id, sort_by_parameter_order=True)
 _LAST_EVENT_ID = sa.select(sa.func.coalesce(sa.func.max(tables.events.c.id), 0))
 _NEWER_EVENTS = (
-    sa.select(tables.events)
+    sa.select(
+        tables.events.c.id,
+        tables.events.c.ts,
+        tables.events.c.type,
+        tables.events.c.actor_type,
+        tables.events.c.actor_id,
+        tables.events.c.device_uid,
+        tables.events.c.ip,
+        tables.events.c.detail,
+    )
     .where(tables.events.c.id > sa.bindparam("after"), tables.events.c.type.in_(sa.bindparam("types", expanding=True)))
     .order_by(tables.events.c.id)
     .limit(500)
@@ -91,6 +112,7 @@ async def last_event_id(tx: Tx) -> int:
     return int((await tx.execute(_LAST_EVENT_ID)).scalar_one())
 
 
-async def events_after(tx: Tx, *, after: int, types: Iterable[str]) -> Sequence[Any]:
+async def events_after(tx: Tx, *, after: int, types: Iterable[str]) -> list[EventRow]:
     """Up to 500 events of `types` newer than `after`, oldest first."""
-    return (await tx.execute(_NEWER_EVENTS, {"after": after, "types": sorted(types)})).all()
+    rows = await tx.execute(_NEWER_EVENTS, {"after": after, "types": sorted(types)})
+    return [EventRow._make(row) for row in rows]  # the statement selects the fields in this order

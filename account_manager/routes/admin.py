@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from account_manager import accounts, events
-from account_manager.schemas import AdminCreateUserIn, AdminUpdateUserIn, AdminUserOut, EventOut
+from account_manager.schemas import (
+    AdminCreateUserIn,
+    AdminUpdateUserIn,
+    AdminUserOut,
+    EventOut,
+    HourlyStatsOut,
+    StatsOut,
+)
 from shared.bodies import body_doc, parse_body
 from shared.deps import ClientIp, CtxDep, Principal, require_role
 from shared.models import Role
@@ -31,27 +38,28 @@ async def list_users(
     role: Role | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
-) -> list[dict[str, Any]]:
+) -> list[AdminUserOut]:
     rows, total = await accounts.list_users(ctx, query=query, role=role, limit=limit, offset=offset)
     response.headers["X-Total-Count"] = str(total)
-    return rows
+    return [AdminUserOut.of(row) for row in rows]
 
 
 @router.post("/v1/admin/users", status_code=201, response_model=AdminUserOut, openapi_extra=body_doc(AdminCreateUserIn))
-async def create_user(request: Request, ctx: CtxDep, admin: Admin, ip: ClientIp) -> dict[str, Any]:
+async def create_user(request: Request, ctx: CtxDep, admin: Admin, ip: ClientIp) -> AdminUserOut:
     body = await parse_body(request, AdminCreateUserIn)
     user = await accounts.create_user(
         ctx, username=body.username, password=body.password, role=body.role, email=body.email, actor_id=admin.id, ip=ip
     )
-    return {**accounts.public_user(user), "disabled": False, "active_sessions": 0}
+    return AdminUserOut.of(accounts.new_user_listing(user))
 
 
 @router.patch("/v1/admin/users/{user_id}", response_model=AdminUserOut, openapi_extra=body_doc(AdminUpdateUserIn))
-async def update_user(user_id: str, request: Request, ctx: CtxDep, admin: Admin, ip: ClientIp) -> dict[str, Any]:
+async def update_user(user_id: str, request: Request, ctx: CtxDep, admin: Admin, ip: ClientIp) -> AdminUserOut:
     body = await parse_body(request, AdminUpdateUserIn)
-    return await accounts.admin_update_user(
+    updated = await accounts.admin_update_user(
         ctx, actor_id=admin.id, user_id=user_id, role=body.role, disabled=body.disabled, ip=ip
     )
+    return AdminUserOut.of(updated)
 
 
 @router.get("/v1/admin/events", response_model=list[EventOut])
@@ -65,12 +73,12 @@ async def list_events(
     since: datetime | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
-) -> list[dict[str, Any]]:
+) -> list[EventOut]:
     found, total = await events.list_events(
         ctx, type=type, user_id=user_id, device_uid=device_uid, since=since, limit=limit, offset=offset
     )
     response.headers["X-Total-Count"] = str(total)
-    return found
+    return [EventOut.of(event) for event in found]
 
 
 @router.get("/v1/admin/events/stream", response_class=StreamingResponse)
@@ -95,12 +103,12 @@ async def stream_events(
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
-@router.get("/v1/admin/stats")
-async def stats(ctx: CtxDep, _: Reader) -> dict[str, int]:
-    return await accounts.stats(ctx)
+@router.get("/v1/admin/stats", response_model=StatsOut)
+async def stats(ctx: CtxDep, _: Reader) -> StatsOut:
+    return StatsOut.of(await accounts.stats(ctx))
 
 
-@router.get("/v1/admin/stats/hourly")
-async def hourly_stats(ctx: CtxDep, _: Reader, hours: Annotated[int, Query(ge=1, le=168)] = 24) -> list[dict[str, Any]]:
+@router.get("/v1/admin/stats/hourly", response_model=list[HourlyStatsOut])
+async def hourly_stats(ctx: CtxDep, _: Reader, hours: Annotated[int, Query(ge=1, le=168)] = 24) -> list[HourlyStatsOut]:
     """Per UTC hour, oldest first: `{hour, logins, login_failures, device_connections}` (the dashboard's chart)."""
-    return await accounts.hourly_stats(ctx, hours=hours)
+    return [HourlyStatsOut.of(counts) for counts in await accounts.hourly_stats(ctx, hours=hours)]

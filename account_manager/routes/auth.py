@@ -9,7 +9,9 @@ from account_manager import accounts, authorization, oauth, sessions
 from account_manager.clients import GrantType
 from account_manager.routes.oauth import form_items, json_outcome
 from account_manager.schemas import (
+    ExchangedOut,
     ExchangeIn,
+    IntrospectionOut,
     LoginIn,
     MfaLoginIn,
     RefreshIn,
@@ -131,10 +133,20 @@ async def logout_all(ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> Response:
 
 
 @router.get("/v1/auth/sessions", response_model=list[SessionOut])
-async def list_sessions(ctx: CtxDep, user: CurrentUser, response: Response) -> list[dict[str, object]]:
-    found = await sessions.list_sessions(ctx, user_id=user.id, current_sid=user.sid)
+async def list_sessions(ctx: CtxDep, user: CurrentUser, response: Response) -> list[SessionOut]:
+    found = await sessions.list_sessions(ctx, user_id=user.id)
     response.headers["X-Total-Count"] = str(len(found))
-    return found
+    return [
+        SessionOut(
+            id=row.id,
+            created_at=row.created_at,
+            last_used_at=row.last_used_at,
+            ip=row.ip,
+            user_agent=row.user_agent,
+            current=row.id == user.sid,
+        )
+        for row in found
+    ]
 
 
 @router.delete("/v1/auth/sessions/{session_id}", status_code=204)
@@ -143,11 +155,33 @@ async def end_session(session_id: str, ctx: CtxDep, user: CurrentUser, ip: Clien
     return Response(status_code=204)
 
 
-@router.post("/v1/auth/introspect", openapi_extra=body_doc(TokenIn))
+@router.post(
+    "/v1/auth/introspect",
+    response_model=IntrospectionOut,
+    response_model_exclude_none=True,
+    openapi_extra=body_doc(TokenIn),
+)
 async def introspect(request: Request, ctx: CtxDep, ip: ClientIp) -> JSONResponse:
     await oauth.rate_limit_introspection(ctx, ip)
     body = await parse_body(request, TokenIn)
-    return JSONResponse(await oauth.introspect(ctx, body.token), headers=NO_STORE)
+    found = await oauth.introspect(ctx, body.token)
+    if found is None:
+        out = IntrospectionOut(active=False)
+    else:
+        out = IntrospectionOut(
+            active=True,
+            sub=found.sub,
+            exp=found.exp,
+            iat=found.iat,
+            aud=found.aud,
+            iss=found.iss,
+            jti=found.jti,
+            token_type="Bearer",
+            token_use=found.token_use,
+            role=found.role,
+            sid=found.sid,
+        )
+    return JSONResponse(out.model_dump(mode="json", exclude_none=True), headers=NO_STORE)
 
 
 @router.post("/v1/auth/revoke", openapi_extra=body_doc(TokenIn))
@@ -157,11 +191,12 @@ async def revoke(request: Request, ctx: CtxDep, ip: ClientIp) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/v1/auth/exchange", openapi_extra=body_doc(ExchangeIn))
+@router.post("/v1/auth/exchange", response_model=ExchangedOut, openapi_extra=body_doc(ExchangeIn))
 async def exchange(request: Request, ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> JSONResponse:
     body = await parse_body(request, ExchangeIn)
     issued = await oauth.exchange(ctx, user_id=user.id, sid=user.sid, audience=body.audience, nonce=body.nonce, ip=ip)
-    return JSONResponse(issued, headers=NO_STORE)
+    out = ExchangedOut(access_token=issued.access_token, expires_in=issued.expires_in)
+    return JSONResponse(out.model_dump(mode="json"), headers=NO_STORE)
 
 
 @router.get("/.well-known/openid-configuration", tags=["keys"])

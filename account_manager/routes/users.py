@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 
 from account_manager import accounts, mfa
@@ -25,14 +23,14 @@ router = APIRouter(tags=["users"])
 
 
 @router.get("/v1/users/me", response_model=UserOut)
-async def me(ctx: CtxDep, user: EnrollingUser) -> dict[str, Any]:
-    return accounts.public_user(await accounts.get_user(ctx, user_id=user.id, cached=True))
+async def me(ctx: CtxDep, user: EnrollingUser) -> UserOut:
+    return UserOut.of(await accounts.get_user(ctx, user_id=user.id, cached=True))
 
 
 @router.patch("/v1/users/me", response_model=UserOut, openapi_extra=body_doc(EmailIn))
-async def update_me(request: Request, ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> dict[str, Any]:
+async def update_me(request: Request, ctx: CtxDep, user: CurrentUser, ip: ClientIp) -> UserOut:
     body = await parse_body(request, EmailIn)
-    return accounts.public_user(await accounts.update_email(ctx, user_id=user.id, email=body.email, ip=ip))
+    return UserOut.of(await accounts.update_email(ctx, user_id=user.id, email=body.email, ip=ip))
 
 
 @router.post("/v1/users/me/password", status_code=204, openapi_extra=body_doc(PasswordChangeIn))

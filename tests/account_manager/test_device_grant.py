@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from authlib.integrations.base_client.errors import OAuthError
 from fastapi import FastAPI
 
-from account_manager.device_codes import REQUESTS_PER_MINUTE
+from account_manager.device_codes import REQUESTS_PER_MINUTE, save_device_code
 from shared import tables
 from shared.clock import utcnow
 from shared.context import Context
@@ -261,3 +261,10 @@ async def test_a_garbled_decision_or_code_is_a_4xx(
         response = await browser.post_form("/device", data)
         assert 400 <= response.status_code < 500, (data, response.status_code)
         assert "<script>alert(1)</script>" not in response.text
+
+
+async def test_a_user_code_that_clashes_with_a_stored_one_is_drawn_again(ctx: Context, hub: dict[str, Any]) -> None:
+    first = await save_device_code(ctx, client_id=hub["client_id"], device_code="one", user_code="BCDF-GHJK")
+    second = await save_device_code(ctx, client_id=hub["client_id"], device_code="two", user_code="BCDF-GHJK")
+    assert first == "BCDF-GHJK"
+    assert second != first and USER_CODE.fullmatch(second)

@@ -8,6 +8,11 @@ import re
 import httpx
 import pytest
 
+from account_manager import store
+from account_manager.accounts import new_user_id
+from shared.clock import utcnow
+from shared.context import Context
+from shared.errors import UsernameTakenError
 from tests.conftest import Users, assert_error, bearer
 
 STRONG = "correct horse battery"
@@ -84,3 +89,15 @@ async def test_registration_closed_is_403(client: httpx.AsyncClient) -> None:
     assert set(response.json()) == {"error", "detail"}
     login = await client.post("/v1/auth/login", json={"username": "heidi", "password": STRONG})
     assert login.status_code == 401  # nothing was created
+
+
+async def test_a_name_taken_after_the_look_up_is_refused_by_the_store_as_username_taken(
+    client: httpx.AsyncClient, ctx: Context
+) -> None:
+    # Two registrations of one name at once both pass the look-up; the store's insert lets one win.
+    assert (await register(client, "erin")).status_code == 201
+    with pytest.raises(UsernameTakenError):
+        async with ctx.db.write() as tx:
+            await store.insert_user(
+                tx, user_id=new_user_id(), username="ERIN", password_hash="x", role="user", email=None, now=utcnow()
+            )
