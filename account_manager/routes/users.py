@@ -23,8 +23,8 @@ router = APIRouter(tags=["users"])
 
 
 @router.get("/v1/users/me", response_model=UserOut)
-async def me(ctx: CtxDep, user: EnrollingUser) -> UserOut:
-    return UserOut.of(await accounts.get_user(ctx, user_id=user.id, cached=True))
+async def me(ctx: CtxDep, user: EnrollingUser) -> Response:
+    return UserOut.of(await accounts.get_user(ctx, user_id=user.id, cached=True)).response()
 
 
 @router.patch("/v1/users/me", response_model=UserOut, openapi_extra=body_doc(EmailIn))
