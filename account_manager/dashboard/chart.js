@@ -14,30 +14,24 @@ export async function loadHourly() {
   drawChart();
 }
 
-/* Counts per hour as bars from a zero baseline, one group per hour: an hour without events has no bar,
-   so a quiet day is a flat line on labelled axes (and says "no data yet"), never a slope. */
-function drawChart() {
-  const box = $('chart');
-  const rows = hourly;
-  for (const s of SERIES) setText(s.total, fmtNumber(seriesTotal(rows, s.key)));
-  if (!rows.length) { box.replaceChildren(); $('chart-empty').hidden = true; return; }
-  const scale = chartScale(rows, box.clientWidth);
-  const { width, height, pad, plotW, plotH, peak, slot, bar, every, y } = scale;
-  const n = rows.length;
-
-  const total = SERIES.map((s) => `${seriesTotal(rows, s.key)} ${s.label.toLowerCase()}`).join(', ');
-  const chart = svg('svg', { viewBox: `0 0 ${width} ${height}`, width, height, role: 'img', 'aria-label': `Per hour over the last 24 hours: ${total}` });
+/* The y axis' lines and values, the hour labels under the plot (the current hour's always), the axis titles. */
+function drawAxes(chart, rows, scale) {
+  const { width, height, pad, plotW, plotH, slot, every, y } = scale;
   for (const v of gridValues(scale)) {
     chart.append(svg('line', { class: v ? 'grid' : 'baseline', x1: pad.left, x2: width - pad.right, y1: y(v), y2: y(v) }));
     chart.append(svgText({ class: 'axis', x: pad.left - 6, y: y(v) + 4, 'text-anchor': 'end' }, fmtNumber(v)));
   }
   rows.forEach((row, i) => {
-    if (!labelled(i, n, every)) return;
+    if (!labelled(i, rows.length, every)) return;
     chart.append(svgText({ class: 'axis', x: pad.left + slot * (i + 0.5), y: pad.top + plotH + 16, 'text-anchor': 'middle' }, hourLabel(new Date(row.hour))));
   });
   chart.append(svgText({ class: 'axis-title', x: pad.left + plotW / 2, y: height - 4, 'text-anchor': 'middle' }, 'Hour (local time)'));
   chart.append(svgText({ class: 'axis-title', x: 12, y: pad.top + plotH / 2, 'text-anchor': 'middle', transform: `rotate(-90 12 ${pad.top + plotH / 2})` }, 'Per hour'));
-  // Under the bars, one column per hour catches the pointer between them; bars and column alike name their hour.
+}
+
+/* Under the bars, one column per hour catches the pointer between them; bars and column alike name their hour.
+   An hour without events has no bar. */
+function drawBars(chart, rows, { pad, plotH, slot, bar, y }) {
   rows.forEach((row, i) => {
     chart.append(svg('rect', { class: 'column', x: pad.left + slot * i, y: pad.top, width: slot, height: plotH, 'data-hour': i }));
   });
@@ -49,6 +43,21 @@ function drawChart() {
       chart.append(svg('rect', { class: `bar ${s.cls}`, x: start + bar * j, y: y(v), width: Math.max(1, bar - 1), height: y(0) - y(v), 'data-hour': i, 'data-series': s.key }));
     });
   });
+}
+
+/* Counts per hour as bars from a zero baseline, one group per hour: a quiet day is a flat line on labelled
+   axes (and says "no data yet"), never a slope. */
+function drawChart() {
+  const box = $('chart');
+  const rows = hourly;
+  for (const s of SERIES) setText(s.total, fmtNumber(seriesTotal(rows, s.key)));
+  if (!rows.length) { box.replaceChildren(); $('chart-empty').hidden = true; return; }
+  const scale = chartScale(rows, box.clientWidth);
+  const { width, height, peak } = scale;
+  const total = SERIES.map((s) => `${seriesTotal(rows, s.key)} ${s.label.toLowerCase()}`).join(', ');
+  const chart = svg('svg', { viewBox: `0 0 ${width} ${height}`, width, height, role: 'img', 'aria-label': `Per hour over the last 24 hours: ${total}` });
+  drawAxes(chart, rows, scale);
+  drawBars(chart, rows, scale);
   const tip = svg('g', { class: 'tip', id: 'chart-tip', visibility: 'hidden' });
   chart.append(tip);
   chart.addEventListener('mouseover', (event) => {
