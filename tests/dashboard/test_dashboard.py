@@ -330,6 +330,13 @@ def test_page_has_no_inline_script_or_style(live_server: LiveServer) -> None:
     assert parser.problems == []
 
 
+def test_page_loads_the_script_as_modules_all_asked_for_at_once(live_server: LiveServer) -> None:
+    page = httpx.get(f"{live_server.url}/admin").text
+    assert '<script type="module" src="/admin/static/main.js"></script>' in page
+    preloaded = re.findall(r'<link rel="modulepreload" href="/admin/static/([\w.]+)">', page)
+    assert sorted(preloaded) == sorted(set(MODULES) - {"main.js"})
+
+
 def test_static_files_are_served_with_their_type_and_the_csp(live_server: LiveServer) -> None:
     for name, media_type in STATIC_TYPES.items():
         response = httpx.get(f"{live_server.url}/admin/static/{name}")
