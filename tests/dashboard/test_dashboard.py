@@ -13,7 +13,7 @@ import httpx
 import sqlalchemy as sa
 from playwright.sync_api import expect
 
-from account_manager.routes.dashboard import STATIC_TYPES
+from account_manager.routes.dashboard import MODULES, STATIC_TYPES
 from shared import tables
 from shared.context import Context
 from shared.models import EventType
@@ -330,6 +330,13 @@ def test_page_has_no_inline_script_or_style(live_server: LiveServer) -> None:
     assert parser.problems == []
 
 
+def test_page_loads_the_script_as_modules_all_asked_for_at_once(live_server: LiveServer) -> None:
+    page = httpx.get(f"{live_server.url}/admin").text
+    assert '<script type="module" src="/admin/static/main.js"></script>' in page
+    preloaded = re.findall(r'<link rel="modulepreload" href="/admin/static/([\w.]+)">', page)
+    assert sorted(preloaded) == sorted(set(MODULES) - {"main.js"})
+
+
 def test_static_files_are_served_with_their_type_and_the_csp(live_server: LiveServer) -> None:
     for name, media_type in STATIC_TYPES.items():
         response = httpx.get(f"{live_server.url}/admin/static/{name}")
@@ -342,14 +349,22 @@ def test_static_files_are_served_with_their_type_and_the_csp(live_server: LiveSe
 
 
 def test_only_the_known_static_files_are_served(live_server: LiveServer) -> None:
-    for name in ["index.html", "__init__.py", "..%2Fservice.py", "app.js.map", "APP.JS", "%2e%2e%2fservice.py"]:
+    for name in [
+        "index.html",
+        "__init__.py",
+        "package.json",
+        "..%2Fservice.py",
+        "main.js.map",
+        "MAIN.JS",
+        "%2e%2e%2fservice.py",
+    ]:
         response = httpx.get(f"{live_server.url}/admin/static/{name}")
         assert response.status_code == 404, name
         assert response.json()["error"] == "not_found"
 
 
 def test_script_keeps_tokens_in_memory_and_fetches_nothing_elsewhere(live_server: LiveServer) -> None:
-    script = httpx.get(f"{live_server.url}/admin/static/app.js").text
+    script = "\n".join(httpx.get(f"{live_server.url}/admin/static/{name}").text for name in MODULES)
     for forbidden in (
         "localStorage",
         "sessionStorage",
