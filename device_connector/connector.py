@@ -258,7 +258,7 @@ class Connector:
         self, *, uid: str, action: str, params: dict[str, Any], timeout: float, actor_id: str, ip: str | None
     ) -> dict[str, Any]:
         if not self.broker.is_online(uid):
-            self.ctx.metrics.commands.labels(result="offline").inc()
+            self.ctx.metrics.child(self.ctx.metrics.commands, "offline").inc()
             raise DeviceOfflineError()
         command_id, reply = self.relay.expect(uid)
         try:
@@ -275,7 +275,7 @@ class Connector:
             try:
                 result = await asyncio.wait_for(reply, timeout)
             except TimeoutError:
-                self.ctx.metrics.commands.labels(result="timeout").inc()
+                self.ctx.metrics.child(self.ctx.metrics.commands, "timeout").inc()
                 self._record(
                     EventType.COMMAND_TIMEOUT,
                     actor_type=ActorType.SYSTEM,
@@ -286,7 +286,7 @@ class Connector:
                 raise DeviceTimeoutError() from None
         finally:
             self.relay.forget(uid, command_id)
-        self.ctx.metrics.commands.labels(result=result["status"]).inc()
+        self.ctx.metrics.child(self.ctx.metrics.commands, result["status"]).inc()
         self._record(
             EventType.COMMAND_REPLIED,
             actor_type=ActorType.DEVICE,

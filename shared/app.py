@@ -225,6 +225,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error_type, backend_error)
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class RequestMetricsMiddleware:
     """Count requests by method and status class for /metrics (a pure ASGI middleware: cheap)."""
 
@@ -247,7 +250,8 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            ctx.metrics.requests.labels(method=scope["method"], status=f"{status // 100}xx").inc()
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"  # any token is a method to h11
+            ctx.metrics.child(ctx.metrics.requests, method, f"{status // 100}xx").inc()
 
 
 class BodyLimitMiddleware:
