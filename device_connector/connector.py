@@ -33,6 +33,7 @@ from shared.registry import Key
 
 log = logging.getLogger("handshake.connector")
 SWEEP_INTERVAL = 0.5
+SWEEP_SLICE = 500  # connections checked between two turns of the event loop
 # MQTT_BROKER -> the adapter implementing the port (imported only when chosen: an embedded broker
 # patches amqtt, a clustered one does not load it).
 ADAPTERS = {
@@ -64,6 +65,7 @@ class Connector:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        await self.presence.regions.load()
         await self.journal.start()
         await self.broker.start(self)  # (amqtt's start clears retained messages: load them after)
         await self._load_retained_state()
@@ -204,7 +206,9 @@ class Connector:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = time.time()
-            for conn in list(self.broker.connections()):
+            for i, conn in enumerate(list(self.broker.connections())):
+                if i % SWEEP_SLICE == SWEEP_SLICE - 1:
+                    await asyncio.sleep(0)  # 10,000 connections in one go held the loop ~20 ms
                 if conn.close_reason is not None:
                     continue  # being closed already
                 claims = conn.claims
