@@ -1,7 +1,8 @@
 """A bounded thread pool for CPU-heavy work (password hashing) kept off the event loop. Past its
-queue bound a caller is refused at once with 503 instead of queueing without limit (SPEC §11). Its
-threads run at a lower CPU priority than the event loop, so a login storm uses the cores that are spare
-and never the event loop's share (issue 11)."""
+queue bound a caller is refused at once with 503 instead of queueing without limit (SPEC §11). One of
+its threads hashes at the event loop's priority, the others at a lower one: a login storm then takes
+the cores that are spare, not the event loop's share, and still always gets a core's fair share
+itself (issue 11)."""
 
 from __future__ import annotations
 
@@ -19,17 +20,34 @@ from shared.errors import ServiceUnavailableError
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# Added to the nice value of each pool thread. One argon2 verification keeps a core ~20-40 ms; with
-# every core hashing, the event loop thread (which serves every other request and MQTT) would get a
-# core only in turn with the hashers, and each request behind it would wait out their time slices.
-# At +10 a hashing thread weighs a tenth of the loop with the scheduler: hashing still takes every
-# cycle nobody else wants, so logins lose nothing on an idle machine.
+# Added to the nice value of every pool thread but the first. One argon2 verification keeps a core
+# ~20-40 ms; with every core hashing at full priority, the event loop thread (which serves every other
+# request and MQTT) got a core only in turn with the hashers, and during a reconnect storm each request
+# waited out their time slices. At +10 a thread weighs a tenth of the loop with the scheduler: it takes
+# every cycle nobody else wants, so logins lose nothing on an idle machine. The first thread keeps the
+# loop's priority: with all of them lowered, a client retrying its 503s at once kept the loop busy
+# answering them and the hashers starved, so the queue never drained (measured: 0 logins/s).
 NICER = 10
 
 
+class _Priorities:
+    """The initializer of the pool's threads: the first keeps its priority, the next ones are lowered."""
+
+    def __init__(self) -> None:
+        self._started = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self._started += 1
+            first = self._started == 1
+        if not first:
+            lower_priority()
+
+
 def lower_priority() -> None:
-    """Run in each pool thread as it starts. On Linux every thread has its own nice value, set with
-    setpriority() on its thread id; elsewhere that call would name a process, so nothing is done."""
+    """Lower the calling thread's priority by NICER. On Linux every thread has its own nice value, set
+    with setpriority() on its thread id; elsewhere that call would name a process, so nothing is done."""
     if sys.platform.startswith("linux"):
         tid = threading.get_native_id()
         with contextlib.suppress(OSError):  # a sandbox may forbid it; hashing then runs as before
@@ -41,7 +59,7 @@ class BoundedPool:
         self.workers = workers or os.cpu_count() or 2
         self.capacity = self.workers + queue
         self._executor = ThreadPoolExecutor(
-            max_workers=self.workers, thread_name_prefix="handshake-hash", initializer=lower_priority
+            max_workers=self.workers, thread_name_prefix="handshake-hash", initializer=_Priorities()
         )
         self._pending = 0
 

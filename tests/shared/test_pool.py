@@ -18,12 +18,21 @@ def _own_nice() -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
-async def test_hashing_threads_run_at_a_lower_priority_than_the_event_loop() -> None:
-    pool = BoundedPool(workers=2, queue=4)
+async def test_one_hashing_thread_keeps_the_loops_priority_the_others_yield() -> None:
+    pool = BoundedPool(workers=3, queue=8)
+    release = threading.Event()
+
+    def nice_when_released() -> tuple[int, int]:
+        release.wait(5)  # each of the three threads holds one job, so each one answers
+        return threading.get_native_id(), _own_nice()
+
     try:
         loop_nice = _own_nice()
-        seen = await asyncio.gather(*(pool.run(_own_nice) for _ in range(4)))
-        assert set(seen) == {min(19, loop_nice + NICER)}
+        jobs = [asyncio.ensure_future(pool.run(nice_when_released)) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        release.set()
+        by_thread = dict(await asyncio.gather(*jobs))
+        assert sorted(by_thread.values()) == [loop_nice, min(19, loop_nice + NICER), min(19, loop_nice + NICER)]
         assert _own_nice() == loop_nice  # the loop's own thread is left as it was
     finally:
         pool.close()
