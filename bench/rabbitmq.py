@@ -81,7 +81,7 @@ from bench._rabbit_clients import MqttClient, codes_text, connect_disconnect
 from bench._server import BACKENDS, PASSWORD, _backend_env, load_note, uvicorn
 from bench._stats import Latencies, Rate, med, percentile, verdict
 from shared.testing import free_port
-from tests.rabbitmq import RABBITMQ_BIN, RabbitCluster, RabbitUnavailable
+from tests.rabbitmq import RABBITMQ_BIN, RabbitCluster, RabbitUnavailableError
 
 A, B, C = 0, 1, 2
 ADMIN = "bench-admin"
@@ -905,7 +905,7 @@ def main() -> None:
         try:
             try:
                 cluster.start(timeout=150)
-            except RabbitUnavailable as exc:
+            except RabbitUnavailableError as exc:
                 print(f"bench.rabbitmq: {exc.reason.splitlines()[0]}", file=sys.stderr)
                 sys.exit(2)
             internal = add_internal_users(cluster, plan.connect_per_run + 1, workdir)
