@@ -94,6 +94,7 @@ ACCEPT_BACKLOG = 4096  # connections the kernel queues before accept(); it caps 
 SHED_AFTER = 5.0  # s from a TCP connection after which a CONNECT still waiting for set-up is refused with 3
 SERVER_UNAVAILABLE = 3  # CONNACK return code (MQTT 3.1.1 §3.2.2.3)
 REDELIVER_AFTER = 5.0  # s without a PUBACK before a QoS 1 delivery is sent again (DUP)
+TAKEOVER_WAIT = 3.0  # s a taken-over connection has to finish its close before it is marked closed
 DENIED = 0x80
 
 
@@ -383,12 +384,11 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         return session
 
     @staticmethod
-    async def _wait_disconnected(session: Session, timeout: float = 3.0) -> None:
+    async def _wait_disconnected(session: Session) -> None:
         # The old connection's own task finishes its close (will, presence, handler) first.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while session.transitions.is_connected() and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(TAKEOVER_WAIT):
+                await session.transitions.wait_disconnected()
         if session.transitions.is_connected():
             with contextlib.suppress(Exception):
                 session.transitions.disconnect()
