@@ -82,7 +82,7 @@ class Server(AuthorizationServer):  # type: ignore[misc]
 def failure(error: OAuth2Error) -> Outcome:
     """An error as SPEC §2 writes them ({"error", "detail"}), or, once the client and its redirect
     URI are known good, as a redirect back to it with error and state (RFC 6749 §4.1.2.1)."""
-    status, body, headers = error()
+    status, _, headers = error()
     if error.redirect_uri:
         return Outcome(status, {}, dict(headers), error=error.error)
     detail = error.description or error.error.replace("_", " ").capitalize() + "."

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import anyio.from_thread
 from authlib.oauth2.rfc6749 import ClientMixin, OAuth2Request
@@ -137,7 +137,7 @@ class Pkce(CodeChallenge):  # type: ignore[misc]
     """RFC 7636 with S256 only (`plain` protects nothing a network observer cannot read), required of
     public clients at the authorization endpoint already, not only at the token endpoint."""
 
-    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+    SUPPORTED_CODE_CHALLENGE_METHOD: ClassVar[list[str]] = ["S256"]
     DEFAULT_CODE_CHALLENGE_METHOD = "S256"
 
     def validate_code_challenge(self, grant: AuthorizationCodeGrant, redirect_uri: str) -> None:
@@ -150,7 +150,7 @@ class Pkce(CodeChallenge):  # type: ignore[misc]
 
 
 class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
-    TOKEN_ENDPOINT_AUTH_METHODS = [*SECRET_AUTH, "none"]
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [*SECRET_AUTH, "none"]
     server: WithContext
 
     def validate_authorization_request(self) -> str:

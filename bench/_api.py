@@ -111,7 +111,7 @@ class Api:
     async def online(self, token: str, model: str) -> int:
         return await self.total("/v1/admin/devices", token, online="true", model=model)
 
-    async def until_online(self, token: str, model: str, n: int, timeout: float) -> float | None:
+    async def until_online(self, token: str, model: str, n: int, timeout: float) -> float | None:  # noqa: ASYNC109 - past it, answers None
         """Seconds until the platform says `n` devices of `model` are online; None if not within `timeout`."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:

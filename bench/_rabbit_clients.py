@@ -20,6 +20,7 @@ from dataclasses import dataclass
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 1, 2, 3, 4, 8, 9, 12, 13, 14
 PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"
+ACK_TIMEOUT = 10.0  # s for a SUBACK or a PUBACK
 Handler = Callable[["MqttClient", str, bytes], Awaitable[None] | None]
 
 
@@ -111,7 +112,7 @@ class MqttClient:
     def connected(self) -> bool:
         return self.writer is not None and not self.closed.is_set()
 
-    async def connect(self, host: str, port: int, timeout: float = 10.0) -> Outcome:
+    async def connect(self, host: str, port: int, timeout: float = 10.0) -> Outcome:  # noqa: ASYNC109 - past it, the outcome "timeout"
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         self.closed = asyncio.Event()
@@ -195,21 +196,21 @@ class MqttClient:
         self._next_id = self._next_id % 65535 + 1
         return self._next_id
 
-    async def subscribe(self, filters: list[tuple[str, int]], timeout: float = 10.0) -> list[int]:
+    async def subscribe(self, filters: list[tuple[str, int]]) -> list[int]:
         """The SUBACK's return codes (0x80 = refused). The reader task must run (`listen`)."""
         packet_id = self._packet_id()
         waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting[packet_id] = waiter
         self._write(subscribe_packet(packet_id, filters))
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(ACK_TIMEOUT):
             return list(await waiter)
 
     def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
         """Fire and forget (a QoS 1 PUBACK is read, not awaited)."""
         self._write(publish_packet(topic, payload, qos, self._packet_id() if qos else 0))
 
-    async def publish_acked(self, topic: str, payload: bytes, timeout: float = 10.0) -> bool:
-        """QoS 1, and whether its PUBACK came within `timeout` (False: none, or the connection ended first).
+    async def publish_acked(self, topic: str, payload: bytes) -> bool:
+        """QoS 1, and whether its PUBACK came within ACK_TIMEOUT (False: none, or the connection ended first).
         The reader task must run (`listen`)."""
         if not self.connected:
             return False
@@ -218,7 +219,7 @@ class MqttClient:
         self._waiting[packet_id] = waiter
         self._write(publish_packet(topic, payload, 1, packet_id))
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(ACK_TIMEOUT):
                 await waiter
         except (TimeoutError, ConnectionError):
             self._waiting.pop(packet_id, None)

@@ -90,7 +90,7 @@ def _add_bench_routes(app: FastAPI, settings: Settings) -> None:
     @app.get("/bench/pyjwt", include_in_schema=False, response_model=None)
     async def bench_pyjwt(request: Request) -> dict[str, bool] | JSONResponse:
         # The naive approach: a full PyJWT decode per request, no cache, no revocation check.
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        _, _, token = request.headers.get("authorization", "").partition(" ")
         try:
             jwt.decode(
                 token.strip(),

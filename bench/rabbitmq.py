@@ -81,7 +81,7 @@ from bench._rabbit_clients import MqttClient, codes_text, connect_disconnect
 from bench._server import BACKENDS, PASSWORD, _backend_env, load_note, uvicorn
 from bench._stats import Latencies, Rate, med, percentile, verdict
 from shared.testing import free_port
-from tests.rabbitmq import RABBITMQ_BIN, RabbitCluster, RabbitUnavailable
+from tests.rabbitmq import RABBITMQ_BIN, RabbitCluster, RabbitUnavailableError
 
 A, B, C = 0, 1, 2
 ADMIN = "bench-admin"
@@ -383,7 +383,7 @@ class Drain:
     async def start(self) -> None:
         self.before = await self.counts()
 
-    async def wait(self, n: int, timeout: float) -> int:
+    async def wait(self, n: int, timeout: float) -> int:  # noqa: ASYNC109 - past it (or a stall), answers the count missing
         """Until both counts have grown by n: 0, or how many device_connected are missing when they stop
         growing for STALL s (or at `timeout`)."""
         deadline, last, since = time.monotonic() + timeout, (-1, -1), time.monotonic()
@@ -527,10 +527,10 @@ async def bench_connects(
 # --- 3. command round trips -------------------------------------------------------------------------------
 
 
-async def answering_device(port: int, device: Device, *, timeout: float = 10) -> MqttClient:
+async def answering_device(port: int, device: Device) -> MqttClient:
     """The firmware of one device: subscribed to its commands, answering each with its params."""
     client = MqttClient(device.uid, device.uid, device.token)
-    outcome = await client.connect(HOST, port, timeout=timeout)
+    outcome = await client.connect(HOST, port)
     if not outcome.ok:
         raise RuntimeError(f"device {device.uid} refused: {outcome.code}")
 
@@ -905,7 +905,7 @@ def main() -> None:
         try:
             try:
                 cluster.start(timeout=150)
-            except RabbitUnavailable as exc:
+            except RabbitUnavailableError as exc:
                 print(f"bench.rabbitmq: {exc.reason.splitlines()[0]}", file=sys.stderr)
                 sys.exit(2)
             internal = add_internal_users(cluster, plan.connect_per_run + 1, workdir)

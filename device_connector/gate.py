@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from device_connector import store
 from device_connector.acl import Grants, may_publish, renews
-from device_connector.port import ConnackCode, Refused
+from device_connector.port import ConnackCode, RefusedError
 from shared.context import Context
 from shared.db import BACKEND_ERRORS
 from shared.errors import InvalidTokenError, ServiceUnavailableError
@@ -53,21 +53,21 @@ class Gate:
         self, *, client_id: str, username: str | None, password: str | None, will_topic: str | None = None
     ) -> Admission:
         if not username or not password:
-            raise Refused(ConnackCode.NOT_AUTHORIZED, "no credentials")
+            raise RefusedError(ConnackCode.NOT_AUTHORIZED, "no credentials")
         device = is_device_name(username)
         if not device and not USER_ID.fullmatch(username):
-            raise Refused(ConnackCode.NOT_AUTHORIZED, "username is neither a device UID nor a user id")
+            raise RefusedError(ConnackCode.NOT_AUTHORIZED, "username is neither a device UID nor a user id")
         try:
             claims = await self.ctx.auth.authenticate(password, TokenKind.DEVICE if device else TokenKind.ACCESS)
         except ServiceUnavailableError:
-            raise Refused(ConnackCode.SERVER_UNAVAILABLE, "revocation state unconfirmed") from None
+            raise RefusedError(ConnackCode.SERVER_UNAVAILABLE, "revocation state unconfirmed") from None
         except InvalidTokenError:
-            raise Refused(ConnackCode.NOT_AUTHORIZED, "bad token") from None
+            raise RefusedError(ConnackCode.NOT_AUTHORIZED, "bad token") from None
         if claims.sub != username or not client_id_allowed(client_id, claims.sub, device=device):
-            raise Refused(ConnackCode.NOT_AUTHORIZED, "client id or username does not match the token")
+            raise RefusedError(ConnackCode.NOT_AUTHORIZED, "client id or username does not match the token")
         grants = await self.grants(claims.sub, device=device, admin=claims.role == Role.ADMIN)
         if will_topic is not None and (not may_publish(grants, will_topic) or renews(grants, will_topic)):
-            raise Refused(ConnackCode.NOT_AUTHORIZED, "will topic not allowed")
+            raise RefusedError(ConnackCode.NOT_AUTHORIZED, "will topic not allowed")
         return Admission(claims, grants)
 
     async def grants(self, subject: str, *, device: bool, admin: bool = False) -> Grants:
@@ -78,7 +78,7 @@ class Gate:
             async with self.ctx.db.read() as tx:
                 roles = await store.roles_of_user(tx, user_id=subject)
         except _UNAVAILABLE:
-            raise Refused(ConnackCode.SERVER_UNAVAILABLE, "database unreachable") from None
+            raise RefusedError(ConnackCode.SERVER_UNAVAILABLE, "database unreachable") from None
         return Grants.for_user(subject, roles, admin=admin)
 
     async def grants_of(self, client_id: str, username: str) -> Grants | None:
@@ -101,5 +101,5 @@ class Gate:
             admin = role == Role.ADMIN
         try:
             return await self.grants(username, device=device, admin=admin)
-        except Refused:
+        except RefusedError:
             return None

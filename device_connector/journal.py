@@ -142,14 +142,14 @@ class Journal:
         """Until everything queued so far is written (or dropped)."""
         await self._queue.join()
 
-    async def stop(self, timeout: float = DRAIN_TIMEOUT) -> None:
+    async def stop(self) -> None:
         """Write what is queued, for a bounded time, then stop. A write that fails once stopping is
         not retried: the database is away, and what is left is dropped (counted, and said in the log)
         rather than holding the shutdown up."""
         self._stopping.set()
         before = self.dropped
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(DRAIN_TIMEOUT):
                 await self._queue.join()
         if self._task is not None:
             self._task.cancel()

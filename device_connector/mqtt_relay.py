@@ -22,6 +22,7 @@ OnMessage = Callable[[str, bytes], None]
 # lets nobody else read these).
 SUBSCRIPTIONS = [("devices/+/replies", 1), ("devices/+/state", 1), ("devices/+/token", 1), ("users/+/token", 1)]
 RECONNECT_MAX_DELAY = 5
+START_TIMEOUT = 10.0  # s for the first CONNACK before start-up gives up on the broker
 
 
 class MqttRelay:
@@ -49,7 +50,7 @@ class MqttRelay:
         self._on_message_cb: OnMessage | None = None
         self._refusal: str | None = None  # why the broker refused the last CONNECT, if it did
 
-    async def start(self, on_message: OnMessage, *, timeout: float = 10.0) -> None:
+    async def start(self, on_message: OnMessage) -> None:
         self._loop = asyncio.get_running_loop()
         self._on_message_cb = on_message
         # Awaited in the loop, not in a thread: a stop signal during start-up cancels the wait at once.
@@ -57,7 +58,7 @@ class MqttRelay:
         self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(START_TIMEOUT):
                 await self._ready.wait()
         except BaseException as exc:
             await asyncio.to_thread(self.client.loop_stop)
@@ -69,7 +70,7 @@ class MqttRelay:
                     f"{where} refused the connector ({self._refusal}): fix the user in HANDSHAKE_MQTT_BROKER_URL"
                 ) from None
             raise ConfigurationError(
-                f"cannot reach {where} within {timeout:.0f} s: start it or fix HANDSHAKE_MQTT_BROKER_URL"
+                f"cannot reach {where} within {START_TIMEOUT:.0f} s: start it or fix HANDSHAKE_MQTT_BROKER_URL"
             ) from None
 
     async def stop(self) -> None:

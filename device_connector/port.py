@@ -41,7 +41,7 @@ class ConnackCode(IntEnum):
     NOT_AUTHORIZED = 5
 
 
-class Refused(Exception):
+class RefusedError(Exception):
     """A CONNECT turned down, with the return code an embedded broker sends for it. (RabbitMQ and EMQX
     pick their own code for a deny; RabbitMQ's is 4.)"""
 

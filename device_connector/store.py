@@ -55,7 +55,7 @@ _SET_OFFLINE = (
 
 async def roles_of_user(tx: Tx, *, user_id: str) -> dict[str, DeviceRole]:
     owned = await tx.execute(_OWNED_BY, {"user_id": user_id})
-    roles = {uid: DeviceRole.OWNER for uid in owned.scalars()}
+    roles = dict.fromkeys(owned.scalars(), DeviceRole.OWNER)
     for uid, role in await tx.execute(_SHARED_WITH, {"user_id": user_id}):
         roles.setdefault(uid, DeviceRole(role))
     return roles

@@ -208,13 +208,18 @@ class Database:
         return self._transaction(write=False)
 
     async def ping(self) -> bool:
-        return await self.problem(self.settings.backend_timeout) is None
-
-    async def problem(self, timeout: float | None = None) -> str | None:
-        """What keeps the database from answering, in a few words; None when it answers. Start-up
-        waits twice the backend timeout (a first connection), /readyz the timeout itself."""
+        """Whether the database answers within the backend timeout (/readyz)."""
         try:
-            async with asyncio.timeout(timeout or self.settings.backend_timeout * 2):
+            async with asyncio.timeout(self.settings.backend_timeout):
+                return await self.problem() is None
+        except TimeoutError:
+            return False
+
+    async def problem(self) -> str | None:
+        """What keeps the database from answering, in a few words; None when it answers. It waits
+        twice the backend timeout (start-up's first connection); `ping` bounds it to the timeout itself."""
+        try:
+            async with asyncio.timeout(self.settings.backend_timeout * 2):
                 async with self.engine.connect() as conn:
                     await conn.execute(sa.text("SELECT 1"))
             return None

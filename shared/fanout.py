@@ -24,9 +24,15 @@ class Fanout:
         self.prefix = prefix
         self._handlers: dict[str, list[Handler]] = {}
         self._task: asyncio.Task[None] | None = None
-        # False while the Redis subscription is down: messages may be passing us by.
-        self.connected = redis is None
+        self._subscribed = asyncio.Event()  # set while the Redis subscription is up
+        if redis is None:
+            self._subscribed.set()
         self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def connected(self) -> bool:
+        """False while the Redis subscription is down: messages may be passing us by."""
+        return self._subscribed.is_set()
 
     def subscribe(self, channel: str, handler: Handler) -> None:
         self._handlers.setdefault(channel, []).append(handler)
@@ -66,10 +72,11 @@ class Fanout:
         started does not answer 503 to its first requests while it catches up."""
         if self.redis is not None and self._task is None:
             self._task = asyncio.create_task(self._listen(), name="handshake-fanout")
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + wait
-            while not self.connected and loop.time() < deadline and not self._task.done():
-                await asyncio.sleep(0.01)
+            subscribed = asyncio.ensure_future(self._subscribed.wait())
+            try:
+                await asyncio.wait((subscribed, self._task), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                subscribed.cancel()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -88,7 +95,7 @@ class Fanout:
                 # Catch up on what passed us by (from the database) before anyone trusts us again.
                 for callback in self.on_reconnect:
                     await callback()
-                self.connected = True
+                self._subscribed.set()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is None or message.get("type") != "pmessage":
@@ -100,14 +107,14 @@ class Fanout:
                         continue
                     await self._dispatch(channel, body)
             except asyncio.CancelledError:
-                self.connected = False
+                self._subscribed.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # unannotated before redis-py 8
                 raise
             except Exception as exc:
                 if self.connected:
                     log.warning("Redis subscription lost (%s); retrying", exc)
-                self.connected = False
+                self._subscribed.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # unannotated before redis-py 8
                 await asyncio.sleep(0.3)

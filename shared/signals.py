@@ -20,7 +20,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_INTERRUPTED = 130
 
 
-class Interrupted(Exception):
+class Interrupted(Exception):  # noqa: N818 - a stop asked for, not a failure (like KeyboardInterrupt)
     """A stop signal came while the command was starting: what had started has been undone."""
 
 

@@ -26,7 +26,7 @@ _Rows = deque[Any]
 class _Outcome:
     """What one statement left behind, captured on the connection's thread."""
 
-    __slots__ = ("rows", "description", "rowcount", "lastrowid")
+    __slots__ = ("description", "lastrowid", "rowcount", "rows")
 
     def __init__(self, cursor: sqlite3.Cursor) -> None:
         self.description = cursor.description

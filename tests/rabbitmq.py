@@ -40,7 +40,7 @@ PLUGINS = ("rabbitmq_mqtt", "rabbitmq_auth_backend_http", "rabbitmq_management",
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
-class RabbitUnavailable(Exception):
+class RabbitUnavailableError(Exception):
     """RabbitMQ is not installed here, or a node of the cluster failed to start."""
 
     def __init__(self, reason: str) -> None:
@@ -304,13 +304,13 @@ class RabbitCluster:
 
     def start(self, timeout: float = 90) -> None:
         """Start the nodes in parallel, cluster them, wait until every port answers. Raises
-        RabbitUnavailable (after stopping whatever it started) when RabbitMQ is not installed or a
+        RabbitUnavailableError (after stopping whatever it started) when RabbitMQ is not installed or a
         node fails to start."""
         for tool in ("rabbitmq-server", "rabbitmqctl"):
             if not os.access(RABBITMQ_BIN / tool, os.X_OK):
-                raise RabbitUnavailable(f"RabbitMQ is not installed: no {RABBITMQ_BIN / tool}")
+                raise RabbitUnavailableError(f"RabbitMQ is not installed: no {RABBITMQ_BIN / tool}")
         if shutil.which("erl") is None:
-            raise RabbitUnavailable("Erlang is not installed: no erl on PATH")
+            raise RabbitUnavailableError("Erlang is not installed: no erl on PATH")
         if self._procs:
             raise RuntimeError("RabbitCluster.start() runs once")
         began = time.monotonic()
@@ -325,13 +325,13 @@ class RabbitCluster:
             self._await_boot(deadline)
             self._join(deadline)
             self._await_cluster(deadline)
-        except RabbitUnavailable:
+        except RabbitUnavailableError:
             self.stop()
             raise
         except BaseException as exc:
             self.stop()
             if isinstance(exc, Exception):
-                raise RabbitUnavailable(f"RabbitMQ cluster failed to start: {exc!r}") from exc
+                raise RabbitUnavailableError(f"RabbitMQ cluster failed to start: {exc!r}") from exc
             raise
         self.nodes = [RabbitNode(p.name, p.amqp_port, p.mqtt_port, p.http_port, p.beam_pid or 0) for p in self._procs]
         self.started_in = time.monotonic() - began
@@ -348,9 +348,9 @@ class RabbitCluster:
                 start_new_session=True,  # a process group of its own: stop() signals all of it
             )
 
-    def _failure(self, proc: _Proc, what: str) -> RabbitUnavailable:
+    def _failure(self, proc: _Proc, what: str) -> RabbitUnavailableError:
         rabbit_log = proc.dir / "log" / f"{proc.name}.log"
-        return RabbitUnavailable(
+        return RabbitUnavailableError(
             f"RabbitMQ node {proc.name} {what}\n--- {proc.log} ---\n{_tail(proc.log)}"
             f"\n--- {rabbit_log} ---\n{_tail(rabbit_log)}"
         )
@@ -445,7 +445,7 @@ class RabbitCluster:
                 if running >= want:
                     return
             if time.monotonic() > deadline:
-                raise RabbitUnavailable(
+                raise RabbitUnavailableError(
                     f"RabbitMQ cluster did not come up in time: running {sorted(running)}, want {sorted(want)}"
                 )
             time.sleep(0.3)

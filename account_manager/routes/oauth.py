@@ -255,7 +255,7 @@ async def sign_in_with_factor(request: Request, ctx: CtxDep, ip: ClientIp) -> Re
 
 
 async def _signed_in(request: Request, ctx: Any, token: str, continue_to: str, ip: str | None) -> Response:
-    previous_token, previous = await current(ctx, request)
+    _, previous = await current(ctx, request)
     if previous is not None:  # another user signing in on this browser: the old login ends
         await hosted.sign_out(ctx, login=previous, ip=ip)
     response = RedirectResponse(continue_to, status_code=303, headers=NO_STORE)

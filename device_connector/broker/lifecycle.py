@@ -5,9 +5,12 @@ a third of the broker's CPU per CONNECT+DISCONNECT on this machine (issue 11's p
 states and two triggers. `SessionStates` answers the same calls amqtt and our broker make of
 `session.transitions` (`state`, `connect()`, `disconnect()`, `is_connected()`, ...) with the same rules:
 connect from new or disconnected, disconnect from anywhere, the session's enter callbacks on every
-transition. Installed only when an embedded broker is built (importing this module changes nothing)."""
+transition. Installed only when an embedded broker is built (importing this module changes nothing).
+One addition: `wait_disconnected()`, for a takeover that waits for the old connection's close."""
 
 from __future__ import annotations
+
+import asyncio
 
 from amqtt.session import Session
 from transitions import MachineError
@@ -17,11 +20,12 @@ AMQTT_INIT_STATES = Session._init_states  # amqtt's own, kept: the tests hold ou
 
 
 class SessionStates:
-    __slots__ = ("_session", "state")
+    __slots__ = ("_left", "_session", "state")
 
     def __init__(self, session: Session) -> None:
         self._session = session
         self.state = NEW
+        self._left: asyncio.Event | None = None  # made only when someone waits: a CONNECT costs none
 
     def connect(self) -> bool:
         if self.state == CONNECTED:
@@ -33,7 +37,18 @@ class SessionStates:
     def disconnect(self) -> bool:
         self.state = DISCONNECTED  # from new, connected or disconnected alike (amqtt's table)
         self._session._on_enter_disconnected()
+        if self._left is not None:
+            self._left.set()
+            self._left = None
         return True
+
+    async def wait_disconnected(self) -> None:
+        """Until the session is no longer connected."""
+        if self.state != CONNECTED:
+            return
+        if self._left is None:
+            self._left = asyncio.Event()
+        await self._left.wait()
 
     def is_new(self) -> bool:
         return self.state == NEW

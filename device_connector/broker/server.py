@@ -50,7 +50,7 @@ from device_connector.acl import (
 )
 from device_connector.broker import lifecycle
 from device_connector.broker.index import SubscriptionIndex, matches
-from device_connector.port import NO_WILL, BrokerEvents, CloseReason, Connection, Refused
+from device_connector.port import NO_WILL, BrokerEvents, CloseReason, Connection, RefusedError
 
 log = logging.getLogger("handshake.broker")
 
@@ -94,10 +94,11 @@ ACCEPT_BACKLOG = 4096  # connections the kernel queues before accept(); it caps 
 SHED_AFTER = 5.0  # s from a TCP connection after which a CONNECT still waiting for set-up is refused with 3
 SERVER_UNAVAILABLE = 3  # CONNACK return code (MQTT 3.1.1 §3.2.2.3)
 REDELIVER_AFTER = 5.0  # s without a PUBACK before a QoS 1 delivery is sent again (DUP)
+TAKEOVER_WAIT = 3.0  # s a taken-over connection has to finish its close before it is marked closed
 DENIED = 0x80
 
 
-class PacketTooLarge(Exception):
+class PacketTooLargeError(Exception):
     pass
 
 
@@ -122,10 +123,10 @@ class LimitedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped (n
         self._left = 0  # bytes of the current packet's body not read yet
         self._header = bytearray()  # the fixed header being read
 
-    def _too_large(self, n: int) -> PacketTooLarge:
+    def _too_large(self, n: int) -> PacketTooLargeError:
         if self.conn is not None:
             self.conn.close_reason = CloseReason.PROTOCOL_ERROR
-        return PacketTooLarge(n)
+        return PacketTooLargeError(n)
 
     async def read(self, n: int = -1) -> bytes:
         if n < 0 or n > self.max_packet:
@@ -295,7 +296,7 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
             self.shed += 1
             await _refuse(writer, SERVER_UNAVAILABLE)
             return
-        except (AMQTTError, MQTTError, NoDataError, PacketTooLarge, ValueError, UnicodeError) as exc:
+        except (AMQTTError, MQTTError, NoDataError, PacketTooLargeError, ValueError, UnicodeError) as exc:
             log.debug("no valid CONNECT: %r", exc)
             await writer.close()
             return
@@ -325,7 +326,7 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         # Authenticate first: until this passes nothing below may touch an existing session.
         try:
             conn = await self.admit(incoming)
-        except Refused as refusal:
+        except RefusedError as refusal:
             if self.events is not None:
                 _safely(
                     self.events.refused,
@@ -383,12 +384,11 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         return session
 
     @staticmethod
-    async def _wait_disconnected(session: Session, timeout: float = 3.0) -> None:
+    async def _wait_disconnected(session: Session) -> None:
         # The old connection's own task finishes its close (will, presence, handler) first.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while session.transitions.is_connected() and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(TAKEOVER_WAIT):
+                await session.transitions.wait_disconnected()
         if session.transitions.is_connected():
             with contextlib.suppress(Exception):
                 session.transitions.disconnect()

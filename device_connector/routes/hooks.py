@@ -15,7 +15,7 @@ from device_connector.acl import Action, Grants, acl_rules, may_publish, may_sub
 from device_connector.clustered import Admissions
 from device_connector.connector import CONNECTOR
 from device_connector.gate import Admission, Gate
-from device_connector.port import BrokerEvents, Refused
+from device_connector.port import BrokerEvents, RefusedError
 from shared.bodies import body_fields
 from shared.context import Context
 from shared.deps import CtxDep
@@ -84,7 +84,7 @@ async def admit(ctx: Context, *, client_id: str, username: str, password: str, i
     """A CONNECT asked of a hook: the gate's answer, remembered for the connection's later checks."""
     try:
         admission = await Gate(ctx).admit(client_id=client_id, username=username, password=password)
-    except Refused as refusal:
+    except RefusedError as refusal:
         events: BrokerEvents | None = ctx.services.find(CONNECTOR)
         if events is not None:
             events.refused(client_id=client_id, username=username, ip=ip, reason=refusal.reason)

@@ -68,7 +68,7 @@ async def test_code_flow_with_pkce_ends_in_a_session_like_a_password_login(
     user = await users.register()
     app_oauth = oauth_client(app, app_client["client_id"])
     verifier = new_verifier()
-    url, state = app_oauth.create_authorization_url(AUTHORIZE_URL, code_verifier=verifier)
+    url, _ = app_oauth.create_authorization_url(AUTHORIZE_URL, code_verifier=verifier)
     location = await browser.authorize(url, user["username"])
     token = await app_oauth.fetch_token(TOKEN_URL, authorization_response=location, code_verifier=verifier)
 

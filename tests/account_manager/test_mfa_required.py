@@ -119,10 +119,10 @@ async def test_a_promoted_user_gets_enrolment_only_tokens_at_the_next_login(
 
 async def test_the_broker_refuses_an_enrolment_only_token(users: Users, ctx: Context) -> None:
     from device_connector.gate import Gate
-    from device_connector.port import ConnackCode, Refused
+    from device_connector.port import ConnackCode, RefusedError
 
     admin, tokens = await staff(ctx, users, "admin")
-    with pytest.raises(Refused) as refused:
+    with pytest.raises(RefusedError) as refused:
         await Gate(ctx).admit(client_id=admin["id"], username=admin["id"], password=tokens["access_token"])
     assert refused.value.code == ConnackCode.NOT_AUTHORIZED
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -414,7 +415,7 @@ def test_hourly_stats_count_each_hour_of_the_last_day(live_server: LiveServer) -
     assert len(hours) == 24
     assert all(row["hour"].endswith("Z") for row in hours)
     starts = [datetime.fromisoformat(row["hour"].replace("Z", "+00:00")) for row in hours]
-    assert all(later - earlier == timedelta(hours=1) for earlier, later in zip(starts, starts[1:], strict=False))
+    assert all(later - earlier == timedelta(hours=1) for earlier, later in pairwise(starts))
     assert starts[-1] <= datetime.now(UTC) < starts[-1] + timedelta(hours=1)  # the current hour comes last
     by_hour = dict(zip(starts, hours, strict=True))
     three_ago = by_hour[(now - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)]

@@ -43,7 +43,7 @@ class Stream:
                 if line.startswith("retry:"):
                     return
 
-    async def until(self, wanted: Callable[[Event], bool], timeout: float = 5.0) -> list[Event]:
+    async def until(self, wanted: Callable[[Event], bool], timeout: float = 5.0) -> list[Event]:  # noqa: ASYNC109 - past it, fails with the events seen
         """The events up to the first one `wanted`; fails after `timeout` seconds."""
         seen: list[Event] = []
         data: list[str] = []

@@ -35,7 +35,7 @@ class Loopback:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            def do_GET(self) -> None:
                 body = owner.attack if self.path == "/attack" else b"<p id=done>You can close this tab.</p>"
                 if self.path.startswith("/callback"):
                     owner.received.append(self.path)

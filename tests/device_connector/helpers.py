@@ -49,7 +49,7 @@ def no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
+async def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:  # noqa: ASYNC109 - polls what has nothing to await; past it, answers the falsy result
     """Poll `check` (sync or async) until it returns something truthy, without blocking the loop."""
     deadline = time.monotonic() + timeout
     while True:
@@ -141,7 +141,7 @@ class Mqtt:
 
     # --- what a test does --------------------------------------------------------------------------
 
-    async def connect(self, timeout: float = 5.0) -> int | None:
+    async def connect(self, timeout: float = 5.0) -> int | None:  # noqa: ASYNC109 - to eventually (paho's thread)
         """The CONNACK return code (0 accepted, 5 not authorized...), or None if the server sent none."""
         await asyncio.to_thread(self.client.connect, self.host, self.port, self.keepalive)
         self.client.loop_start()
@@ -153,7 +153,7 @@ class Mqtt:
     def is_connected(self) -> bool:
         return self.connack == 0 and not self.disconnected.is_set()
 
-    async def subscribe(self, *filters: str, qos: int = 1, timeout: float = 5.0) -> list[int]:
+    async def subscribe(self, *filters: str, qos: int = 1, timeout: float = 5.0) -> list[int]:  # noqa: ASYNC109 - to eventually
         """The SUBACK return codes, one per filter: the granted QoS, or 0x80 for a refusal."""
         result, mid = self.client.subscribe([(topic_filter, qos) for topic_filter in filters])
         assert result == paho.MQTT_ERR_SUCCESS and mid is not None, result
@@ -161,13 +161,18 @@ class Mqtt:
         assert codes is not None, f"no SUBACK for {filters} within {timeout} s"
         return list(codes)
 
-    async def unsubscribe(self, *filters: str, timeout: float = 5.0) -> None:
+    async def unsubscribe(self, *filters: str, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - to eventually
         result, mid = self.client.unsubscribe(list(filters))
         assert result == paho.MQTT_ERR_SUCCESS and mid is not None, result
         assert await eventually(lambda: mid in self._unsubacks, timeout), f"no UNSUBACK for {filters}"
 
     async def publish(
-        self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False, timeout: float = 5.0
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 1,
+        retain: bool = False,
+        timeout: float = 5.0,  # noqa: ASYNC109 - to eventually
     ) -> None:
         """Publish and, at QoS 1, wait for the PUBACK (which in amqtt means accepted, not delivered)."""
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -184,7 +189,7 @@ class Mqtt:
     def payloads(self, topic: str | None = None) -> list[bytes]:
         return [m.payload for m in self.messages(topic)]
 
-    async def wait_for(self, topic: str, payload: bytes | None = None, timeout: float = 5.0) -> bool:
+    async def wait_for(self, topic: str, payload: bytes | None = None, timeout: float = 5.0) -> bool:  # noqa: ASYNC109 - to eventually
         """Wait until a message on `topic` (with that payload, if given) has arrived."""
 
         def seen() -> bool:
@@ -192,7 +197,7 @@ class Mqtt:
 
         return bool(await eventually(seen, timeout))
 
-    async def wait_disconnected(self, timeout: float = 5.0) -> bool:
+    async def wait_disconnected(self, timeout: float = 5.0) -> bool:  # noqa: ASYNC109 - to eventually
         return bool(await eventually(self.disconnected.is_set, timeout))
 
     async def drop(self) -> None:
@@ -326,7 +331,7 @@ class Raw:
         except OSError:
             return False
 
-    async def recv(self, n: int = 4096, timeout: float = 5.0) -> bytes | None:
+    async def recv(self, n: int = 4096, timeout: float = 5.0) -> bytes | None:  # noqa: ASYNC109 - the socket's: a recv in a thread is past asyncio.timeout's reach
         """Bytes, b"" once the server closed, or None if nothing came within `timeout`."""
         self.sock.settimeout(timeout)
         try:
@@ -336,7 +341,7 @@ class Raw:
         except OSError:
             return b""
 
-    async def closed_by_server(self, timeout: float = 5.0) -> bool:
+    async def closed_by_server(self, timeout: float = 5.0) -> bool:  # noqa: ASYNC109 - bounds recvs in a thread (see recv)
         """Read until the server closes the connection (True) or `timeout` passes (False)."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
@@ -455,8 +460,8 @@ __all__ = [
     "World",
     "connect_body",
     "connect_packet",
-    "eventually",
     "events",
+    "eventually",
     "get_device_token",
     "make_world",
     "mqtt_fixture",

@@ -449,7 +449,7 @@ async def test_what_others_left_retained_on_the_broker_changes_nothing(
     for topic, payload in leftovers.items():
         await asyncio.to_thread(retain_for, topic, payload)
     try:
-        async with connector_on_mosquitto(backend, tmp_path, emqx_api) as (http, manager):
+        async with connector_on_mosquitto(backend, tmp_path, emqx_api) as (http, _):
             ctx = http.app.state.ctx
             world = await make_world(http, Users(http), ctx)
             broker = Emqx(http, emqx_api)

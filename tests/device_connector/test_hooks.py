@@ -44,7 +44,7 @@ async def test_device_connect_is_allowed_with_expiry_and_acl(client: httpx.Async
 
 
 async def test_form_bodies_are_accepted(client: httpx.AsyncClient, users: Users) -> None:
-    user, tokens = await users.new()
+    _, tokens = await users.new()
     me = (await client.get("/v1/users/me", headers=bearer(tokens))).json()
     form = {"clientid": me["id"], "username": me["id"], "password": tokens["access_token"]}
     answer = (await client.post("/v1/mqtt/auth", data=form, headers=hook_headers())).json()
@@ -80,7 +80,7 @@ async def test_wrong_or_missing_hook_secret_is_denied(client: httpx.AsyncClient,
 async def test_acl_hook_follows_roles(client: httpx.AsyncClient, users: Users, ctx: Any) -> None:
     _, admin = await users.admin(ctx)
     device = await provisioned_device(client, admin)
-    owner, owner_tokens = await users.new()
+    _, owner_tokens = await users.new()
     viewer, viewer_tokens = await users.new()
     bound = await client.post(
         "/v1/devices/bind",

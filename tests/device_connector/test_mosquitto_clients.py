@@ -20,12 +20,14 @@ pytestmark = pytest.mark.skipif(
     reason="mosquitto-clients is not installed (apt-get install mosquitto-clients)",
 )
 
+RUN_TIMEOUT = 15  # s for one mosquitto_pub or mosquitto_sub
 
-async def run(*args: str, timeout: float = 15) -> tuple[int, str, str]:
+
+async def run(*args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    out, err = await asyncio.wait_for(process.communicate(), RUN_TIMEOUT)
     return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 

@@ -27,7 +27,7 @@ from tests.conftest import IN_CI, Backend, Users, _reset_postgres, make_settings
 from tests.device_connector.helpers import Mqtt, World, events, eventually, make_world, running_connector
 from tests.device_connector.test_mosquitto_clients import run as run_command
 from tests.proxy import TcpProxy
-from tests.rabbitmq import RABBITMQ_BIN, RabbitCluster, RabbitUnavailable
+from tests.rabbitmq import RABBITMQ_BIN, RabbitCluster, RabbitUnavailableError
 
 SECRET = "rabbit-cluster-secret-" + "q" * 20
 WITHIN = 5.0  # SPEC: revocation, role loss, disable and expiry close live connections within 5 s
@@ -56,7 +56,7 @@ def rabbit(hook_proxy: TcpProxy, tmp_path_factory: pytest.TempPathFactory) -> It
     )
     try:
         cluster.start()
-    except RabbitUnavailable as exc:
+    except RabbitUnavailableError as exc:
         cluster.stop()
         _unavailable(f"the RabbitMQ test cluster did not start: {exc}")
     try:

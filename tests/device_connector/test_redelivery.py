@@ -31,7 +31,7 @@ class Packets:
         self.raw = raw
         self.buffer = b""
 
-    async def next(self, timeout: float) -> tuple[int, int, bytes] | None:
+    async def next(self, timeout: float) -> tuple[int, int, bytes] | None:  # noqa: ASYNC109 - to Raw.recv's socket
         while True:
             found = self._take()
             if found is not None:

@@ -254,5 +254,5 @@ async def test_the_device_list_pages_with_its_total(client: httpx.AsyncClient, u
     nobody = await person(users)
     response = await client.get("/v1/devices", headers=nobody.headers)
     assert (response.json(), response.headers["x-total-count"]) == ([], "0")
-    (row,) = [r for r in (await client.get("/v1/devices", headers=friend.headers)).json()]
+    (row,) = (await client.get("/v1/devices", headers=friend.headers)).json()
     assert set(row) == {"uid", "name", "model", "role", "online", "last_seen"}

@@ -84,16 +84,15 @@ async def test_cyclic_garbage_is_collected_once_the_loop_is_quiet(monkeypatch: p
     owner.start()
     try:
         garbage = Cycle()
-        alive = weakref.ref(garbage)
+        collected = asyncio.Event()
+        weakref.finalize(garbage, collected.set)
         for _ in range(3):  # survives young passes into the old generation, where only a full pass looks
             gc.collect(1)
         del garbage
         gc.collect(1)
-        assert alive() is not None
-        deadline = time.monotonic() + 5
-        while alive() is not None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert alive() is None
+        assert not collected.is_set()
+        async with asyncio.timeout(5):
+            await collected.wait()
         assert owner.passes[0][0] == "quiet"
     finally:
         await owner.stop()

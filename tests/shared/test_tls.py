@@ -203,7 +203,7 @@ def test_the_sdk_checks_the_host_name_by_default(deployment: tuple[TlsServer, Pk
     user.close()
     device = DeviceClient(server.url, made["uid"], made["secret"], ca_file=server.pki.ca, mqtt_host="127.0.0.1")
     try:
-        with pytest.raises(ssl.SSLCertVerificationError, match="127.0.0.1"):
+        with pytest.raises(ssl.SSLCertVerificationError, match=r"127\.0\.0\.1"):
             device.start(timeout=5)
     finally:
         device.stop()

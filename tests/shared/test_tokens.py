@@ -471,7 +471,7 @@ RESPELLINGS: dict[str, Callable[[str], str]] = {
     "trailing_newline": lambda t: t + "\n",
     "bearer_prefix": lambda t: "Bearer " + t,
     "trailing_dot": lambda t: t + ".",
-    "fullwidth_letter": lambda t: t[:5] + "Ａ" + t[6:],
+    "fullwidth_letter": lambda t: t[:5] + "\N{FULLWIDTH LATIN CAPITAL LETTER A}" + t[6:],
     "accented_letter": lambda t: t[:5] + "é" + t[6:],
     "standard_base64_plus": lambda t: t[:5] + "+" + t[6:],
 }
