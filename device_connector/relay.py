@@ -20,7 +20,7 @@ class Relay:
         # Command ids need to be unique per device, not secret: only the device may publish on its
         # replies topic, so a guessed id buys nobody else anything. A seeded PRNG instead of the OS's
         # generator spares every command a system call (2% of a command's CPU, issue 11).
-        self._ids = random.Random(secrets.randbits(128))  # noqa: S311
+        self._ids = random.Random(secrets.randbits(128))
 
     def __len__(self) -> int:
         return len(self._waiters)
