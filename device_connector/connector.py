@@ -6,7 +6,6 @@ grants when roles on a device change. Nothing here knows which broker runs."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import time
@@ -24,7 +23,7 @@ from device_connector.port import Broker, CloseReason, Connection
 from device_connector.presence import Presence
 from device_connector.relay import Relay
 from device_connector.renewal import Renewals, connections_of, target_of
-from shared import jsonlimits
+from shared import background, jsonlimits
 from shared.context import Context
 from shared.errors import DeviceOfflineError, DeviceTimeoutError
 from shared.events import event_row
@@ -77,10 +76,7 @@ class Connector:
         return self.broker.ready()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await background.stop(*self._tasks)
         await self.renewals.stop()
         await self.broker.stop()
         await self.journal.stop()

@@ -13,7 +13,6 @@ interpreter collects the old generation in increments itself; there only the fre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
@@ -22,6 +21,8 @@ import time
 from dataclasses import dataclass
 
 from prometheus_client import Counter
+
+from shared import background
 
 log = logging.getLogger("handshake.collector")
 
@@ -91,11 +92,8 @@ class Collector:
         self._task = asyncio.get_running_loop().create_task(self._watch(), name="handshake-collector")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await background.stop(self._task)
+        self._task = None
         gc.set_threshold(*self._thresholds)
         gc.unfreeze()
 

@@ -4,7 +4,6 @@ the composition root (shared.app) or the command line and handed to everything t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from shared import background
 from shared.auth import Authenticator
 from shared.counters import Counters, MemoryCounters, RedisCounters
 from shared.db import Database
@@ -141,10 +141,7 @@ class Context:
             self._tasks.append(asyncio.create_task(follow, name="handshake-events-from-db"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await background.stop(*self._tasks)
         self._tasks.clear()
         await self.revocations.stop()
         await self.fanout.stop()

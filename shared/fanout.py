@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from shared import background
+
 log = logging.getLogger("handshake.fanout")
 
 Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
@@ -79,11 +81,8 @@ class Fanout:
                 subscribed.cancel()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await background.stop(self._task)
+        self._task = None
 
     async def _listen(self) -> None:
         assert self.redis is not None

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
-from shared import store
+from shared import background, store
 from shared.clock import utcnow
 from shared.db import Database, Tx
 from shared.errors import InvalidTokenError, ServiceUnavailableError
@@ -190,11 +190,8 @@ class Revocations:
             self._task = asyncio.create_task(self._loop(), name="handshake-revocation")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await background.stop(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import time
 import weakref
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -75,42 +76,40 @@ class Cycle:
         self.me = self
 
 
-@pytest.mark.skipif(not collector.TAKES_OVER, reason="Python 3.14+ collects the old generation incrementally")
-async def test_cyclic_garbage_is_collected_once_the_loop_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+async def quick(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Collector]:
+    """A collector that looks every 20 ms and calls 0.1 s of quiet enough."""
+    if not collector.TAKES_OVER:
+        pytest.skip("Python 3.14+ collects the old generation incrementally")
     monkeypatch.setattr(collector, "PERIOD", 0.02)
     monkeypatch.setattr(collector, "QUIET_FOR", 0.1)
     monkeypatch.setattr(collector, "MIN_INTERVAL", 0.0)
     owner = Collector()
     owner.start()
     try:
-        garbage = Cycle()
-        collected = asyncio.Event()
-        weakref.finalize(garbage, collected.set)
-        for _ in range(3):  # survives young passes into the old generation, where only a full pass looks
-            gc.collect(1)
-        del garbage
+        yield owner
+    finally:
+        await owner.stop()
+
+
+async def test_cyclic_garbage_is_collected_once_the_loop_is_quiet(quick: Collector) -> None:
+    garbage = Cycle()
+    collected = asyncio.Event()
+    weakref.finalize(garbage, collected.set)
+    for _ in range(3):  # survives young passes into the old generation, where only a full pass looks
         gc.collect(1)
-        assert not collected.is_set()
-        async with asyncio.timeout(5):
-            await collected.wait()
-        assert owner.passes[0][0] == "quiet"
-    finally:
-        await owner.stop()
+    del garbage
+    gc.collect(1)
+    assert not collected.is_set()
+    async with asyncio.timeout(5):
+        await collected.wait()
+    assert quick.passes[0][0] == "quiet"
 
 
-@pytest.mark.skipif(not collector.TAKES_OVER, reason="Python 3.14+ collects the old generation incrementally")
-async def test_a_busy_loop_postpones_the_full_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(collector, "PERIOD", 0.02)
-    monkeypatch.setattr(collector, "QUIET_FOR", 0.1)
-    monkeypatch.setattr(collector, "MIN_INTERVAL", 0.0)
-    owner = Collector()
-    owner.start()
-    try:
-        gc.collect(1)  # something promoted: a pass would be worth it
-        busy_until = time.monotonic() + 0.5
-        while time.monotonic() < busy_until:  # the loop stays late on every look
-            time.sleep(0.03)  # noqa: ASYNC251 -- blocking the loop is the point
-            await asyncio.sleep(0)
-        assert owner.passes == []
-    finally:
-        await owner.stop()
+async def test_a_busy_loop_postpones_the_full_pass(quick: Collector) -> None:
+    gc.collect(1)  # something promoted: a pass would be worth it
+    busy_until = time.monotonic() + 0.5
+    while time.monotonic() < busy_until:  # the loop stays late on every look
+        time.sleep(0.03)  # noqa: ASYNC251 -- blocking the loop is the point
+        await asyncio.sleep(0)
+    assert quick.passes == []
