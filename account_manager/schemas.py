@@ -182,16 +182,6 @@ class ExchangedOut(BaseModel):
     issued_token_type: str = "urn:ietf:params:oauth:token-type:access_token"
 
 
-class StatsOut(_Out):
-    users: int
-    devices: int
-    devices_online: int
-    sessions_active: int
-    logins_24h: int
-    login_failures_24h: int
-    device_connections_24h: int
-
-
 class HourlyStatsOut(_Out):
     hour: datetime  # the start of a UTC hour
     logins: int

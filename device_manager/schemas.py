@@ -120,21 +120,6 @@ class TransferOut(_Out):
     owner_username: str
 
 
-class AdminDeviceOut(_Out):
-    uid: str
-    name: str | None
-    model: str
-    owner_id: str | None
-    owner_username: str | None
-    online: bool
-    last_seen: datetime | None
-    connected_at: datetime | None
-    ip: str | None
-    region: str | None
-    disabled: bool
-    created_at: datetime
-
-
 class DeviceDisabledOut(_Out):
     uid: str
     disabled: bool

@@ -9,12 +9,12 @@ from fastapi.responses import JSONResponse
 
 from device_manager import provisioning, registry
 from device_manager.schemas import (
-    AdminDeviceOut,
     DeviceDisabledOut,
     ProvisionedDeviceOut,
     ProvisionedOut,
     ProvisionIn,
 )
+from device_manager.store import FleetDevice
 from shared.bodies import body_doc, parse_body
 from shared.deps import ClientIp, CtxDep, Principal, require_role
 from shared.models import Role
@@ -37,7 +37,7 @@ async def provision(request: Request, ctx: CtxDep, caller: Provisioner, ip: Clie
     return JSONResponse(out.model_dump(mode="json"), status_code=201, headers={"Cache-Control": "no-store"})
 
 
-@router.get("/v1/admin/devices", response_model=list[AdminDeviceOut])
+@router.get("/v1/admin/devices", response_model=list[FleetDevice])
 async def list_devices(
     ctx: CtxDep,
     _: Reader,
@@ -48,14 +48,14 @@ async def list_devices(
     owner_id: Annotated[str | None, Query(max_length=20)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> list[AdminDeviceOut]:
+) -> list[FleetDevice]:
     """Every device with its status, newest first. Beside SPEC's filters, `query` matches the start of a
     UID, a model or an owner's username (case aside), each answered by an index."""
     found, total = await registry.list_devices(
         ctx, query=query, online=online, model=model, owner_id=owner_id, limit=limit, offset=offset
     )
     response.headers["X-Total-Count"] = str(total)
-    return [AdminDeviceOut.of(device) for device in found]
+    return found  # the store's rows are the wire shape: FastAPI validates and documents the dataclass itself
 
 
 @router.post("/v1/admin/devices/{uid}/disable", response_model=DeviceDisabledOut)
