@@ -5,12 +5,17 @@ on its own port, with no plaintext MQTT beside it unless the operator asks for i
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import faulthandler
 import fcntl
 import os
+import signal
 import socket
 import ssl
+import sys
 from collections.abc import Mapping, Sequence
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -201,9 +206,25 @@ def banner(settings: Settings, services: Sequence[str], host: str, http_port: in
     return lines
 
 
+def dump_stacks(signum: int, frame: FrameType | None) -> None:
+    """SIGUSR1: every thread's stack and every asyncio task's, on stderr: what a server that does not
+    answer, or does not stop, is waiting for. The server goes on."""
+    faulthandler.dump_traceback(all_threads=True)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # between loops (start-up checks): the threads' stacks say it all
+    for task in asyncio.all_tasks(loop):
+        print(f"--- {task!r}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
 def serve(args: argparse.Namespace) -> None:
     """Start, serve, stop. A stop signal at any moment ends it cleanly (shared.signals); a start-up
-    that cannot go on is one line and exit code 2."""
+    that cannot go on is one line and exit code 2. SIGUSR1 writes every stack to stderr."""
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, dump_stacks)
     with StopSignals() as stops:
         try:
             _start_and_serve(args, stops)

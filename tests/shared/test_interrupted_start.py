@@ -49,8 +49,8 @@ class Serve:
             assert time.monotonic() < deadline, f"no {what} within {timeout} s\n{self.tail()}"
             time.sleep(0.02)
 
-    def tail(self) -> str:
-        return f"stdout: {self.stdout()[-1500:]}\nstderr: {self.stderr()[-3000:]}"
+    def tail(self, stderr: int = 3000) -> str:
+        return f"stdout: {self.stdout()[-1500:]}\nstderr: {self.stderr()[-stderr:]}"
 
     def stop_with(self, sig: int) -> float:
         """Send the signal; the seconds until the process has ended."""
@@ -59,9 +59,11 @@ class Serve:
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)  # every stack to stderr: what it waits for
+            time.sleep(2)
             self.proc.kill()
             self.proc.wait()
-            pytest.fail(f"serve did not stop within 30 s of signal {sig}\n{self.tail()}")
+            pytest.fail(f"serve did not stop within 30 s of signal {sig}\n{self.tail(stderr=20_000)}")
         return time.monotonic() - sent
 
 
@@ -128,6 +130,18 @@ def test_a_stop_signal_at_any_moment_of_start_up_is_a_clean_stop(
     took = serve.stop_with(sig)
     assert_clean_stop(serve, sig)
     assert took < PROMPT, f"{took:.1f} s to stop {moment}\n{serve.tail()}"
+
+
+def test_sigusr1_writes_every_stack_and_the_server_goes_on(backend: Backend, tmp_path: Path) -> None:
+    """What an operator (or this suite, when serve does not stop) sends to see what a server waits for."""
+    serve = launch(tmp_path, backend_env(tmp_path, backend), *ports())
+    _printed(serve, "Uvicorn running", stream="stderr")
+    serve.proc.send_signal(signal.SIGUSR1)
+    serve.wait_for(lambda: "--- <Task" in serve.stderr(), "the tasks' stacks")
+    assert "Current thread" in serve.stderr() or "Thread 0x" in serve.stderr(), serve.tail()
+    assert serve.proc.poll() is None, serve.tail()
+    serve.stop_with(signal.SIGTERM)
+    assert serve.proc.returncode == -signal.SIGTERM, serve.tail()
 
 
 @contextlib.contextmanager
