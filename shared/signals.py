@@ -8,9 +8,11 @@ shutdown, and hands them back here when it is done."""
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
@@ -18,6 +20,11 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_INTERRUPTED = 130
+# A stop that has not ended this long after its signal is stuck: every step of the shutdown has its
+# own bound (uvicorn's 5 s, the broker's 5 s, the journal's drain), so this is a fault of ours. The
+# process then writes every thread's stack to stderr and ends the way the signal asked anyway: a stop
+# must end (SPEC §11), and an init system should not have to escalate to SIGKILL.
+STOP_DEADLINE = 20.0
 
 
 class Interrupted(Exception):  # noqa: N818 - a stop asked for, not a failure (like KeyboardInterrupt)
@@ -47,9 +54,26 @@ class StopSignals:
     def _handle(self, sig: int, frame: FrameType | None) -> None:
         # A Python signal handler runs between two bytecodes of the main thread, the event loop's:
         # the cancellation is handed to the loop rather than done in the middle of whatever runs.
+        if self.received is None:
+            overdue = threading.Timer(STOP_DEADLINE, self._overdue, args=(sig,))
+            overdue.daemon = True
+            overdue.start()
         self.received = self.received or sig
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._cancel_starting)
+
+    @staticmethod
+    def _overdue(sig: int) -> None:
+        """In a thread of its own, STOP_DEADLINE after the signal, if the process is still here."""
+        print(f"handshake: still stopping {STOP_DEADLINE:.0f} s after the signal; ending now. Stacks:", file=sys.stderr)
+        faulthandler.dump_traceback(all_threads=True)
+        sys.stderr.flush()
+        if sig == signal.SIGINT:
+            print("handshake: interrupted", file=sys.stderr, flush=True)
+            os._exit(EXIT_INTERRUPTED)
+        # Not the signal's own end (only the main thread may restore its default action): the status a
+        # shell shows for it, 128 + the signal's number.
+        os._exit(128 + sig)
 
     def _cancel_starting(self) -> None:
         if self._task is not None and not self._cancelled:

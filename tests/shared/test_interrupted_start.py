@@ -12,6 +12,7 @@ import secrets
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -263,3 +264,24 @@ def test_a_new_sqlite_file_another_process_holds_is_one_line_saying_so(tmp_path:
     result = subprocess.CompletedProcess(serve.proc.args, serve.proc.returncode, serve.stdout(), serve.stderr())
     line = assert_one_line_failure(result, "another process holds it locked")
     assert "start it" not in line, line
+
+
+STUCK_STOP = """
+import signal, time
+from shared import signals
+signals.STOP_DEADLINE = 0.5
+with signals.StopSignals():
+    signal.raise_signal(signal.{sig})
+    time.sleep(30)  # a clean-up that never ends
+"""
+
+
+@pytest.mark.parametrize(("sig", "status"), [("SIGTERM", 128 + signal.SIGTERM), ("SIGINT", 130)])
+def test_a_stop_stuck_past_its_deadline_ends_with_every_stack_written(sig: str, status: int) -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", STUCK_STOP.format(sig=sig)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert time.monotonic() - started < 15, done.stderr
+    assert done.returncode == status, done.stderr
+    assert "still stopping" in done.stderr and "most recent call first" in done.stderr, done.stderr
