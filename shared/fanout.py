@@ -15,6 +15,8 @@ import redis.asyncio as aioredis
 
 from shared import background
 
+CLOSE_TIMEOUT = 2.0  # s for the subscription to close on the way out
+
 log = logging.getLogger("handshake.fanout")
 
 Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
@@ -107,8 +109,11 @@ class Fanout:
                     await self._dispatch(channel, body)
             except asyncio.CancelledError:
                 self._subscribed.clear()
+                # Bounded: cancelled while subscribing, redis-py's close can wait on the connection that
+                # subscribe was still opening, and a stop must end.
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # unannotated before redis-py 8
+                    async with asyncio.timeout(CLOSE_TIMEOUT):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # unannotated before redis-py 8
                 raise
             except Exception as exc:
                 if self.connected:

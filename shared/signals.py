@@ -27,6 +27,15 @@ EXIT_INTERRUPTED = 130
 STOP_DEADLINE = 20.0
 
 
+def _dump_tasks(loop: asyncio.AbstractEventLoop, written: threading.Event) -> None:
+    try:
+        for task in asyncio.all_tasks(loop):
+            print(f"--- {task!r}", file=sys.stderr)
+            task.print_stack(file=sys.stderr)
+    finally:
+        written.set()
+
+
 class Interrupted(Exception):  # noqa: N818 - a stop asked for, not a failure (like KeyboardInterrupt)
     """A stop signal came while the command was starting: what had started has been undone."""
 
@@ -55,18 +64,22 @@ class StopSignals:
         # A Python signal handler runs between two bytecodes of the main thread, the event loop's:
         # the cancellation is handed to the loop rather than done in the middle of whatever runs.
         if self.received is None:
-            overdue = threading.Timer(STOP_DEADLINE, self._overdue, args=(sig,))
+            overdue = threading.Timer(STOP_DEADLINE, self._overdue, args=(sig, self._loop))
             overdue.daemon = True
             overdue.start()
         self.received = self.received or sig
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._cancel_starting)
 
-    @staticmethod
-    def _overdue(sig: int) -> None:
+    def _overdue(self, sig: int, loop: asyncio.AbstractEventLoop | None) -> None:
         """In a thread of its own, STOP_DEADLINE after the signal, if the process is still here."""
         print(f"handshake: still stopping {STOP_DEADLINE:.0f} s after the signal; ending now. Stacks:", file=sys.stderr)
         faulthandler.dump_traceback(all_threads=True)
+        loop = self._loop or loop
+        if loop is not None and loop.is_running():  # an event loop waiting for ever: its tasks say on what
+            written = threading.Event()
+            loop.call_soon_threadsafe(_dump_tasks, loop, written)
+            written.wait(2)
         sys.stderr.flush()
         if sig == signal.SIGINT:
             print("handshake: interrupted", file=sys.stderr, flush=True)
