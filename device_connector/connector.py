@@ -64,12 +64,15 @@ class Connector:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        await self.presence.regions.load()
         await self.journal.start()
         await self.broker.start(self)  # (amqtt's start clears retained messages: load them after)
         await self._load_retained_state()
         self._tasks.append(asyncio.create_task(self._sweep(), name="handshake-mqtt-sweep"))
         self._tasks.append(asyncio.create_task(self._follow_access(), name="handshake-mqtt-access"))
+        # Not awaited: a stop during start-up must not wait for it, and a stop signal in that window
+        # cancelled the database work of the tasks above mid-statement (aiosqlite then answered a loop
+        # that had closed). A CONNECT in the first moments opens the table itself, as before.
+        self._tasks.append(asyncio.create_task(self.presence.regions.load(), name="handshake-geoip"))
 
     def ready(self) -> bool:
         """For /readyz: the embedded broker is serving, or the clustered one is reachable."""
