@@ -81,7 +81,6 @@ class Authenticator:
         self.revocations = revocations
         self.remote = remote
         self.metrics = metrics
-        self._counters: dict[tuple[TokenKind, str], Any] = {}
 
     async def authenticate(
         self, token: str, kind: TokenKind, *, audience: str | None = None, enrolment: bool = False
@@ -113,12 +112,7 @@ class Authenticator:
     def _count(self, kind: TokenKind, result: str) -> None:
         if self.metrics is None:
             return
-        counter = self._counters.get((kind, result))
-        if counter is None:  # the labelled child, looked up once (a lock and a dict otherwise)
-            counter = self._counters[(kind, result)] = self.metrics.token_verifications.labels(
-                kind=kind.value, result=result
-            )
-        counter.inc()
+        self.metrics.child(self.metrics.token_verifications, kind.value, result).inc()
 
     @classmethod
     def from_jwks_url(cls, url: str, *, issuer: str, audience: str) -> Authenticator:

@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import ssl
-import sys
 from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
@@ -27,7 +26,7 @@ from shared.collector import Collector
 from shared.context import Context
 from shared.errors import ConfigurationError, HandshakeError, WeakPasswordError
 from shared.settings import Settings
-from shared.signals import Interrupted, StopSignals
+from shared.signals import Interrupted, StopSignals, dump_tasks
 
 DEFAULT_MQTT_PORT = 1883
 DEFAULT_MQTT_TLS_PORT = 8883
@@ -214,10 +213,7 @@ def dump_stacks(signum: int, frame: FrameType | None) -> None:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return  # between loops (start-up checks): the threads' stacks say it all
-    for task in asyncio.all_tasks(loop):
-        print(f"--- {task!r}", file=sys.stderr)
-        task.print_stack(file=sys.stderr)
-    sys.stderr.flush()
+    dump_tasks(loop)
 
 
 def serve(args: argparse.Namespace) -> None:

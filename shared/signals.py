@@ -27,13 +27,16 @@ EXIT_INTERRUPTED = 130
 STOP_DEADLINE = 20.0
 
 
-def _dump_tasks(loop: asyncio.AbstractEventLoop, written: threading.Event) -> None:
+def dump_tasks(loop: asyncio.AbstractEventLoop, written: threading.Event | None = None) -> None:
+    """Every asyncio task of `loop` and where it waits, on stderr (run on the loop's own thread)."""
     try:
         for task in asyncio.all_tasks(loop):
             print(f"--- {task!r}", file=sys.stderr)
             task.print_stack(file=sys.stderr)
+        sys.stderr.flush()
     finally:
-        written.set()
+        if written is not None:
+            written.set()
 
 
 class Interrupted(Exception):  # noqa: N818 - a stop asked for, not a failure (like KeyboardInterrupt)
@@ -78,7 +81,7 @@ class StopSignals:
         loop = self._loop or loop
         if loop is not None and loop.is_running():  # an event loop waiting for ever: its tasks say on what
             written = threading.Event()
-            loop.call_soon_threadsafe(_dump_tasks, loop, written)
+            loop.call_soon_threadsafe(dump_tasks, loop, written)
             written.wait(2)
         sys.stderr.flush()
         if sig == signal.SIGINT:
