@@ -90,7 +90,9 @@ async def stream_events(
         quiet_since = time.monotonic()
         while True:
             try:
-                event = await asyncio.wait_for(queue.get(), min(keepalive, REVOCATION_CHECK))
+                # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that lands as an event arrives.
+                async with asyncio.timeout(min(keepalive, REVOCATION_CHECK)):
+                    event = await queue.get()
             except TimeoutError:
                 if not still_allowed():
                     return

@@ -283,7 +283,8 @@ class Connector:
                 detail={"id": command_id, "action": action},
             )
             try:
-                result = await asyncio.wait_for(reply, timeout)
+                async with asyncio.timeout(timeout):
+                    result = await reply
             except TimeoutError:
                 self.ctx.metrics.child(self.ctx.metrics.commands, "timeout").inc()
                 self._record(

@@ -197,7 +197,8 @@ class Journal:
                     return
                 log.warning("journal write of %d entries failed (%r); retrying", len(batch), exc)
                 with contextlib.suppress(TimeoutError):  # a stop ends the wait
-                    await asyncio.wait_for(self._stopping.wait(), BACKOFF * 2**attempt)
+                    async with asyncio.timeout(BACKOFF * 2**attempt):
+                        await self._stopping.wait()
             except sa.exc.SQLAlchemyError as exc:
                 # An entry the database refuses (its device was deleted meanwhile, say) must not take
                 # the rest of the batch with it: write them one by one, and drop only what fails.

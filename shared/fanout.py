@@ -93,12 +93,14 @@ class Fanout:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.psubscribe(pattern)
+                background.honour_cancel()
                 # Catch up on what passed us by (from the database) before anyone trusts us again.
                 for callback in self.on_reconnect:
                     await callback()
                 self._subscribed.set()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    background.honour_cancel()
                     if message is None or message.get("type") != "pmessage":
                         continue
                     channel = message["channel"].decode()[len(self.prefix) :]

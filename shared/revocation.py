@@ -196,6 +196,7 @@ class Revocations:
     async def _loop(self) -> None:
         while True:
             ok = await self._pass()
+            background.honour_cancel()
             # After a failure, try again soon: one slow pass must not leave the view stale for long.
             await asyncio.sleep(self.settings.reconcile_interval if ok else min(0.25, self.settings.reconcile_interval))
 

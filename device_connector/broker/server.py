@@ -178,7 +178,8 @@ class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped 
             waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._puback_waiters[message.packet_id] = waiter
             try:
-                message.puback_packet = await asyncio.wait_for(waiter, REDELIVER_AFTER)
+                async with asyncio.timeout(REDELIVER_AFTER):
+                    message.puback_packet = await waiter
                 break
             except TimeoutError:
                 if not session.transitions.is_connected():
@@ -285,9 +286,8 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
 
     async def _serve(self, reader: ReaderAdapter, writer: WriterAdapter, accepted: float) -> None:
         try:
-            handler, incoming = await asyncio.wait_for(
-                Handler.init_from_connect(reader, writer, self.plugins_manager), CONNECT_TIMEOUT
-            )
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                handler, incoming = await Handler.init_from_connect(reader, writer, self.plugins_manager)
         except TimeoutError:
             # No whole CONNECT within CONNECT_TIMEOUT of the accept: a client that sent nothing, or one
             # whose CONNECT waited in a saturated event loop. "Server unavailable" (3) tells the second

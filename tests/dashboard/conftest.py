@@ -103,9 +103,9 @@ class LiveServer:
     def ctx(self) -> Context:
         return self.app.state.ctx  # type: ignore[no-any-return]
 
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+    def call(self, coro: Coroutine[Any, Any, T], *, timeout: float = 20) -> T:
         """Run a coroutine on the server's loop (to use its Context) and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=20)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=timeout)
 
     def staff(self, role: str) -> Account:
         """A user of another type, created the way `handshake users create` does."""

@@ -71,7 +71,7 @@ def fleet(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         owners = [server.staff("user") for _ in range(3)]
         longest = server.call(create_user(server.ctx, username="u" + "w" * 63, password=PASSWORD, role=Role.USER))
         owners.append(Account(longest.id, longest.username, "user"))
-        uids = server.call(seed_fleet(server.ctx, count=FLEET, owners=[owner.id for owner in owners]))
+        uids = server.call(seed_fleet(server.ctx, count=FLEET, owners=[owner.id for owner in owners]), timeout=120)
         server.call(seed_history(server.ctx, uid=uids[-1], count=45))
         yield Fleet(server, admin, owners, uids)
     finally:
