@@ -37,6 +37,7 @@ from shared.errors import (
     ServiceUnavailableError,
     ValidationFailedError,
 )
+from shared.routing import RouteIndex
 from shared.settings import Settings
 
 log = logging.getLogger("handshake")
@@ -127,6 +128,7 @@ def create_app(
     # routes costs one scan (PERF §5).
     for router in (_common_router(), *(router for module in modules for router in module.routers)):
         app.router.routes.extend(router.routes)
+    RouteIndex.install(app.router)
     _install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
