@@ -223,6 +223,7 @@ class Connector:
                         await self.broker.close(conn, reason)
                     except Exception as exc:  # the adapter retries what it could not do
                         log.warning("closing %s (%s) failed: %r", conn.client_id, reason, exc)
+                    background.honour_cancel()  # a broker's client library may swallow the stop
 
     async def _follow_access(self) -> None:
         """Roles on a device changed: re-read who holds which role and fix live grants at once."""

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from device_connector import store
+from shared import background
 from shared.context import Context
 from shared.db import Tx
 from shared.errors import ServiceUnavailableError
@@ -183,6 +184,7 @@ class Journal:
             written_at = loop.time()
             for _ in batch:
                 self._queue.task_done()
+            background.honour_cancel()
 
     async def _commit(self, batch: list[Entry]) -> None:
         for attempt in range(RETRIES):

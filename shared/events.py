@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from shared import store
+from shared import background, store
 from shared.db import Database, Tx
 from shared.fanout import Fanout
 from shared.models import ActorType, EventType
@@ -174,6 +174,7 @@ class EventLog:
                             last = max(last, int(row.id))
             except Exception as exc:
                 log.debug("could not read new events: %r", exc)
+            background.honour_cancel()
             cutoff = time.monotonic() - 60
             self._delivered = {id_: at for id_, at in self._delivered.items() if at > cutoff}
             await asyncio.sleep(interval)
