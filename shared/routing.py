@@ -4,13 +4,14 @@ Starlette and FastAPI match a request against every route in order until one mat
 the device connector's (commands, state, the broker hooks) come last, so each of those requests tried
 ~70 regular expressions first (issue 11: 9% of the event loop's time under commands).
 
-A route whose path has no `{name:path}` parameter can only match a path with as many segments as its own,
-and only if their first two segments are its own where those are literal. So the routes are split, once,
-into shards by (segment count, first segment, second segment), each a copy of the router holding the
-routes of its key and the routes that may match any path (mounts, `:path` parameters, a parameter among
-the first two segments), in their original order. A request goes to its shard's own (FastAPI's) dispatch:
-the first route that matches in the shard is the first that matches in the whole list, since no route
-left out could have matched. When nothing in the shard matches, the shard's fallback is the whole router,
+A route whose parameters each match within one segment (Starlette's str, int, float and uuid) can only
+match a path with as many segments as its own, and only if the path's first two segments are its own
+where those are literal. So the routes are split, once, into shards by (segment count, first segment,
+second segment), each a copy of the router holding the routes of its key and the routes that may match
+any path (mounts, `:path` or an app's own convertors, a parameter among the first two segments), in
+their original order. A request goes to its shard's own (FastAPI's) dispatch: the first route that
+matches in the shard is the first that matches in the whole list, since no route left out could have
+matched. When nothing in the shard matches, the shard's fallback is the whole router,
 which answers exactly as before (405, the trailing-slash redirect, 404)."""
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from __future__ import annotations
 import copy
 import logging
 
+from starlette.convertors import FloatConvertor, IntegerConvertor, StringConvertor, UUIDConvertor
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
 Key = tuple[int, str, str]
+# Starlette's convertors that match within one path segment (`:path` spans several).
+_ONE_SEGMENT = (StringConvertor, IntegerConvertor, FloatConvertor, UUIDConvertor)
 
 
 def path_key(path: str) -> Key:
@@ -33,8 +37,11 @@ def path_key(path: str) -> Key:
 
 
 def route_key(route: BaseRoute) -> Key | None:
-    """The only key of the paths `route` can match; None for a route that may match paths of any key."""
-    if not isinstance(route, Route) or ":path}" in route.path:
+    """The only key of the paths `route` can match; None for a route that may match paths of any key
+    (not a plain route, or a parameter whose convertor may match a "/": `:path`, or an app's own)."""
+    if not isinstance(route, Route):
+        return None
+    if not all(type(convertor) in _ONE_SEGMENT for convertor in route.param_convertors.values()):
         return None
     parts = route.path.split("/")
     if any("{" in part for part in parts[1:3]):

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Match, Route
 
@@ -130,3 +131,33 @@ def test_a_router_with_middleware_of_its_own_is_left_alone(app: FastAPI) -> None
     router.middleware_stack = PlainTextResponse("wrapped")  # stands for any middleware around the router
     assert not RouteIndex.install(router)
     assert isinstance(router.middleware_stack, PlainTextResponse)
+
+
+class Slashy(Convertor[str]):
+    """An app's own convertor whose values may hold a "/"."""
+
+    regex = ".+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+async def test_a_route_whose_parameter_spans_segments_keeps_its_place(app: FastAPI) -> None:
+    register_url_convertor("handshake_test_slashy", Slashy())
+
+    async def spanning(request: object) -> PlainTextResponse:
+        return PlainTextResponse("spanning")
+
+    async def narrow(request: object) -> PlainTextResponse:
+        return PlainTextResponse("narrow")
+
+    # Listed first, the spanning route takes /v1/files/x/1 from the narrower one after it.
+    app.router.routes.insert(0, Route("/v1/files/{rest:handshake_test_slashy}", spanning))
+    app.router.routes.append(Route("/v1/files/x/{n}", narrow))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        response = await http.get("/v1/files/x/1")
+    assert (response.status_code, response.text) == (200, "spanning")
