@@ -95,8 +95,10 @@ class DeviceClient:
         self.connector = self.endpoints.client(connector_url)
         self.mqtt = mqtt_client(self.uid, self.endpoints.context if self.tls else None)
         self.mqtt.on_connect = self._on_connect
+        self.mqtt.on_subscribe = self._on_subscribe
         self.mqtt.on_message = self._on_message
-        self.connected = threading.Event()
+        self.connected = threading.Event()  # connected, and subscribed to its commands and desired state
+        self._subscription: int | None = None  # the message id of that SUBSCRIBE
         self.token_expires_at = 0.0
         self._handlers: dict[str, CommandHandler] = {}
         self._desired_callbacks: list[Callable[[dict[str, Any]], None]] = []
@@ -185,8 +187,15 @@ class DeviceClient:
                 # the next automatic reconnect goes with a fresh one, not the same refused token.
                 self._fetch_in_background()
             return
-        client.subscribe([(f"devices/{self.uid}/commands", 1), (f"devices/{self.uid}/desired", 1)])
-        self.connected.set()
+        _, self._subscription = client.subscribe(
+            [(f"devices/{self.uid}/commands", 1), (f"devices/{self.uid}/desired", 1)]
+        )
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: Any, props: Any = None) -> None:
+        # Ready once the broker has the subscription: a command sent between the CONNACK and the SUBACK
+        # had nobody to go to (the demo's first command, once, timed out so).
+        if mid == self._subscription:
+            self.connected.set()
 
     def _fetch_in_background(self) -> None:
         if self._fetching.acquire(blocking=False):
