@@ -19,9 +19,10 @@ from tests.conftest import Backend, Users, _reset_postgres, make_settings
 from tests.device_connector.helpers import Clients, make_world
 from tests.proxy import TcpProxy
 
-# backend_timeout is 1 s: each transaction gets 2 s, a request 3 s of them. Generous on a loaded machine, and
+# backend_timeout is 1 s: each transaction gets 2 s, a request 3 s of them. Generous on a loaded machine (4.5 s was
+# overrun once, by a write, in a full four-worker run), and
 # well under what the driver's timeouts added up to before (7.1 s for one read).
-ANSWERED_WITHIN = 4.5
+ANSWERED_WITHIN = 5.5
 
 
 @pytest.fixture(params=["PostgreSQL", "Redis"])
