@@ -388,6 +388,9 @@ def test_a_second_broker_on_the_same_deployment_is_refused_in_one_line(server: S
         assert client.get("/healthz").status_code == 200  # the first one goes on
 
 
+PYTHON_STARTING = "init_import_site"  # how Python's own start-up reports a Ctrl-C during it
+
+
 def test_ctrl_c_is_a_clean_stop_not_a_traceback(tmp_path: Path) -> None:
     """SIGINT while loading and while serving: the server stops, at most one line (exit 130), never a
     traceback. (Every other moment of start-up: tests/shared/test_interrupted_start.py.)"""
@@ -395,13 +398,17 @@ def test_ctrl_c_is_a_clean_stop_not_a_traceback(tmp_path: Path) -> None:
     # While the modules load (past the interpreter's own start, whose Ctrl-C traceback is Python's,
     # before any code of ours runs: on a loaded machine that start alone takes over 50 ms); once ready.
     for moment in (0.3, None):
-        server = launch_server(tmp_path, env, name=f"interrupted-{moment}")
-        if moment is None:
-            server.wait_ready()
-        else:
-            time.sleep(moment)
-        server.proc.send_signal(signal.SIGINT)
-        code = server.proc.wait(timeout=30)
+        for attempt in range(4):
+            server = launch_server(tmp_path, env, name=f"interrupted-{moment}-{attempt}")
+            if moment is None:
+                server.wait_ready()
+            else:
+                time.sleep(moment * 2**attempt)
+            server.proc.send_signal(signal.SIGINT)
+            code = server.proc.wait(timeout=30)
+            if PYTHON_STARTING not in server.stderr():
+                break
+            # Still the interpreter's own start (its site module), before any code of ours: later.
         shown = f"exit {code} after SIGINT\n{server.tail()}"
         assert "Traceback" not in server.stdout() + server.stderr(), shown
         assert "KeyboardInterrupt" not in server.stderr(), shown

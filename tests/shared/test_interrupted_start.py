@@ -24,7 +24,7 @@ import pytest
 from shared.settings import Settings
 from shared.testing import free_port
 from tests.conftest import PG_ADMIN_DSN, Backend, _reset_postgres
-from tests.shared.test_cli import HANDSHAKE, assert_one_line_failure, make_env
+from tests.shared.test_cli import HANDSHAKE, PYTHON_STARTING, assert_one_line_failure, make_env
 
 MIGRATION_LOCK = 0x48534B  # shared.migrations' advisory lock
 PROMPT = 5.0  # s from the signal to the end: the service's shutdown bound
@@ -126,9 +126,14 @@ MOMENTS: dict[str, Callable[[Serve], None]] = {
 def test_a_stop_signal_at_any_moment_of_start_up_is_a_clean_stop(
     backend: Backend, tmp_path: Path, moment: str, sig: int
 ) -> None:
-    serve = launch(tmp_path, backend_env(tmp_path, backend), *ports())
-    MOMENTS[moment](serve)
-    took = serve.stop_with(sig)
+    for _ in range(4):
+        serve = launch(tmp_path, backend_env(tmp_path, backend), *ports())
+        MOMENTS[moment](serve)
+        took = serve.stop_with(sig)
+        if PYTHON_STARTING not in serve.stderr():
+            break
+        # On a loaded machine the interpreter's own start (its site module) can outlast the moment:
+        # a signal then is Python's to report, before any code of ours. So once more.
     assert_clean_stop(serve, sig)
     assert took < PROMPT, f"{took:.1f} s to stop {moment}\n{serve.tail()}"
 
