@@ -23,6 +23,7 @@ OnMessage = Callable[[str, bytes], None]
 SUBSCRIPTIONS = [("devices/+/replies", 1), ("devices/+/state", 1), ("devices/+/token", 1), ("users/+/token", 1)]
 RECONNECT_MAX_DELAY = 5
 START_TIMEOUT = 10.0  # s for the first CONNACK before start-up gives up on the broker
+RETAIN_TIMEOUT = 5.0  # s for the broker's PUBACK of a retained message
 
 
 class MqttRelay:
@@ -45,10 +46,15 @@ class MqttRelay:
         self.client.on_socket_open = no_delay
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
         self._ready: asyncio.Event | None = None  # set (in the loop) at the first CONNACK that accepts
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_message_cb: OnMessage | None = None
         self._refusal: str | None = None  # why the broker refused the last CONNECT, if it did
+        # Retained publishes awaiting their PUBACK, by message id. `_retaining` counts them from before
+        # each publish, so paho's thread hands over every PUBACK that could be theirs, and none otherwise.
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._retaining = 0
 
     async def start(self, on_message: OnMessage) -> None:
         self._loop = asyncio.get_running_loop()
@@ -94,7 +100,42 @@ class MqttRelay:
         if self._loop is not None and self._on_message_cb is not None:
             self._loop.call_soon_threadsafe(self._on_message_cb, message.topic, bytes(message.payload))
 
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any = None) -> None:
+        # paho's thread, at a PUBACK. A command's is not waited for (its reply is), so the loop is only
+        # woken while a retained message is in flight.
+        if self._retaining and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._acked, mid)
+
+    def _acked(self, mid: int) -> None:
+        waiter = self._acks.pop(mid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     async def publish(self, topic: str, data: bytes, *, retain: bool = False) -> None:
-        info = self.client.publish(topic, data, qos=1, retain=retain)
+        """Sends a message at QoS 1. A retained one (desired state) returns once the broker holds it: at
+        its PUBACK, so whoever subscribes after a 200 gets it as retained."""
+        if not retain:
+            self._check(self.client.publish(topic, data, qos=1))
+            return
+        self._retaining += 1
+        try:
+            info = self.client.publish(topic, data, qos=1, retain=True)
+            self._check(info)
+            # Registered in the same turn of the loop as the publish: `_acked` runs in a later one.
+            waiter = self._acks[info.mid] = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(RETAIN_TIMEOUT):
+                    await waiter
+            except TimeoutError:
+                raise ServiceUnavailableError(
+                    f"The MQTT broker did not acknowledge {topic} within {RETAIN_TIMEOUT:.0f} s."
+                ) from None
+            finally:
+                self._acks.pop(info.mid, None)
+        finally:
+            self._retaining -= 1
+
+    @staticmethod
+    def _check(info: mqtt.MQTTMessageInfo) -> None:
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise ServiceUnavailableError(f"The MQTT broker is not reachable ({mqtt.error_string(info.rc)}).")

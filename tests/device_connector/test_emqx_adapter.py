@@ -29,8 +29,10 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from paho.mqtt.enums import CallbackAPIVersion
 
+from device_connector import mqtt_relay
 from device_connector.mqtt_relay import RECONNECT_MAX_DELAY, MqttRelay
 from shared.app import create_app
+from shared.errors import ServiceUnavailableError
 from shared.testing import forge
 from tests.conftest import Backend, Users, _reset_postgres, make_settings
 from tests.device_connector.helpers import World, events, eventually, make_world, running_connector
@@ -495,3 +497,28 @@ async def test_the_relay_reconnects_within_seconds_of_a_long_broker_outage() -> 
             assert time.monotonic() - back <= RECONNECT_MAX_DELAY + 1
         finally:
             await relay.stop()
+
+
+async def test_a_retained_publish_returns_once_the_broker_holds_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Desired state is answered 200 once the broker has acknowledged it: a subscriber right after gets
+    it as retained (sent but not yet held, it reached one live, unflagged). A broker that never
+    acknowledges makes it a 503, not a 200."""
+    if not mosquitto_up():
+        pytest.skip("Mosquitto at 127.0.0.1:1883 is not reachable")
+    monkeypatch.setattr(mqtt_relay, "RETAIN_TIMEOUT", 1.0)
+    topic = f"devices/HSRELAY{secrets.token_hex(4).upper()}/desired"
+    with TcpProxy() as proxy:
+        relay = MqttRelay(f"mqtt://{proxy.forward_to(*MOSQUITTO)}", client_id=f"hs-test-relay-{secrets.token_hex(4)}")
+        await relay.start(lambda topic, data: None)
+        try:
+            await relay.publish(topic, b'{"on": true}', retain=True)
+            assert (await asyncio.to_thread(retained_under, topic, expect=topic))[topic] == b'{"on": true}'
+            proxy.hang()
+            started = time.monotonic()
+            with pytest.raises(ServiceUnavailableError, match="did not acknowledge"):
+                await relay.publish(topic, b'{"on": false}', retain=True)
+            assert time.monotonic() - started >= 0.9
+            proxy.up()
+        finally:
+            await relay.stop()
+            await asyncio.to_thread(clear_retained, [topic])
