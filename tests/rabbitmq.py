@@ -302,8 +302,9 @@ class RabbitCluster:
 
     # --- start ----------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 90) -> None:
-        """Start the nodes in parallel, cluster them, wait until every port answers. Raises
+    def start(self, timeout: float = 180) -> None:
+        """Start the nodes in parallel, cluster them, wait until every port answers (within `timeout`:
+        90 s once ran out beside a loaded four-worker run, each `rabbitmqctl` taking 10-40 s). Raises
         RabbitUnavailableError (after stopping whatever it started) when RabbitMQ is not installed or a
         node fails to start."""
         for tool in ("rabbitmq-server", "rabbitmqctl"):
