@@ -91,6 +91,8 @@ class _QuietStartFailure(logging.Filter):
 _QUIET_START_FAILURE = _QuietStartFailure()
 CONNECT_TIMEOUT = 10.0
 SET_UP_AT_ONCE = 8  # CONNECTs authenticated and set up concurrently (the rest wait their turn)
+SWEEP_SLICE = 256  # ended sessions swept before the sweep lets the event loop run
+TEAR_DOWN_AT_ONCE = 64  # connections a client ended whose close runs concurrently (the rest wait their turn)
 ACCEPT_BACKLOG = 4096  # connections the kernel queues before accept(); it caps this at net.core.somaxconn
 SHED_AFTER = 5.0  # s from a TCP connection after which a CONNECT still waiting for set-up is refused with 3
 SERVER_UNAVAILABLE = 3  # CONNACK return code (MQTT 3.1.1 §3.2.2.3)
@@ -117,12 +119,15 @@ class LimitedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped (n
     parses a CONNECT (and SUBSCRIBE, UNSUBSCRIBE) field by field and never compares it with the
     remaining length its fixed header announced, so that length is checked here, for every packet."""
 
-    def __init__(self, inner: ReaderAdapter, max_packet: int) -> None:
+    def __init__(self, inner: ReaderAdapter, max_packet: int, closing: asyncio.Semaphore | None = None) -> None:
         self.inner = inner
         self.max_packet = max_packet
         self.conn: Connection | None = None  # set once the CONNECT is accepted
         self._left = 0  # bytes of the current packet's body not read yet
         self._header = bytearray()  # the fixed header being read
+        self._closing = closing  # turns to close a connection its client ended
+        self._has_turn = False
+        self._closed = False
 
     def _too_large(self, n: int) -> PacketTooLargeError:
         if self.conn is not None:
@@ -132,7 +137,14 @@ class LimitedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped (n
     async def read(self, n: int = -1) -> bytes:
         if n < 0 or n > self.max_packet:
             raise self._too_large(n)
-        data: bytes = await self.inner.read(n)
+        try:
+            data: bytes = await self.inner.read(n)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            await self.wait_turn_to_close()
+            raise
+        if not data:
+            await self.wait_turn_to_close()
+            return data
         if self._left:
             self._left = max(0, self._left - len(data))
             return data
@@ -148,12 +160,42 @@ class LimitedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped (n
     def feed_eof(self) -> None:
         self.inner.feed_eof()
 
+    async def wait_turn_to_close(self) -> None:
+        """The client ended an accepted connection: its close (the will, presence, the handler's tasks)
+        waits for one of TEAR_DOWN_AT_ONCE turns. When 10,000 devices drop at once, their 10,000 closes
+        would otherwise all run in the same few turns of the event loop, and every HTTP request waited
+        behind them (issue 11: 4 s of a storm's first 5 were such turns). A close the broker starts
+        itself (a takeover, a kick, a keep-alive timeout) cancels this wait and goes ahead. A DISCONNECT
+        waits here too (`Handler.handle_disconnect`), and then its connection's end of stream: one turn
+        serves both."""
+        if self._closing is None or self.conn is None or self._has_turn or self._closed:
+            return
+        await self._closing.acquire()
+        if self._has_turn or self._closed:  # the other wait got the turn, or the close ran without one
+            self._closing.release()
+        else:
+            self._has_turn = True
+
+    def closed(self) -> None:
+        """The connection's close has run: its turn, if it had one, goes to the next."""
+        self._closed = True
+        if self._closing is not None and self._has_turn:
+            self._has_turn = False
+            self._closing.release()
+
 
 class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped (no py.typed)
     """amqtt's handler, but a silent client is disconnected after 1.5 × its keep-alive (MQTT-3.1.2-24),
     and a QoS 1 delivery is never given up on while its connection lives."""
 
     conn: Connection | None = None
+
+    async def handle_disconnect(self, disconnect: DisconnectPacket | None) -> None:
+        # A DISCONNECT waits for its turn to close as a dropped connection does (a fleet's clean
+        # disconnects come in bursts too: a firmware update, a power cut with a graceful client).
+        if disconnect is not None and isinstance(self.reader, LimitedReader):
+            await self.reader.wait_turn_to_close()
+        await super().handle_disconnect(disconnect)
 
     def handle_read_timeout(self) -> None:
         if self.conn is not None:
@@ -244,6 +286,7 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         super().__init__({"listeners": listeners, "plugins": {}})
         self.admit = admit
         self._setting_up = asyncio.Semaphore(SET_UP_AT_ONCE)
+        self._closing = asyncio.Semaphore(TEAR_DOWN_AT_ONCE)
         self.shed = 0  # CONNECTs refused with 3 because set-up could not start in time
         self.max_packet = max_packet
         self.max_conn_per_ip = max_conn_per_ip
@@ -273,13 +316,15 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
             return
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         await server.acquire_connection()
+        limited = LimitedReader(reader, self.max_packet, self._closing)
         try:
-            await self._serve(LimitedReader(reader, self.max_packet), writer, accepted)
+            await self._serve(limited, writer, accepted)
         except Exception as exc:  # one client's trouble never takes the broker down
             log.info("connection from %s ended: %r", ip, exc)
             with contextlib.suppress(Exception):
                 await writer.close()
         finally:
+            limited.closed()
             server.release_connection()
             self.per_ip[ip] -= 1
             if not self.per_ip[ip]:
@@ -433,8 +478,32 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
             self.index.remove_client(client_session.client_id)
             if self.records.get(client_session.client_id) is conn:
                 self.records.pop(client_session.client_id, None)
+            # Gone at its own close, not at amqtt's next sweep (`_session_monitor`).
+            found = self._sessions.get(client_session.client_id)
+            if found is not None and found[0] is client_session:
+                del self._sessions[client_session.client_id]
+                client_session.clear_queues()
         if conn is not None and self.events is not None:
             _safely(self.events.disconnected, conn, reason or CloseReason.CLIENT_CLOSED)
+
+    async def _session_monitor(self) -> None:
+        """amqtt's sweep of ended clean sessions, every second, in slices. A clean session now leaves at
+        its own close, so this finds only what slipped past that; amqtt's swept every ended session in one
+        step, which after a storm's drop was thousands of them and a 100-ms turn of the event loop.
+        (amqtt's expiry of persistent sessions is not configured here: they live until taken up again.)"""
+        while True:
+            ended = [
+                client_id
+                for client_id, (session, _) in list(self._sessions.items())
+                if session.transitions.is_disconnected() and (session.is_anonymous or session.clean_session)
+            ]
+            for done, client_id in enumerate(ended, 1):
+                found = self._sessions.get(client_id)
+                if found is not None and found[0].transitions.is_disconnected():
+                    await self._cleanup_session(client_id)
+                if not done % SWEEP_SLICE:
+                    await asyncio.sleep(0)
+            await asyncio.sleep(1)
 
     def is_connected(self, client_id: str) -> bool:
         found = self._sessions.get(client_id)

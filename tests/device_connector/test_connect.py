@@ -350,6 +350,47 @@ async def test_a_connect_that_cannot_be_set_up_in_time_is_refused_with_3(
     assert await mqtt.attempt(world.uid, world.uid, world.device_token) == 0
 
 
+@pytest.mark.parametrize("ending", ["dropped", "disconnect"])
+async def test_closes_a_client_starts_wait_their_turn_and_all_complete(
+    client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients, ending: str
+) -> None:
+    """When clients end their connections faster than the broker closes them (a storm's drop), the
+    closes run TEAR_DOWN_AT_ONCE at a time and the rest wait, off the event loop's queue; every one is
+    completed once its turn comes, with its presence (issue 11: a 10,000-device drop held every HTTP
+    request behind 4 s of closes). A broker-started close (a takeover, a kick) does not wait."""
+    world = await make_world(client, users, ctx)
+    broker = running_connector(ctx).broker
+    assert isinstance(broker, EmbeddedBroker)
+    device = await mqtt.connect(world.uid, world.uid, world.device_token)
+    closing = broker.server._closing
+    held = [await closing.acquire() for _ in range(broker_server.TEAR_DOWN_AT_ONCE)]  # a storm's closes
+    try:
+        await (device.drop() if ending == "dropped" else device.close())
+        await asyncio.sleep(0.5)
+        assert broker.server.is_connected(world.uid), "the close did not wait for its turn"
+    finally:
+        for _ in held:
+            closing.release()
+    assert await eventually(lambda: not broker.server.is_connected(world.uid))
+
+    async def reasons() -> list[object]:
+        found = await events(client, world.admin, type="device_disconnected", device_uid=world.uid)
+        return [event["detail"].get("reason") for event in found]
+
+    assert await eventually(reasons) == ["client_closed"]
+    assert closing._value == broker_server.TEAR_DOWN_AT_ONCE  # every turn given back
+
+    # A takeover does not wait for a turn: the old connection is closed by the broker itself.
+    first = await mqtt.connect(world.uid, world.uid, world.device_token)
+    held = [await closing.acquire() for _ in range(broker_server.TEAR_DOWN_AT_ONCE)]
+    try:
+        second = await mqtt.connect(world.uid, world.uid, world.device_token)
+        assert await first.wait_disconnected() and second.is_connected
+    finally:
+        for _ in held:
+            closing.release()
+
+
 async def test_a_connection_whose_connect_does_not_come_in_time_is_answered_3(
     mqtt: Clients, monkeypatch: pytest.MonkeyPatch
 ) -> None:

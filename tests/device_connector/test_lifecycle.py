@@ -73,3 +73,18 @@ async def test_an_ended_session_is_freed_without_the_garbage_collector(
         assert await eventually(lambda: ended() is None), "the ended session waits for the garbage collector"
     finally:
         gc.enable()
+
+
+async def test_a_clean_session_leaves_at_its_close(
+    client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients
+) -> None:
+    """A clean session is dropped when its connection closes, not at amqtt's sweep a second later (that
+    sweep took a storm's thousands of ended sessions in one turn of the event loop)."""
+    world = await make_world(client, users, ctx)
+    broker = running_connector(ctx).broker
+    assert isinstance(broker, EmbeddedBroker)
+    device = await mqtt.connect(world.uid, world.uid, world.device_token)
+    assert world.uid in broker.server._sessions
+    await device.close()
+    assert await eventually(lambda: not broker.server.is_connected(world.uid))
+    assert world.uid not in broker.server._sessions
