@@ -24,7 +24,7 @@ class Metrics:
         )
         self.gc_full_collections = Counter(
             "handshake_gc_full_collections",
-            "Full garbage collections run by handshake serve, by what decided them (quiet, growth, interval)",
+            "Full garbage collections run by handshake serve: settle (what is new since the last pass), growth or interval (deep: everything)",
             ["reason"],
             registry=self.registry,
         )

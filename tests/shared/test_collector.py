@@ -1,11 +1,11 @@
-"""The garbage collector at a server's pace (shared.collector, issue 11): full passes when the loop is
-quiet, or when memory grew or too long passed however busy it is; start-up frozen; all undone at stop."""
+"""The garbage collector at a server's pace (shared.collector, issue 11): settle passes walk only what
+young collections promoted since the last pass and freeze what survives; deep passes walk everything, on
+doubled memory, or after the interval at a quiet moment; start-up frozen; all undone at stop."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import time
 import weakref
 from collections.abc import AsyncIterator
 
@@ -16,11 +16,10 @@ from shared.collector import (
     GROWTH,
     GROWTH_FLOOR,
     MAX_INTERVAL,
-    MIN_INTERVAL,
     QUIET_FOR,
     Collector,
     Look,
-    reason_to_collect,
+    pass_to_run,
 )
 
 MB = 2**20
@@ -28,10 +27,10 @@ MB = 2**20
 
 def look(**changes: float | int | bool) -> Look:
     calm: dict[str, float | int | bool] = {
-        "since_full": MIN_INTERVAL,
+        "since_deep": 60.0,
         "quiet_for": QUIET_FOR,
         "rss": 100 * MB,
-        "rss_after_full": 100 * MB,
+        "rss_after_deep": 100 * MB,
         "promoted": True,
     }
     return Look(**{**calm, **changes})  # type: ignore[arg-type]
@@ -40,20 +39,23 @@ def look(**changes: float | int | bool) -> Look:
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({}, "quiet"),
-        ({"quiet_for": QUIET_FOR - 0.1}, None),  # busy: wait
-        ({"since_full": MIN_INTERVAL - 1}, None),  # quiet, but a pass ran a moment ago
-        ({"promoted": False}, None),  # nothing new in the old generation
-        ({"promoted": False, "since_full": MAX_INTERVAL, "rss": 1000 * MB}, None),
-        ({"quiet_for": 0.0, "since_full": MAX_INTERVAL}, "interval"),  # busy for too long
+        ({}, "settle"),
+        ({"quiet_for": 0.0}, "settle"),  # busy or not: a settle pass is small
+        ({"promoted": False}, None),  # nothing new in the old generation, nothing due
+        ({"since_deep": MAX_INTERVAL}, "interval"),  # due, and the loop is quiet
+        ({"since_deep": MAX_INTERVAL, "quiet_for": QUIET_FOR - 0.1}, "settle"),  # due, but busy: wait
+        ({"since_deep": MAX_INTERVAL, "quiet_for": 0.0, "promoted": False}, None),
+        ({"since_deep": 2 * MAX_INTERVAL, "quiet_for": 0.0}, "interval"),  # busy for too long
+        ({"since_deep": MAX_INTERVAL, "promoted": False}, "interval"),  # frozen garbage needs no promotion
         ({"quiet_for": 0.0, "rss": int(100 * MB * GROWTH) + GROWTH_FLOOR}, "growth"),  # busy, memory grew enough
-        ({"quiet_for": 0.0, "rss": int(100 * MB * GROWTH) - MB}, None),  # grew, not enough
-        ({"quiet_for": 0.0, "rss": 20 * MB, "rss_after_full": 10 * MB}, None),  # doubled, by a few MB only
-        ({"quiet_for": 0.0, "rss": 10_000 * MB, "rss_after_full": 0}, "growth"),  # no reading at the last pass
+        ({"promoted": False, "rss": int(100 * MB * GROWTH) + GROWTH_FLOOR}, "growth"),
+        ({"quiet_for": 0.0, "rss": int(100 * MB * GROWTH) - MB}, "settle"),  # grew, not enough
+        ({"quiet_for": 0.0, "rss": 20 * MB, "rss_after_deep": 10 * MB}, "settle"),  # doubled, by a few MB only
+        ({"quiet_for": 0.0, "rss": 10_000 * MB, "rss_after_deep": 0}, "growth"),  # no reading at the last pass
     ],
 )
-def test_when_a_full_pass_runs(changes: dict[str, float | int | bool], expected: str | None) -> None:
-    assert reason_to_collect(look(**changes)) == expected
+def test_which_pass_runs(changes: dict[str, float | int | bool], expected: str | None) -> None:
+    assert pass_to_run(look(**changes)) == expected
 
 
 @pytest.mark.skipif(not collector.TAKES_OVER, reason="Python 3.14+ collects the old generation incrementally")
@@ -78,12 +80,10 @@ class Cycle:
 
 @pytest.fixture
 async def quick(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Collector]:
-    """A collector that looks every 20 ms and calls 0.1 s of quiet enough."""
+    """A collector that looks every 20 ms."""
     if not collector.TAKES_OVER:
         pytest.skip("Python 3.14+ collects the old generation incrementally")
     monkeypatch.setattr(collector, "PERIOD", 0.02)
-    monkeypatch.setattr(collector, "QUIET_FOR", 0.1)
-    monkeypatch.setattr(collector, "MIN_INTERVAL", 0.0)
     owner = Collector()
     owner.start()
     try:
@@ -92,24 +92,45 @@ async def quick(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Collector]:
         await owner.stop()
 
 
-async def test_cyclic_garbage_is_collected_once_the_loop_is_quiet(quick: Collector) -> None:
+def promote() -> None:
+    """Young collections, as CPython runs them: survivors reach the old generation."""
+    for _ in range(3):
+        gc.collect(1)
+
+
+def tracked(thing: object) -> bool:
+    """In one of the collector's generations: neither frozen nor freed."""
+    return any(o is thing for o in gc.get_objects())
+
+
+async def test_garbage_promoted_since_the_last_pass_goes_at_the_next_settle_pass(quick: Collector) -> None:
     garbage = Cycle()
     collected = asyncio.Event()
     weakref.finalize(garbage, collected.set)
-    for _ in range(3):  # survives young passes into the old generation, where only a full pass looks
-        gc.collect(1)
+    promote()  # into the old generation, where young collections never look
     del garbage
     gc.collect(1)
     assert not collected.is_set()
     async with asyncio.timeout(5):
         await collected.wait()
-    assert quick.passes[0][0] == "quiet"
+    assert any(reason == "settle" for reason, _ in quick.passes)
 
 
-async def test_a_busy_loop_postpones_the_full_pass(quick: Collector) -> None:
-    gc.collect(1)  # something promoted: a pass would be worth it
-    busy_until = time.monotonic() + 0.5
-    while time.monotonic() < busy_until:  # the loop stays late on every look
-        time.sleep(0.03)  # noqa: ASYNC251 -- blocking the loop is the point
-        await asyncio.sleep(0)
-    assert quick.passes == []
+async def test_a_settle_pass_freezes_its_survivors_and_only_a_deep_pass_walks_them_again(quick: Collector) -> None:
+    survivor = Cycle()
+    collected = asyncio.Event()
+    weakref.finalize(survivor, collected.set)
+    promote()
+    async with asyncio.timeout(5):
+        while tracked(survivor):  # noqa: ASYNC110 - nothing to await: the next settle pass walks it, then freezes it
+            await asyncio.sleep(0.01)
+    settled = len(quick.passes)
+    del survivor  # garbage now, but out of the settle passes' sight
+    async with asyncio.timeout(5):
+        while len(quick.passes) < settled + 2:
+            promote()
+            await asyncio.sleep(0.03)
+    assert not collected.is_set()
+    quick.collect("interval")  # a deep pass: everything walked again
+    assert collected.is_set()
+    assert gc.get_freeze_count() > 0  # and what it found alive frozen again
