@@ -53,15 +53,31 @@ class StopSignals:
         self._task: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cancelled = False  # once: the clean-up that follows the cancellation must run to its end
+        self._previous_excepthook = threading.excepthook
 
     def __enter__(self) -> StopSignals:
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous_excepthook = threading.excepthook
+        threading.excepthook = self._thread_failed
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        threading.excepthook = self._previous_excepthook
+
+    def _thread_failed(self, args: threading.ExceptHookArgs) -> None:
+        """A database connection's thread (aiosqlite runs one per connection) that finishes a statement
+        whose caller a stop signal cancelled hands the result to an event loop that may be closed by
+        then: nobody waits for it any more, so that is no fault to report. Anything else as before."""
+        if (
+            self.received is not None
+            and isinstance(args.exc_value, RuntimeError)
+            and str(args.exc_value) == "Event loop is closed"
+        ):
+            return
+        self._previous_excepthook(args)
 
     def _handle(self, sig: int, frame: FrameType | None) -> None:
         # A Python signal handler runs between two bytecodes of the main thread, the event loop's:
