@@ -41,6 +41,8 @@ log = logging.getLogger("handshake.collector")
 PERIOD = 0.1  # s between looks: a settle pass walks what young collections promoted in one PERIOD
 QUIET_LAG = 0.005  # s: a look that came this late or less finds the loop quiet
 QUIET_FOR = 2.0  # s of quiet before a deep pass that is due
+LATE_LAG = 0.05  # s: a look that came this late finds the loop behind (`late`)
+LATE_HOLD = 1.0  # s the loop counts as behind after such a look
 MAX_INTERVAL = 3600.0  # s between deep passes: at a quiet moment after this, busy or not after twice this
 GROWTH = 2.0  # resident memory this many times that after the last deep pass: a deep pass, busy or not
 GROWTH_FLOOR = 128 * 2**20  # bytes: and grown by at least this much (small processes grow in big steps)
@@ -90,6 +92,7 @@ class Collector:
         self._thresholds = gc.get_threshold()
         self._last_deep = time.monotonic()
         self._rss_after_deep = 0
+        self._late_until = 0.0
         self.passes: list[tuple[str, float]] = []  # (reason, seconds it held the GIL), the latest few
 
     def start(self) -> None:
@@ -107,6 +110,11 @@ class Collector:
         self._task = None
         gc.set_threshold(*self._thresholds)
         gc.unfreeze()
+
+    def late(self) -> bool:
+        """Whether the event loop was more than LATE_LAG behind in the last LATE_HOLD seconds (the
+        hashing pool then hashes one at a time, shared.pool)."""
+        return time.monotonic() < self._late_until
 
     def _mark_deep(self) -> None:
         self._last_deep = time.monotonic()
@@ -135,7 +143,10 @@ class Collector:
             asked = loop.time()
             await asyncio.sleep(PERIOD)
             now = loop.time()
-            if now - asked - PERIOD > QUIET_LAG:
+            lag = now - asked - PERIOD
+            if lag > LATE_LAG:
+                self._late_until = time.monotonic() + LATE_HOLD
+            if lag > QUIET_LAG:
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = now

@@ -2,7 +2,8 @@
 queue bound a caller is refused at once with 503 instead of queueing without limit (SPEC §11). One of
 its threads hashes at the event loop's priority, the others at a lower one: a login storm then takes
 the cores that are spare, not the event loop's share, and still always gets a core's fair share
-itself (issue 11)."""
+itself (issue 11). While the event loop runs late (`throttle_when`), one hash runs at a time: the
+loop, which serves every other request and every MQTT connection, gets the other cores back."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import contextlib
 import os
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -61,16 +63,59 @@ class BoundedPool:
         self._executor = ThreadPoolExecutor(
             max_workers=self.workers, thread_name_prefix="handshake-hash", initializer=_Priorities()
         )
-        self._pending = 0
+        self._pending = 0  # admitted or waiting for a turn
+        self._running = 0  # in a thread
+        self._turns: deque[asyncio.Future[None]] = deque()  # waiting for a turn, first come first served
+        self._late: Callable[[], bool] = lambda: False
+
+    def throttle_when(self, late: Callable[[], bool]) -> None:
+        """One hash at a time while `late()` says the event loop is behind (handshake serve's collector
+        watches it): in a reconnect storm with a login storm, hashes on every core kept the loop from a
+        core of its own (issue 11). The queue bound and its 503 are unchanged."""
+        self._late = late
+
+    def _may_start(self) -> bool:
+        return self._running < (1 if self._late() else self.workers)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self._pending >= self.capacity:
             raise ServiceUnavailableError("The server is busy; try again in a moment.", retry_after=1)
         self._pending += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+            await self._turn()
+            self._running += 1
+            self._next()  # room for more (the pace came back): the next in line is woken too
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+            finally:
+                self._running -= 1
+                self._next()
         finally:
             self._pending -= 1
+
+    async def _turn(self) -> None:
+        while self._turns or not self._may_start():
+            turn = asyncio.get_running_loop().create_future()
+            self._turns.append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._next()  # woken, then cancelled: the turn goes to the next in line
+                raise
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._turns.remove(turn)
+            if self._may_start():
+                return
+
+    def _next(self) -> None:
+        """A hash ended (or a woken caller left): the first in line may start, if the pace allows."""
+        for turn in self._turns:
+            if not turn.done():
+                if self._may_start():
+                    turn.set_result(None)
+                return
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -289,6 +289,8 @@ async def _serve(app: FastAPI, config: uvicorn.Config, stops: StopSignals) -> No
         collector = Collector(ctx.metrics.gc_full_collections if ctx is not None else None)
         collector.start()
         stack.push_async_callback(collector.stop)
+        if ctx is not None:
+            ctx.hashing.throttle_when(collector.late)
         await _Server(config, state, stops).serve()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import weakref
 from collections.abc import AsyncIterator
 
@@ -134,3 +135,14 @@ async def test_a_settle_pass_freezes_its_survivors_and_only_a_deep_pass_walks_th
     quick.collect("interval")  # a deep pass: everything walked again
     assert collected.is_set()
     assert gc.get_freeze_count() > 0  # and what it found alive frozen again
+
+
+async def test_a_loop_that_ran_late_is_told_for_a_moment(quick: Collector, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(collector, "LATE_HOLD", 0.3)
+    await asyncio.sleep(0.1)
+    assert not quick.late()
+    time.sleep(collector.LATE_LAG * 2)  # noqa: ASYNC251 -- blocking the loop is the point
+    await asyncio.sleep(0.05)
+    assert quick.late()  # the hashing pool now hashes one at a time (tests/shared/test_pool.py)
+    await asyncio.sleep(0.5)
+    assert not quick.late()

@@ -51,3 +51,65 @@ async def test_a_caller_past_the_queue_bound_is_refused_at_once() -> None:
     finally:
         release.set()
         pool.close()
+
+
+class Hashes:
+    """Jobs that hold their thread until released, counting how many run at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.now = 0
+        self.most = 0
+        self._lock = threading.Lock()
+
+    def job(self) -> bool:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            return self.release.wait(5)
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize(("late", "at_once"), [(False, 3), (True, 1)])
+async def test_while_the_loop_is_late_one_hash_runs_at_a_time(late: bool, at_once: int) -> None:
+    pool = BoundedPool(workers=3, queue=8)
+    pool.throttle_when(lambda: late)
+    hashes = Hashes()
+    try:
+        jobs = [asyncio.ensure_future(pool.run(hashes.job)) for _ in range(6)]
+        await asyncio.sleep(0.2)
+        assert hashes.now == at_once
+        hashes.release.set()
+        assert await asyncio.gather(*jobs) == [True] * 6  # every one served, in its turn
+        assert hashes.most == at_once
+    finally:
+        hashes.release.set()
+        pool.close()
+
+
+async def test_the_pace_comes_back_and_a_cancelled_caller_gives_its_turn_on() -> None:
+    pool = BoundedPool(workers=2, queue=8)
+    late = [True]
+    pool.throttle_when(lambda: late[0])
+    first, others = Hashes(), Hashes()
+    try:
+        running = asyncio.ensure_future(pool.run(first.job))
+        waiting = [asyncio.ensure_future(pool.run(others.job)) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        assert (first.now, others.now) == (1, 0)
+        waiting[0].cancel()  # leaves the line: the others keep their turns
+        late[0] = False
+        first.release.set()
+        assert await running is True
+        await asyncio.sleep(0.2)
+        assert others.now == 2  # on time again: both threads
+        others.release.set()
+        assert await asyncio.gather(*waiting[1:]) == [True, True]
+        assert waiting[0].cancelled()
+    finally:
+        first.release.set()
+        others.release.set()
+        pool.close()
