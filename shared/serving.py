@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import faulthandler
 import fcntl
+import gc
 import os
 import signal
 import socket
@@ -235,6 +236,10 @@ def serve(args: argparse.Namespace) -> None:
         except Exception:
             if stops.received is None:  # not the clean-up of an interrupted start-up: a fault of ours
                 raise
+    # The process ends here, and its objects with it. Python's last collection at exit would walk every
+    # one of them with nothing left to free (0.6 s for a server just started, 10 s on a loaded machine):
+    # frozen, they are out of its sight. Files, sockets and the database were closed by the stop itself.
+    gc.freeze()
     stops.exit()
 
 
