@@ -6,11 +6,14 @@ set one off every few seconds.
 
 `handshake serve` therefore takes the old generation over, and walks each long-lived object once:
 
-- **settle** passes, small and often: every `PERIOD` in which young collections promoted anything, a
-  full collection runs and its survivors are frozen (`gc.freeze`), so the next one walks only what has
-  been promoted since. Its cost follows the rate at which objects come to live long, not how many there
-  are: in a storm ~60,000 objects a pass, tens of milliseconds, where one pass over everything stalled
-  for seconds.
+- **settle** passes, small and often: once the old generation holds SETTLE_AT objects that are not
+  frozen (looked at every `PERIOD`), or SETTLE_EVERY after the last pass if anything was promoted at
+  all, a full collection runs and its survivors are frozen (`gc.freeze`), so the next one walks only
+  what has been promoted since. In a storm that is a pass every tenth of a second of tens of
+  milliseconds, where one pass over everything stalled for seconds. Under plain HTTP load what young
+  collections promote is mostly requests in flight, which die before the next look: the old generation
+  stays small and a pass runs every few seconds (a pass every 0.1 s took 8% of the event loop under
+  wrk's commands).
 - **deep** passes, rare: the frozen objects are given back (`gc.unfreeze`) and everything is walked, for
   cyclic garbage made of objects that lived long enough to be frozen. One runs once resident memory has
   doubled since the last, busy or not, so such garbage never piles up without bound, and one after
@@ -38,7 +41,9 @@ from shared import background
 
 log = logging.getLogger("handshake.collector")
 
-PERIOD = 0.1  # s between looks: a settle pass walks what young collections promoted in one PERIOD
+PERIOD = 0.1  # s between looks
+SETTLE_AT = 20_000  # objects in the old generation, not frozen, that call for a settle pass
+SETTLE_EVERY = 5.0  # s after the last pass: a settle pass for whatever was promoted, however little
 QUIET_LAG = 0.005  # s: a look that came this late or less finds the loop quiet
 QUIET_FOR = 2.0  # s of quiet before a deep pass that is due
 LATE_LAG = 0.05  # s: a look that came this late finds the loop behind (`late`)
@@ -54,15 +59,18 @@ DEEP = frozenset({"growth", "interval"})
 
 @dataclass(frozen=True, slots=True)
 class Look:
-    """What the collector knows when it decides: seconds since the last deep pass, how long the loop
-    has been quiet, resident memory now and after the last deep pass, and whether young collections
-    have promoted anything to the old generation since the last pass of any kind."""
+    """What the collector knows when it decides: seconds since the last deep pass and since the last
+    pass of any kind, how long the loop has been quiet, resident memory now and after the last deep
+    pass, whether young collections have promoted anything to the old generation since the last pass,
+    and how many objects the old generation holds that are not frozen."""
 
     since_deep: float
+    since_pass: float
     quiet_for: float
     rss: int
     rss_after_deep: int
     promoted: bool
+    old: int
 
 
 def pass_to_run(look: Look) -> str | None:
@@ -71,9 +79,9 @@ def pass_to_run(look: Look) -> str | None:
         return "growth"
     if look.since_deep >= 2 * MAX_INTERVAL or (look.since_deep >= MAX_INTERVAL and look.quiet_for >= QUIET_FOR):
         return "interval"
-    if look.promoted:
+    if look.old >= SETTLE_AT or (look.promoted and look.since_pass >= SETTLE_EVERY):
         return SETTLE
-    return None  # nothing new in the old generation, nothing due
+    return None  # little new in the old generation, nothing due
 
 
 def resident_bytes() -> int:
@@ -90,7 +98,7 @@ class Collector:
         self.counter = counter  # handshake_gc_full_collections{reason}
         self._task: asyncio.Task[None] | None = None
         self._thresholds = gc.get_threshold()
-        self._last_deep = time.monotonic()
+        self._last_deep = self._last_pass = time.monotonic()
         self._rss_after_deep = 0
         self._late_until = 0.0
         self.passes: list[tuple[str, float]] = []  # (reason, seconds it held the GIL), the latest few
@@ -129,6 +137,7 @@ class Collector:
         gc.collect()
         gc.freeze()
         held = time.perf_counter() - started
+        self._last_pass = time.monotonic()
         if reason in DEEP:
             self._mark_deep()
         self.passes = [*self.passes[-9:], (reason, held)]
@@ -150,14 +159,19 @@ class Collector:
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = now
+            # In CPython the oldest generation's count is the middle generation's passes since the last
+            # full one: each of those promoted survivors into the old generation.
+            promoted = gc.get_count()[2] > 0
             look = Look(
                 since_deep=time.monotonic() - self._last_deep,
+                since_pass=time.monotonic() - self._last_pass,
                 quiet_for=0.0 if quiet_since is None else now - quiet_since,
                 rss=resident_bytes(),
                 rss_after_deep=self._rss_after_deep,
-                # In CPython the oldest generation's count is the middle generation's passes since the
-                # last full one: each of those promoted survivors into the old generation.
-                promoted=gc.get_count()[2] > 0,
+                promoted=promoted,
+                # A list of references only (a small part of a pass's cost), and only when there is
+                # anything to count.
+                old=len(gc.get_objects(generation=2)) if promoted else 0,
             )
             reason = pass_to_run(look)
             if reason is not None:

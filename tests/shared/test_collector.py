@@ -1,6 +1,7 @@
 """The garbage collector at a server's pace (shared.collector, issue 11): settle passes walk only what
-young collections promoted since the last pass and freeze what survives; deep passes walk everything, on
-doubled memory, or after the interval at a quiet moment; start-up frozen; all undone at stop."""
+young collections promoted since the last pass (once it is many objects, or after a while) and freeze
+what survives; deep passes walk everything, on doubled memory, or after the interval at a quiet moment;
+start-up frozen; all undone at stop."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from shared.collector import (
     GROWTH_FLOOR,
     MAX_INTERVAL,
     QUIET_FOR,
+    SETTLE_AT,
+    SETTLE_EVERY,
     Collector,
     Look,
     pass_to_run,
@@ -29,10 +32,12 @@ MB = 2**20
 def look(**changes: float | int | bool) -> Look:
     calm: dict[str, float | int | bool] = {
         "since_deep": 60.0,
+        "since_pass": 0.1,
         "quiet_for": QUIET_FOR,
         "rss": 100 * MB,
         "rss_after_deep": 100 * MB,
         "promoted": True,
+        "old": SETTLE_AT,
     }
     return Look(**{**calm, **changes})  # type: ignore[arg-type]
 
@@ -42,16 +47,18 @@ def look(**changes: float | int | bool) -> Look:
     [
         ({}, "settle"),
         ({"quiet_for": 0.0}, "settle"),  # busy or not: a settle pass is small
-        ({"promoted": False}, None),  # nothing new in the old generation, nothing due
+        ({"old": SETTLE_AT - 1}, None),  # a little promoted (requests in flight, mostly): not yet
+        ({"old": 1, "since_pass": SETTLE_EVERY}, "settle"),  # but not for ever
+        ({"promoted": False, "old": 0, "since_pass": SETTLE_EVERY}, None),  # nothing new, nothing due
         ({"since_deep": MAX_INTERVAL}, "interval"),  # due, and the loop is quiet
         ({"since_deep": MAX_INTERVAL, "quiet_for": QUIET_FOR - 0.1}, "settle"),  # due, but busy: wait
-        ({"since_deep": MAX_INTERVAL, "quiet_for": 0.0, "promoted": False}, None),
+        ({"since_deep": MAX_INTERVAL, "quiet_for": 0.0, "promoted": False, "old": 0}, None),
         ({"since_deep": 2 * MAX_INTERVAL, "quiet_for": 0.0}, "interval"),  # busy for too long
         ({"since_deep": MAX_INTERVAL, "promoted": False}, "interval"),  # frozen garbage needs no promotion
         ({"quiet_for": 0.0, "rss": int(100 * MB * GROWTH) + GROWTH_FLOOR}, "growth"),  # busy, memory grew enough
         ({"promoted": False, "rss": int(100 * MB * GROWTH) + GROWTH_FLOOR}, "growth"),
-        ({"quiet_for": 0.0, "rss": int(100 * MB * GROWTH) - MB}, "settle"),  # grew, not enough
-        ({"quiet_for": 0.0, "rss": 20 * MB, "rss_after_deep": 10 * MB}, "settle"),  # doubled, by a few MB only
+        ({"old": 0, "rss": int(100 * MB * GROWTH) - MB}, None),  # grew, not enough
+        ({"old": 0, "rss": 20 * MB, "rss_after_deep": 10 * MB}, None),  # doubled, by a few MB only
         ({"quiet_for": 0.0, "rss": 10_000 * MB, "rss_after_deep": 0}, "growth"),  # no reading at the last pass
     ],
 )
@@ -81,10 +88,11 @@ class Cycle:
 
 @pytest.fixture
 async def quick(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Collector]:
-    """A collector that looks every 20 ms."""
+    """A collector that looks every 20 ms and settles whatever was promoted after 50 ms."""
     if not collector.TAKES_OVER:
         pytest.skip("Python 3.14+ collects the old generation incrementally")
     monkeypatch.setattr(collector, "PERIOD", 0.02)
+    monkeypatch.setattr(collector, "SETTLE_EVERY", 0.05)
     owner = Collector()
     owner.start()
     try:
