@@ -6,14 +6,14 @@ set one off every few seconds.
 
 `handshake serve` therefore takes the old generation over, and walks each long-lived object once:
 
-- **settle** passes, small and often: once the old generation holds SETTLE_AT objects that are not
-  frozen (looked at every `PERIOD`), or SETTLE_EVERY after the last pass if anything was promoted at
-  all, a full collection runs and its survivors are frozen (`gc.freeze`), so the next one walks only
-  what has been promoted since. In a storm that is a pass every tenth of a second of tens of
-  milliseconds, where one pass over everything stalled for seconds. Under plain HTTP load what young
-  collections promote is mostly requests in flight, which die before the next look: the old generation
-  stays small and a pass runs every few seconds (a pass every 0.1 s took 8% of the event loop under
-  wrk's commands).
+- **settle** passes, small and often: once memory in use has grown by SETTLE_GROWTH blocks since the
+  last pass (`sys.getallocatedblocks`, looked at every `PERIOD`), or SETTLE_EVERY after it if young
+  collections promoted anything at all, a full collection runs and its survivors are frozen
+  (`gc.freeze`), so the next one walks only what has been promoted since. In a storm that is a pass
+  every tenth of a second or so, of tens of milliseconds, where one pass over everything stalled for
+  seconds. Under plain HTTP load memory in use stays level (requests come and go), so a pass runs every
+  few seconds: passes every 0.1 s took 8% of the event loop under wrk's commands, walking requests in
+  flight that were freed a moment later.
 - **deep** passes, rare: the frozen objects are given back (`gc.unfreeze`) and everything is walked, for
   cyclic garbage made of objects that lived long enough to be frozen. One runs once resident memory has
   doubled since the last, busy or not, so such garbage never piles up without bound, and one after
@@ -42,7 +42,7 @@ from shared import background
 log = logging.getLogger("handshake.collector")
 
 PERIOD = 0.1  # s between looks
-SETTLE_AT = 20_000  # objects in the old generation, not frozen, that call for a settle pass
+SETTLE_GROWTH = 50_000  # memory blocks in use more than at the last pass (or since, at the least): a settle pass
 SETTLE_EVERY = 5.0  # s after the last pass: a settle pass for whatever was promoted, however little
 QUIET_LAG = 0.005  # s: a look that came this late or less finds the loop quiet
 QUIET_FOR = 2.0  # s of quiet before a deep pass that is due
@@ -62,7 +62,7 @@ class Look:
     """What the collector knows when it decides: seconds since the last deep pass and since the last
     pass of any kind, how long the loop has been quiet, resident memory now and after the last deep
     pass, whether young collections have promoted anything to the old generation since the last pass,
-    and how many objects the old generation holds that are not frozen."""
+    and how many more memory blocks are in use than at the last pass (or at the lowest since)."""
 
     since_deep: float
     since_pass: float
@@ -70,7 +70,7 @@ class Look:
     rss: int
     rss_after_deep: int
     promoted: bool
-    old: int
+    grown: int
 
 
 def pass_to_run(look: Look) -> str | None:
@@ -79,7 +79,7 @@ def pass_to_run(look: Look) -> str | None:
         return "growth"
     if look.since_deep >= 2 * MAX_INTERVAL or (look.since_deep >= MAX_INTERVAL and look.quiet_for >= QUIET_FOR):
         return "interval"
-    if look.old >= SETTLE_AT or (look.promoted and look.since_pass >= SETTLE_EVERY):
+    if look.promoted and (look.grown >= SETTLE_GROWTH or look.since_pass >= SETTLE_EVERY):
         return SETTLE
     return None  # little new in the old generation, nothing due
 
@@ -100,6 +100,7 @@ class Collector:
         self._thresholds = gc.get_threshold()
         self._last_deep = self._last_pass = time.monotonic()
         self._rss_after_deep = 0
+        self._blocks_low = sys.getallocatedblocks()  # blocks in use at the last pass, or the fewest since
         self._late_until = 0.0
         self.passes: list[tuple[str, float]] = []  # (reason, seconds it held the GIL), the latest few
 
@@ -138,6 +139,7 @@ class Collector:
         gc.freeze()
         held = time.perf_counter() - started
         self._last_pass = time.monotonic()
+        self._blocks_low = sys.getallocatedblocks()
         if reason in DEEP:
             self._mark_deep()
         self.passes = [*self.passes[-9:], (reason, held)]
@@ -159,19 +161,19 @@ class Collector:
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = now
-            # In CPython the oldest generation's count is the middle generation's passes since the last
-            # full one: each of those promoted survivors into the old generation.
-            promoted = gc.get_count()[2] > 0
+            # Memory freed since the last pass (a storm's drop) lowers the mark growth is counted from.
+            blocks = sys.getallocatedblocks()  # a sum over pymalloc's arenas: ~0.1 ms with 6,000,000 blocks
+            self._blocks_low = min(self._blocks_low, blocks)
             look = Look(
                 since_deep=time.monotonic() - self._last_deep,
                 since_pass=time.monotonic() - self._last_pass,
                 quiet_for=0.0 if quiet_since is None else now - quiet_since,
                 rss=resident_bytes(),
                 rss_after_deep=self._rss_after_deep,
-                promoted=promoted,
-                # A list of references only (a small part of a pass's cost), and only when there is
-                # anything to count.
-                old=len(gc.get_objects(generation=2)) if promoted else 0,
+                # In CPython the oldest generation's count is the middle generation's passes since the
+                # last full one: each of those promoted survivors into the old generation.
+                promoted=gc.get_count()[2] > 0,
+                grown=blocks - self._blocks_low,
             )
             reason = pass_to_run(look)
             if reason is not None:

@@ -1,5 +1,5 @@
 """The garbage collector at a server's pace (shared.collector, issue 11): settle passes walk only what
-young collections promoted since the last pass (once it is many objects, or after a while) and freeze
+young collections promoted since the last pass (once memory has grown enough, or after a while) and freeze
 what survives; deep passes walk everything, on doubled memory, or after the interval at a quiet moment;
 start-up frozen; all undone at stop."""
 
@@ -19,8 +19,8 @@ from shared.collector import (
     GROWTH_FLOOR,
     MAX_INTERVAL,
     QUIET_FOR,
-    SETTLE_AT,
     SETTLE_EVERY,
+    SETTLE_GROWTH,
     Collector,
     Look,
     pass_to_run,
@@ -37,7 +37,7 @@ def look(**changes: float | int | bool) -> Look:
         "rss": 100 * MB,
         "rss_after_deep": 100 * MB,
         "promoted": True,
-        "old": SETTLE_AT,
+        "grown": SETTLE_GROWTH,
     }
     return Look(**{**calm, **changes})  # type: ignore[arg-type]
 
@@ -47,18 +47,19 @@ def look(**changes: float | int | bool) -> Look:
     [
         ({}, "settle"),
         ({"quiet_for": 0.0}, "settle"),  # busy or not: a settle pass is small
-        ({"old": SETTLE_AT - 1}, None),  # a little promoted (requests in flight, mostly): not yet
-        ({"old": 1, "since_pass": SETTLE_EVERY}, "settle"),  # but not for ever
-        ({"promoted": False, "old": 0, "since_pass": SETTLE_EVERY}, None),  # nothing new, nothing due
+        ({"grown": SETTLE_GROWTH - 1}, None),  # memory level: what was promoted is mostly requests in flight
+        ({"grown": 0, "since_pass": SETTLE_EVERY}, "settle"),  # but not for ever
+        ({"promoted": False}, None),  # grown, but nothing in the old generation to walk
+        ({"promoted": False, "since_pass": SETTLE_EVERY}, None),
         ({"since_deep": MAX_INTERVAL}, "interval"),  # due, and the loop is quiet
         ({"since_deep": MAX_INTERVAL, "quiet_for": QUIET_FOR - 0.1}, "settle"),  # due, but busy: wait
-        ({"since_deep": MAX_INTERVAL, "quiet_for": 0.0, "promoted": False, "old": 0}, None),
+        ({"since_deep": MAX_INTERVAL, "quiet_for": 0.0, "promoted": False}, None),
         ({"since_deep": 2 * MAX_INTERVAL, "quiet_for": 0.0}, "interval"),  # busy for too long
         ({"since_deep": MAX_INTERVAL, "promoted": False}, "interval"),  # frozen garbage needs no promotion
         ({"quiet_for": 0.0, "rss": int(100 * MB * GROWTH) + GROWTH_FLOOR}, "growth"),  # busy, memory grew enough
         ({"promoted": False, "rss": int(100 * MB * GROWTH) + GROWTH_FLOOR}, "growth"),
-        ({"old": 0, "rss": int(100 * MB * GROWTH) - MB}, None),  # grew, not enough
-        ({"old": 0, "rss": 20 * MB, "rss_after_deep": 10 * MB}, None),  # doubled, by a few MB only
+        ({"grown": 0, "rss": int(100 * MB * GROWTH) - MB}, None),  # grew, not enough
+        ({"grown": 0, "rss": 20 * MB, "rss_after_deep": 10 * MB}, None),  # doubled, by a few MB only
         ({"quiet_for": 0.0, "rss": 10_000 * MB, "rss_after_deep": 0}, "growth"),  # no reading at the last pass
     ],
 )
