@@ -65,7 +65,8 @@ class StopSignals:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-        threading.excepthook = self._previous_excepthook
+        if self.received is None:  # after a stop the process ends: a thread's late reply may come at its exit
+            threading.excepthook = self._previous_excepthook
 
     def _thread_failed(self, args: threading.ExceptHookArgs) -> None:
         """A database connection's thread (aiosqlite runs one per connection) that finishes a statement

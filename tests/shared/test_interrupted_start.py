@@ -299,9 +299,10 @@ with signals.StopSignals() as stops:
     {stop}
     loop = asyncio.new_event_loop()
     loop.close()  # the loop a database thread's statement was started from, gone before its reply
-    late = threading.Thread(target=loop.call_soon_threadsafe, args=(print,))
-    late.start()
-    late.join()
+# The reply comes as the process ends, after the stop's clean-up (`serve` ends with stops.exit()).
+late = threading.Thread(target=loop.call_soon_threadsafe, args=(print,))
+late.start()
+late.join()
 """
 
 
