@@ -107,11 +107,11 @@ class Collector:
     def start(self) -> None:
         gc.collect()
         gc.freeze()  # what start-up made (modules, settings, keys, caches' shells) lives as long as the process
-        if not TAKES_OVER:
-            return
-        young, middle, _ = self._thresholds
-        gc.set_threshold(young, middle, NEVER)
-        self._mark_deep()
+        if TAKES_OVER:
+            young, middle, _ = self._thresholds
+            gc.set_threshold(young, middle, NEVER)
+            self._mark_deep()
+        # Watched on every Python: `late` paces the hashing pool even where the interpreter collects.
         self._task = asyncio.get_running_loop().create_task(self._watch(), name="handshake-collector")
 
     async def stop(self) -> None:
@@ -157,6 +157,8 @@ class Collector:
             lag = now - asked - PERIOD
             if lag > LATE_LAG:
                 self._late_until = time.monotonic() + LATE_HOLD
+            if not TAKES_OVER:
+                continue
             if lag > QUIET_LAG:
                 quiet_since = None
             elif quiet_since is None:

@@ -12,10 +12,11 @@ import contextlib
 import os
 import sys
 import threading
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
+
+import anyio
 
 from shared.errors import ServiceUnavailableError
 
@@ -64,8 +65,8 @@ class BoundedPool:
             max_workers=self.workers, thread_name_prefix="handshake-hash", initializer=_Priorities()
         )
         self._pending = 0  # admitted or waiting for a turn
-        self._running = 0  # in a thread
-        self._turns: deque[asyncio.Future[None]] = deque()  # waiting for a turn, first come first served
+        # Turns to hash, first come first served: as many as there are threads, one while the loop is late.
+        self._turns = anyio.CapacityLimiter(self.workers)
         self._late: Callable[[], bool] = lambda: False
 
     def throttle_when(self, late: Callable[[], bool]) -> None:
@@ -74,48 +75,24 @@ class BoundedPool:
         core of its own (issue 11). The queue bound and its 503 are unchanged."""
         self._late = late
 
-    def _may_start(self) -> bool:
-        return self._running < (1 if self._late() else self.workers)
+    def _pace(self) -> None:
+        """Turns for the pace of now: raising them lets the next in line start, lowering them lets no
+        one new start until enough hashes have ended."""
+        self._turns.total_tokens = 1 if self._late() else self.workers
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self._pending >= self.capacity:
             raise ServiceUnavailableError("The server is busy; try again in a moment.", retry_after=1)
         self._pending += 1
         try:
-            await self._turn()
-            self._running += 1
-            self._next()  # room for more (the pace came back): the next in line is woken too
-            try:
-                return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(*args, **kwargs))
-            finally:
-                self._running -= 1
-                self._next()
+            self._pace()
+            async with self._turns:
+                try:
+                    return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+                finally:
+                    self._pace()
         finally:
             self._pending -= 1
-
-    async def _turn(self) -> None:
-        while self._turns or not self._may_start():
-            turn = asyncio.get_running_loop().create_future()
-            self._turns.append(turn)
-            try:
-                await turn
-            except asyncio.CancelledError:
-                if turn.done() and not turn.cancelled():
-                    self._next()  # woken, then cancelled: the turn goes to the next in line
-                raise
-            finally:
-                with contextlib.suppress(ValueError):
-                    self._turns.remove(turn)
-            if self._may_start():
-                return
-
-    def _next(self) -> None:
-        """A hash ended (or a woken caller left): the first in line may start, if the pace allows."""
-        for turn in self._turns:
-            if not turn.done():
-                if self._may_start():
-                    turn.set_result(None)
-                return
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
