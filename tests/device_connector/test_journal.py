@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 
 from device_connector.journal import Journal, NewEvent, PresenceChange, Reported
 from device_manager.provisioning import provision
@@ -99,6 +100,41 @@ async def test_many_events_keep_their_order_and_reach_live_listeners(ctx: Contex
         query = sa.select(events.c.id).where(events.c.actor_id == device.uid)
         ids = (await tx.execute(query)).scalars().all()
     assert sorted(ids) == [e.id for e in mine]
+
+
+async def test_a_batch_of_events_is_one_insert_not_one_per_event(ctx: Context) -> None:
+    """On SQLite every statement is a hop to the database's thread, and under load each hop waits a turn
+    of the event loop: a batch written row by row fell behind HTTPS commands for good (issue 11). Nor
+    an executemany: SQLite runs it a row at a time, handing the GIL over for each."""
+    (device,) = await provision(ctx, model="journal-test", count=1, actor_id=None, ip=None)
+    t0 = datetime.now(UTC)
+    sent: list[str] = []
+    values: list[int] = []  # how many values each INSERT carries: all of the rows' at once, or one row's
+
+    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any) -> None:
+        sent.append(statement)
+        if statement.lstrip().upper().startswith("INSERT INTO EVENTS"):
+            # An executemany's parameters are a sequence of rows; a multi-row statement's, one flat sequence.
+            rows = parameters if parameters and isinstance(parameters[0], (tuple, list, dict)) else [parameters]
+            values.append(max(len(row) for row in rows))
+
+    engine = ctx.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", keep)
+    try:
+        journal = Journal(ctx)
+        journal.add(*(connected(device.uid, t0 + timedelta(milliseconds=i)) for i in range(500)))
+        await journal.start()
+        await journal.stop()
+    finally:
+        event.remove(engine, "before_cursor_execute", keep)
+    assert len(values) == 1, f"{len(values)} INSERTs for one batch of 500 events"
+    assert values[0] >= 500 * 7, "the rows were sent one at a time (an executemany)"
+    assert len(sent) <= 5, sent  # BEGIN, (SQLite: the largest id,) the INSERT, COMMIT
+    async with ctx.db.read() as tx:
+        events = tables.events
+        query = sa.select(events.c.id, events.c.ts).where(events.c.actor_id == device.uid).order_by(events.c.id)
+        rows = (await tx.execute(query)).all()
+    assert [row.ts for row in rows] == [t0 + timedelta(milliseconds=i) for i in range(500)]
 
 
 async def test_an_entry_the_database_refuses_loses_only_itself(ctx: Context) -> None:
