@@ -6,7 +6,9 @@ and rate-limited."""
 from __future__ import annotations
 
 import re
+import time
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -16,10 +18,12 @@ import sqlalchemy as sa
 from authlib.integrations.base_client.errors import OAuthError
 from fastapi import FastAPI
 
-from account_manager.device_codes import REQUESTS_PER_MINUTE, save_device_code
+from account_manager import device_codes
+from account_manager.device_codes import REQUESTS_PER_MINUTE, rate_limit_requests, save_device_code
 from shared import tables
 from shared.clock import utcnow
 from shared.context import Context
+from shared.errors import RateLimitedError
 from tests.account_manager.flows import (
     DEVICE_GRANT,
     DEVICE_URL,
@@ -179,13 +183,33 @@ async def test_an_unknown_client_asking_for_device_codes_is_invalid_client(clien
 
 
 async def test_device_authorization_requests_are_rate_limited_per_address(
-    client: httpx.AsyncClient, hub: dict[str, Any]
+    client: httpx.AsyncClient, hub: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # In the middle of a minute: the limit counts by the minute (see the test below for its turn).
+    middle = int(time.time()) // 60 * 60 + 30.0
+    monkeypatch.setattr(device_codes, "time", SimpleNamespace(time=lambda: middle))
     for _ in range(REQUESTS_PER_MINUTE):
         await client.post("/v1/oauth/device_authorization", data={"client_id": hub["client_id"]})
     refused = await client.post("/v1/oauth/device_authorization", data={"client_id": hub["client_id"]})
     assert_error(refused, 429, "rate_limited")
     assert int(refused.headers["retry-after"]) >= 1
+
+
+async def test_a_burst_across_the_turn_of_a_minute_is_limited_too(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [(int(time.time()) // 60 + 1) * 60 - 2.0]  # 2 s before a minute ends
+    monkeypatch.setattr(device_codes, "time", SimpleNamespace(time=lambda: clock[0]))
+    for _ in range(20):
+        await rate_limit_requests(ctx, "198.51.100.7")
+    clock[0] += 3  # 1 s into the next minute
+    for _ in range(REQUESTS_PER_MINUTE - 20):
+        await rate_limit_requests(ctx, "198.51.100.7")
+    with pytest.raises(RateLimitedError):
+        await rate_limit_requests(ctx, "198.51.100.7")
+    await rate_limit_requests(ctx, "198.51.100.8")  # per address
+    clock[0] += 60  # a minute after the burst: its address may ask again
+    await rate_limit_requests(ctx, "198.51.100.7")
 
 
 # --- the /device page -------------------------------------------------------------------------------
