@@ -50,10 +50,10 @@ async def rate_limit_requests(ctx: Context, ip: str | None) -> None:
     twice the limit through around the turn of a minute."""
     minute, into = divmod(time.time(), 60)
     key = f"device_authorization:{ip}:"
-    current = await ctx.counters.hit(f"{key}{int(minute)}", 120)
-    if current <= REQUESTS_PER_MINUTE:
-        current += await ctx.counters.count(f"{key}{int(minute) - 1}") * (1 - into / 60)
-    if current > REQUESTS_PER_MINUTE:
+    in_last_60s = float(await ctx.counters.hit(f"{key}{int(minute)}", 120))
+    if in_last_60s <= REQUESTS_PER_MINUTE:
+        in_last_60s += await ctx.counters.count(f"{key}{int(minute) - 1}") * (1 - into / 60)
+    if in_last_60s > REQUESTS_PER_MINUTE:
         raise RateLimitedError(max(1, 60 - int(into)))
 
 
