@@ -27,13 +27,34 @@ from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker, ListenerType, RetainedApplicationMessage
 from amqtt.codecs_amqtt import read_or_raise
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.events import MQTTEvents
 from amqtt.mqtt import connect as amqtt_connect
+from amqtt.mqtt import packet_class
 from amqtt.mqtt import publish as amqtt_publish
 from amqtt.mqtt import subscribe as amqtt_subscribe
 from amqtt.mqtt import unsubscribe as amqtt_unsubscribe
 from amqtt.mqtt.connack import ConnackPacket
-from amqtt.mqtt.constants import QOS_1, QOS_2
+from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
 from amqtt.mqtt.disconnect import DisconnectPacket
+from amqtt.mqtt.packet import (
+    CONNACK,
+    CONNECT,
+    DISCONNECT,
+    PINGREQ,
+    PINGRESP,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    RESERVED_0,
+    RESERVED_15,
+    SUBACK,
+    SUBSCRIBE,
+    UNSUBACK,
+    UNSUBSCRIBE,
+    MQTTFixedHeader,
+)
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import OUTGOING, Session
 from amqtt.utils import gen_client_id
@@ -189,6 +210,8 @@ class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped 
     and a QoS 1 delivery is never given up on while its connection lives."""
 
     conn: Connection | None = None
+    _heard = 0.0  # loop time when the last packet began to arrive
+    _keep_alive: asyncio.TimerHandle | None = None
 
     async def handle_disconnect(self, disconnect: DisconnectPacket | None) -> None:
         # A DISCONNECT waits for its turn to close as a dropped connection does (a fleet's clean
@@ -196,6 +219,77 @@ class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped 
         if disconnect is not None and isinstance(self.reader, LimitedReader):
             await self.reader.wait_turn_to_close()
         await super().handle_disconnect(disconnect)
+
+    async def _reader_loop(self) -> None:
+        """amqtt's reader loop with two costs taken out of every packet (issue 11: a command and its
+        reply are two packets in, each paying both). The keep-alive bound is one timer a connection
+        (`_check_keep_alive`), where `asyncio.wait_for` wrapped every read in a task of its own (Python
+        3.11); it also bounds a packet whose body stops coming, which amqtt waited for without end.
+        A PUBACK, and a PUBLISH at QoS 0 or 1, are handled where they are read, in the order read. Every
+        other packet is handled as amqtt does, in a task of its own, started in the order read; a
+        CONNECT in place."""
+        session, ready = self.session, self._reader_ready
+        if session is None or ready is None:
+            raise AMQTTError("the reader started before its session")
+        loop = asyncio.get_running_loop()
+        self._heard = loop.time()
+        if session.keep_alive and session.keep_alive > 0:
+            self._keep_alive = loop.call_at(self._heard + session.keep_alive, self._check_keep_alive)
+        handling: deque[asyncio.Task[None]] = deque()
+        while True:
+            ready.set()
+            while handling and handling[0].done():
+                handling.popleft()
+            try:
+                header = await MQTTFixedHeader.from_stream(self.reader)
+                self._heard = loop.time()
+                if not header:
+                    break  # end of stream
+                kind = header.packet_type
+                if kind in (RESERVED_0, RESERVED_15):
+                    log.debug("%s sent a reserved packet type: closing", session.client_id)
+                    await self.handle_connection_closed()
+                    continue
+                packet = await packet_class(header).from_stream(self.reader, fixed_header=header)
+                await self.plugins_manager.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet, session=session)
+                if kind == PUBACK:
+                    await self.handle_puback(packet)
+                elif kind == PUBLISH and packet.qos in (QOS_0, QOS_1):
+                    # Its PUBACK sent and the message queued for the broker, in place: nothing in it
+                    # waits for another packet (a QoS 2 flow waits for the PUBREL this loop reads).
+                    await self.handle_publish(packet)
+                elif kind == CONNECT:
+                    await self.handle_connect(packet)
+                elif (handle := _HANDLERS.get(kind)) is not None:
+                    handling.append(asyncio.create_task(getattr(self, handle)(packet)))
+            except MQTTError:
+                log.debug("%s: a packet discarded", session.client_id)
+            except asyncio.CancelledError:
+                break
+            except NoDataError:
+                log.debug("%s: no data", session.client_id)
+            except Exception as exc:  # the connection ends; the broker goes on
+                log.info("%s: reading stopped: %r", session.client_id, exc)
+                break
+        if self._keep_alive is not None:
+            self._keep_alive.cancel()
+        while handling:
+            handling.popleft().cancel()
+        await self.handle_connection_closed()
+        self._reader_stopped.set()
+        await self.stop()
+
+    def _check_keep_alive(self) -> None:
+        """Due one keep-alive period (the client's, × 1.5) after the last packet began: a client heard
+        from since is looked at again one period after that, and one that was not is disconnected. One
+        timer a connection instead of a deadline set and cleared around every read."""
+        due = self._heard + self.session.keep_alive
+        loop = asyncio.get_running_loop()
+        if loop.time() < due:
+            self._keep_alive = loop.call_at(due, self._check_keep_alive)
+        else:
+            self._keep_alive = None
+            self.handle_read_timeout()
 
     def handle_read_timeout(self) -> None:
         if self.conn is not None:
@@ -231,6 +325,22 @@ class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped 
                 self._puback_waiters.pop(message.packet_id, None)
         session.inflight_out.pop(message.packet_id, None)
 
+
+# The packets amqtt's reader hands to a task of their own, and the handler method of each.
+_HANDLERS = {
+    CONNACK: "handle_connack",
+    SUBSCRIBE: "handle_subscribe",
+    UNSUBSCRIBE: "handle_unsubscribe",
+    SUBACK: "handle_suback",
+    UNSUBACK: "handle_unsuback",
+    PUBREC: "handle_pubrec",
+    PUBREL: "handle_pubrel",
+    PUBCOMP: "handle_pubcomp",
+    PINGREQ: "handle_pingreq",
+    PINGRESP: "handle_pingresp",
+    PUBLISH: "handle_publish",
+    DISCONNECT: "handle_disconnect",
+}
 
 # Authenticates a CONNECT from its fields (client id, username, password, will topic, peer address).
 Admit = Callable[[Session], Awaitable[Connection]]

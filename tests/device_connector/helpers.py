@@ -293,8 +293,10 @@ def mqtt_string(value: bytes) -> bytes:
     return struct.pack("!H", len(value)) + value
 
 
-def connect_body(client_id: bytes, username: bytes | None = None, password: bytes | None = None) -> bytes:
-    """A CONNECT's variable header and payload (MQTT 3.1.1, clean session, keep-alive 60 s)."""
+def connect_body(
+    client_id: bytes, username: bytes | None = None, password: bytes | None = None, keep_alive: int = 60
+) -> bytes:
+    """A CONNECT's variable header and payload (MQTT 3.1.1, clean session, keep-alive 60 s by default)."""
     flags = 0x02  # clean session
     payload = mqtt_string(client_id)
     if username is not None:
@@ -303,11 +305,13 @@ def connect_body(client_id: bytes, username: bytes | None = None, password: byte
     if password is not None:
         flags |= 0x40
         payload += mqtt_string(password)
-    return mqtt_string(b"MQTT") + bytes([4, flags]) + struct.pack("!H", 60) + payload
+    return mqtt_string(b"MQTT") + bytes([4, flags]) + struct.pack("!H", keep_alive) + payload
 
 
-def connect_packet(client_id: bytes, username: bytes | None = None, password: bytes | None = None) -> bytes:
-    body = connect_body(client_id, username, password)
+def connect_packet(
+    client_id: bytes, username: bytes | None = None, password: bytes | None = None, keep_alive: int = 60
+) -> bytes:
+    body = connect_body(client_id, username, password, keep_alive)
     return b"\x10" + remaining_length(len(body)) + body
 
 

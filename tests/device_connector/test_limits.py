@@ -1,10 +1,12 @@
 """Per-client limits (SPEC §6): a subscriber that stops reading is disconnected once its window of
-outstanding deliveries is full (protocol_error); the broker and every other client go on."""
+outstanding deliveries is full (protocol_error); the broker and every other client go on. A client
+silent for one and a half keep-alive periods is disconnected (MQTT-3.1.2-24); one that pings is not."""
 
 from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from typing import Any
 
 import httpx
@@ -67,3 +69,40 @@ async def test_a_subscriber_that_stops_reading_is_disconnected_and_others_go_on(
     await device.publish(events, b"still here")
     assert await viewer.wait_for(events, b"still here", timeout=10)
     assert broker.is_online(world.uid)
+
+
+async def test_a_client_silent_for_one_and_a_half_keep_alives_is_disconnected_and_a_pinging_one_is_not(
+    client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients
+) -> None:
+    world = await make_world(client, users, ctx)
+    broker = running_connector(ctx).broker
+    silent, pinging = mqtt.raw(), mqtt.raw()
+    for conn, person in ((silent, world.owner), (pinging, world.viewer)):
+        who = person.id.encode()
+        assert await conn.send(connect_packet(who, who, person.tokens["access_token"].encode(), keep_alive=1))
+        connack = await conn.recv(4)
+        assert connack == b"\x20\x02\x00\x00"
+    connected = time.monotonic()
+    while time.monotonic() - connected < 4:  # the one pings twice a keep-alive; the other says nothing
+        assert await pinging.send(b"\xc0\x00")  # PINGREQ
+        assert await pinging.recv(2) == b"\xd0\x00"  # PINGRESP
+        await asyncio.sleep(0.5)
+    assert await silent.closed_by_server(timeout=5)
+    assert not broker.is_online(world.owner.id)
+    assert broker.is_online(world.viewer.id)
+    assert await pinging.send(b"\xc0\x00")
+    assert await pinging.recv(2) == b"\xd0\x00"
+
+
+async def test_a_packet_whose_body_stops_coming_is_bounded_by_the_keep_alive_too(
+    client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients
+) -> None:
+    world = await make_world(client, users, ctx)
+    stalled = mqtt.raw()
+    device = world.uid.encode()
+    assert await stalled.send(connect_packet(device, device, world.device_token.encode(), keep_alive=1))
+    assert await stalled.recv(4) == b"\x20\x02\x00\x00"
+    assert await stalled.send(b"\x30" + remaining_length(100) + b"\x00\x05dev")  # 100 bytes announced, 7 sent
+    assert await stalled.closed_by_server(timeout=6)
+    broker = running_connector(ctx).broker
+    assert await eventually(lambda: not broker.is_online(world.uid), timeout=5)
