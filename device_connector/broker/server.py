@@ -221,8 +221,9 @@ class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped 
     async def _reader_loop(self) -> None:
         """amqtt's reader loop, less a task for each PUBACK and each PUBLISH at QoS 0 or 1 (issue 11: a
         command and its reply are two such packets in): those are handled where they are read, in the
-        order read. Every other packet is handled as amqtt does, in a task of its own, started in the
-        order read; a CONNECT in place."""
+        order read (MQTT-4.6.0-2: PUBACKs in the order of their PUBLISHes). Every other packet is handled
+        as amqtt does, in a task of its own, started in the order read; a CONNECT in place. The
+        keep-alive bounds each packet whole, where amqtt bounded only the wait for its first byte."""
         session, ready = self.session, self._reader_ready
         if session is None or ready is None:
             raise AMQTTError("the reader started before its session")
@@ -237,27 +238,30 @@ class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped 
                 # own task, a PostgreSQL reconnect storm's p99 of GET /v1/users/me went from 46-64 ms
                 # to 590-864 ms (5 runs, bench.storm); why, this session could not tell.
                 reading = asyncio.ensure_future(MQTTFixedHeader.from_stream(self.reader))
+                # The keep-alive bounds the whole packet: its header, its body and what is done with it
+                # here. A body that stops coming, or a PUBACK that cannot be written because the client
+                # reads nothing, ends the connection as silence does.
                 async with asyncio.timeout(keep_alive):
                     header = await reading
-                if not header:
-                    break  # end of stream
-                kind = header.packet_type
-                if kind in (RESERVED_0, RESERVED_15):
-                    log.debug("%s sent a reserved packet type: closing", session.client_id)
-                    await self.handle_connection_closed()
-                    continue
-                packet = await packet_class(header).from_stream(self.reader, fixed_header=header)
-                await self.plugins_manager.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet, session=session)
-                if kind == PUBACK:
-                    await self.handle_puback(packet)
-                elif kind == PUBLISH and packet.qos in (QOS_0, QOS_1):
-                    # Its PUBACK sent and the message queued for the broker, in place: nothing in it
-                    # waits for another packet (a QoS 2 flow waits for the PUBREL this loop reads).
-                    await self.handle_publish(packet)
-                elif kind == CONNECT:
-                    await self.handle_connect(packet)
-                elif (handle := _HANDLERS.get(kind)) is not None:
-                    handling.append(asyncio.create_task(getattr(self, handle)(packet)))
+                    if not header:
+                        break  # end of stream
+                    kind = header.packet_type
+                    if kind in (RESERVED_0, RESERVED_15):
+                        log.debug("%s sent a reserved packet type: closing", session.client_id)
+                        await self.handle_connection_closed()
+                        continue
+                    packet = await packet_class(header).from_stream(self.reader, fixed_header=header)
+                    await self.plugins_manager.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet, session=session)
+                    if kind == PUBACK:
+                        await self.handle_puback(packet)
+                    elif kind == PUBLISH and packet.qos in (QOS_0, QOS_1):
+                        # Its PUBACK sent and the message queued for the broker, in place: nothing in it
+                        # waits for another packet (a QoS 2 flow waits for the PUBREL this loop reads).
+                        await self.handle_publish(packet)
+                    elif kind == CONNECT:
+                        await self.handle_connect(packet)
+                    elif (handle := _HANDLERS.get(kind)) is not None:
+                        handling.append(asyncio.create_task(getattr(self, handle)(packet)))
             except MQTTError:
                 log.debug("%s: a packet discarded", session.client_id)
             except asyncio.CancelledError:

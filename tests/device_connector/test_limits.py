@@ -1,6 +1,7 @@
 """Per-client limits (SPEC §6): a subscriber that stops reading is disconnected once its window of
 outstanding deliveries is full (protocol_error); the broker and every other client go on. A client
-silent for one and a half keep-alive periods is disconnected (MQTT-3.1.2-24); one that pings is not."""
+silent for one and a half keep-alive periods is disconnected (MQTT-3.1.2-24), and so is one whose packet
+stops halfway; one that pings is not."""
 
 from __future__ import annotations
 
@@ -92,3 +93,17 @@ async def test_a_client_silent_for_one_and_a_half_keep_alives_is_disconnected_an
     assert broker.is_online(world.viewer.id)
     assert await pinging.send(b"\xc0\x00")
     assert await pinging.recv(2) == b"\xd0\x00"
+
+
+async def test_a_packet_whose_body_stops_coming_is_bounded_by_the_keep_alive_too(
+    client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients
+) -> None:
+    world = await make_world(client, users, ctx)
+    stalled = mqtt.raw()
+    device = world.uid.encode()
+    assert await stalled.send(connect_packet(device, device, world.device_token.encode(), keep_alive=1))
+    assert await stalled.recv(4) == b"\x20\x02\x00\x00"
+    assert await stalled.send(b"\x30" + remaining_length(100) + b"\x00\x05dev")  # 100 bytes announced, 7 sent
+    assert await stalled.closed_by_server(timeout=6)
+    broker = running_connector(ctx).broker
+    assert await eventually(lambda: not broker.is_online(world.uid), timeout=5)
