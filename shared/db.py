@@ -81,9 +81,9 @@ class Database:
 
             # Rows of an executemany INSERT go in multi-row statements, as they do with RETURNING. The
             # driver runs an executemany as one step of SQLite per row, and each step hands the GIL over
-            # and waits to get it back: beside a busy event loop, ~5 ms a row (1,000 events: 278 ms, in
-            # one statement 17 ms). A documented attribute of SQLAlchemy's Dialect; not for an INSERT
-            # with ON CONFLICT, which SQLAlchemy keeps as an executemany.
+            # and waits to get it back, up to the 5-ms switch interval beside a busy event loop (1,000
+            # events: 278 ms, in one statement 17 ms). A documented attribute of SQLAlchemy's Dialect;
+            # not for an INSERT with ON CONFLICT, which SQLAlchemy keeps as an executemany.
             engine.dialect.use_insertmanyvalues_wo_returning = True
 
             @event.listens_for(engine.sync_engine, "connect")
