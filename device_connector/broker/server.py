@@ -223,28 +223,34 @@ class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped 
         command and its reply are two such packets in): those are handled where they are read, in the
         order read (MQTT-4.6.0-2: PUBACKs in the order of their PUBLISHes). Every other packet is handled
         as amqtt does, in a task of its own, started in the order read; a CONNECT in place. The
-        keep-alive bounds each packet whole, where amqtt bounded only the wait for its first byte."""
+        keep-alive bounds a packet's body and handling too, where amqtt bounded only the wait for its
+        first byte."""
         session, ready = self.session, self._reader_ready
         if session is None or ready is None:
             raise AMQTTError("the reader started before its session")
         keep_alive = session.keep_alive if session.keep_alive and session.keep_alive > 0 else None
+        loop = asyncio.get_running_loop()
         handling: deque[asyncio.Task[None]] = deque()
         while True:
             ready.set()
             while handling and handling[0].done():
                 handling.popleft()
+            deadline = asyncio.timeout(keep_alive)
             try:
                 # Each fixed header is read in a task of its own, as amqtt reads it. Read in the reader's
                 # own task, a PostgreSQL reconnect storm's p99 of GET /v1/users/me went from 46-64 ms
                 # to 590-864 ms (5 runs, bench.storm); why, this session could not tell.
                 reading = asyncio.ensure_future(MQTTFixedHeader.from_stream(self.reader))
-                # The keep-alive bounds the whole packet: its header, its body and what is done with it
-                # here. A body that stops coming, or a PUBACK that cannot be written because the client
-                # reads nothing, ends the connection as silence does.
-                async with asyncio.timeout(keep_alive):
+                # The keep-alive bounds the wait for a packet, as amqtt's did, and then, once its header
+                # is in, a period of its own for its body and what is done with it here. A body that stops
+                # coming, or a PUBACK that cannot be written because the client reads nothing, ends the
+                # connection as silence does; a slow link's large packet after a quiet spell does not.
+                async with deadline:
                     header = await reading
                     if not header:
                         break  # end of stream
+                    if keep_alive is not None:
+                        deadline.reschedule(loop.time() + keep_alive)
                     kind = header.packet_type
                     if kind in (RESERVED_0, RESERVED_15):
                         log.debug("%s sent a reserved packet type: closing", session.client_id)
@@ -262,17 +268,18 @@ class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped 
                         await self.handle_connect(packet)
                     elif (handle := _HANDLERS.get(kind)) is not None:
                         handling.append(asyncio.create_task(getattr(self, handle)(packet)))
-            except MQTTError:
-                log.debug("%s: a packet discarded", session.client_id)
             except asyncio.CancelledError:
                 break
-            except TimeoutError:
-                self.handle_read_timeout()
-            except NoDataError:
-                log.debug("%s: no data", session.client_id)
-            except Exception as exc:  # the connection ends; the broker goes on
-                log.info("%s: reading stopped: %r", session.client_id, exc)
-                break
+            except Exception as exc:
+                if isinstance(exc, TimeoutError) or deadline.expired():
+                    # The keep-alive ran out. Inside amqtt's writing of a PUBACK its cancel comes back as
+                    # an error of amqtt's own (ProtocolHandlerError), not as TimeoutError.
+                    self.handle_read_timeout()
+                elif isinstance(exc, MQTTError | NoDataError):
+                    log.debug("%s: a packet discarded: %r", session.client_id, exc)
+                else:  # the connection ends; the broker goes on
+                    log.info("%s: reading stopped: %r", session.client_id, exc)
+                    break
         while handling:
             handling.popleft().cancel()
         await self.handle_connection_closed()

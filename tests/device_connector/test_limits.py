@@ -22,6 +22,7 @@ from tests.device_connector.helpers import (
     make_world,
     mqtt_fixture,
     mqtt_string,
+    publish_packet,
     remaining_length,
     running_connector,
 )
@@ -107,3 +108,21 @@ async def test_a_packet_whose_body_stops_coming_is_bounded_by_the_keep_alive_too
     assert await stalled.closed_by_server(timeout=6)
     broker = running_connector(ctx).broker
     assert await eventually(lambda: not broker.is_online(world.uid), timeout=5)
+
+
+async def test_a_large_packet_after_a_quiet_spell_gets_a_keep_alive_period_of_its_own(
+    client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients
+) -> None:
+    world = await make_world(client, users, ctx)
+    slow = mqtt.raw()
+    device = world.uid.encode()
+    assert await slow.send(connect_packet(device, device, world.device_token.encode(), keep_alive=2))  # 3 s bound
+    assert await slow.recv(4) == b"\x20\x02\x00\x00"
+    packet = publish_packet(f"devices/{world.uid}/events".encode(), b"x" * 200)
+    await asyncio.sleep(2.0)  # quiet for most of the bound
+    for start in range(0, len(packet), len(packet) // 4):  # then the packet over 2 s: 4 s after the quiet began
+        assert await slow.send(packet[start : start + len(packet) // 4])
+        await asyncio.sleep(0.5)
+    assert await slow.send(b"\xc0\x00")  # PINGREQ
+    assert await slow.recv(2) == b"\xd0\x00"  # PINGRESP: still connected
+    assert running_connector(ctx).broker.is_online(world.uid)
