@@ -11,6 +11,7 @@ import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 import redis
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from sqlalchemy import event
 
 from shared.app import create_app
 from shared.context import Context
@@ -238,6 +240,26 @@ def users(client: httpx.AsyncClient) -> Users:
 def bearer(tokens: dict[str, Any] | str) -> dict[str, str]:
     token = tokens if isinstance(tokens, str) else tokens["access_token"]
     return {"Authorization": f"Bearer {token}"}
+
+
+@contextmanager
+def statements(ctx: Context, *, loops: bool = False) -> Iterator[list[tuple[str, Any]]]:
+    """The SQL (and its parameters) sent while the block runs: what requests send, and with `loops` also
+    what the app's own loops send (tasks named handshake-*: the journal, revocation reconciliation, the
+    event log)."""
+    sent: list[tuple[str, Any]] = []
+
+    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        task = asyncio.current_task()
+        if loops or task is None or not task.get_name().startswith("handshake-"):
+            sent.append((statement, parameters))
+
+    engine = ctx.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", keep)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", keep)
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:

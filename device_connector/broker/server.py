@@ -239,7 +239,7 @@ class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped 
             try:
                 # Each fixed header is read in a task of its own, as amqtt reads it. Read in the reader's
                 # own task, a PostgreSQL reconnect storm's p99 of GET /v1/users/me went from 46-64 ms
-                # to 590-864 ms (5 runs, bench.storm); why, this session could not tell.
+                # to 590-864 ms (5 runs of 6, bench.storm); the cause was not found.
                 reading = asyncio.ensure_future(MQTTFixedHeader.from_stream(self.reader))
                 # The keep-alive bounds the wait for a packet, as amqtt's did, and then, once its header
                 # is in, a period of its own for its body and what is done with it here. A body that stops

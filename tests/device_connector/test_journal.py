@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
 
 from device_connector.journal import Journal, NewEvent, PresenceChange, Reported
 from device_manager.provisioning import provision
@@ -17,6 +16,7 @@ from shared.context import Context
 from shared.db import Tx
 from shared.events import event_row
 from shared.models import ActorType, EventType
+from tests.conftest import statements
 
 
 async def devices_row(ctx: Context, uid: str) -> Any:
@@ -108,28 +108,20 @@ async def test_a_batch_of_events_is_one_insert_not_one_per_event(ctx: Context) -
     an executemany: SQLite runs it a row at a time, handing the GIL over for each."""
     (device,) = await provision(ctx, model="journal-test", count=1, actor_id=None, ip=None)
     t0 = datetime.now(UTC)
-    sent: list[str] = []
-    values: list[int] = []  # how many values each INSERT carries: all of the rows' at once, or one row's
-
-    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any) -> None:
-        sent.append(statement)
-        if statement.lstrip().upper().startswith("INSERT INTO EVENTS"):
-            # An executemany's parameters are a sequence of rows; a multi-row statement's, one flat sequence.
-            rows = parameters if parameters and isinstance(parameters[0], (tuple, list, dict)) else [parameters]
-            values.append(max(len(row) for row in rows))
-
-    engine = ctx.db.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", keep)
-    try:
+    with statements(ctx, loops=True) as sent:
         journal = Journal(ctx)
         journal.add(*(connected(device.uid, t0 + timedelta(milliseconds=i)) for i in range(500)))
         await journal.start()
         await journal.stop()
-    finally:
-        event.remove(engine, "before_cursor_execute", keep)
+    values = []  # how many values each INSERT carries: all of the rows' at once, or one row's
+    for statement, parameters in sent:
+        if statement.lstrip().upper().startswith("INSERT INTO EVENTS"):
+            # An executemany's parameters are a sequence of rows; a multi-row statement's, one flat sequence.
+            rows = parameters if parameters and isinstance(parameters[0], (tuple, list, dict)) else [parameters]
+            values.append(max(len(row) for row in rows))
     assert len(values) == 1, f"{len(values)} INSERTs for one batch of 500 events"
     assert values[0] >= 500 * 7, "the rows were sent one at a time (an executemany)"
-    assert len(sent) <= 5, sent  # BEGIN, (SQLite: the largest id,) the INSERT, COMMIT
+    assert len(sent) <= 5, [statement for statement, _ in sent]  # BEGIN, (SQLite: the largest id,) INSERT, COMMIT
     async with ctx.db.read() as tx:
         events = tables.events
         query = sa.select(events.c.id, events.c.ts).where(events.c.actor_id == device.uid).order_by(events.c.id)

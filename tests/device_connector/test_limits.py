@@ -17,6 +17,7 @@ from shared.context import Context
 from tests.conftest import Users
 from tests.device_connector.helpers import (
     Clients,
+    Raw,
     connect_packet,
     eventually,
     make_world,
@@ -33,6 +34,14 @@ __all__ = ["mqtt_fixture"]
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     return {"mqtt_max_inflight": 200}
+
+
+async def connected_raw(mqtt: Clients, client_id: str, token: str, keep_alive: int) -> Raw:
+    """A plain TCP connection that sent a CONNECT with this keep-alive and got CONNACK 0."""
+    conn = mqtt.raw()
+    assert await conn.send(connect_packet(client_id.encode(), client_id.encode(), token.encode(), keep_alive))
+    assert await conn.recv(4) == b"\x20\x02\x00\x00"
+    return conn
 
 
 def subscribe_packet(topic: bytes, packet_id: int = 1, qos: int = 1) -> bytes:
@@ -78,12 +87,8 @@ async def test_a_client_silent_for_one_and_a_half_keep_alives_is_disconnected_an
 ) -> None:
     world = await make_world(client, users, ctx)
     broker = running_connector(ctx).broker
-    silent, pinging = mqtt.raw(), mqtt.raw()
-    for conn, person in ((silent, world.owner), (pinging, world.viewer)):
-        who = person.id.encode()
-        assert await conn.send(connect_packet(who, who, person.tokens["access_token"].encode(), keep_alive=1))
-        connack = await conn.recv(4)
-        assert connack == b"\x20\x02\x00\x00"
+    silent = await connected_raw(mqtt, world.owner.id, world.owner.tokens["access_token"], keep_alive=1)
+    pinging = await connected_raw(mqtt, world.viewer.id, world.viewer.tokens["access_token"], keep_alive=1)
     connected = time.monotonic()
     while time.monotonic() - connected < 4:  # the one pings twice a keep-alive; the other says nothing
         assert await pinging.send(b"\xc0\x00")  # PINGREQ
@@ -100,10 +105,7 @@ async def test_a_packet_whose_body_stops_coming_is_bounded_by_the_keep_alive_too
     client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients
 ) -> None:
     world = await make_world(client, users, ctx)
-    stalled = mqtt.raw()
-    device = world.uid.encode()
-    assert await stalled.send(connect_packet(device, device, world.device_token.encode(), keep_alive=1))
-    assert await stalled.recv(4) == b"\x20\x02\x00\x00"
+    stalled = await connected_raw(mqtt, world.uid, world.device_token, keep_alive=1)
     assert await stalled.send(b"\x30" + remaining_length(100) + b"\x00\x05dev")  # 100 bytes announced, 7 sent
     assert await stalled.closed_by_server(timeout=6)
     broker = running_connector(ctx).broker
@@ -114,10 +116,7 @@ async def test_a_large_packet_after_a_quiet_spell_gets_a_keep_alive_period_of_it
     client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients
 ) -> None:
     world = await make_world(client, users, ctx)
-    slow = mqtt.raw()
-    device = world.uid.encode()
-    assert await slow.send(connect_packet(device, device, world.device_token.encode(), keep_alive=2))  # 3 s bound
-    assert await slow.recv(4) == b"\x20\x02\x00\x00"
+    slow = await connected_raw(mqtt, world.uid, world.device_token, keep_alive=2)  # a 3-s bound
     packet = publish_packet(f"devices/{world.uid}/events".encode(), b"x" * 200)
     await asyncio.sleep(2.0)  # quiet for most of the bound
     for start in range(0, len(packet), len(packet) // 4):  # then the packet over 2 s: 4 s after the quiet began

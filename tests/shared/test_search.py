@@ -3,18 +3,14 @@ searches and first pages are planned as index lookups on both backends, never a 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event
 
 from shared.context import Context
 from shared.search import successor
-from tests.conftest import Users, bearer
+from tests.conftest import Users, bearer, statements
 from tests.fleet import seed_fleet, seed_users
 
 
@@ -31,25 +27,6 @@ from tests.fleet import seed_fleet, seed_users
 )
 def test_a_prefix_ends_below_its_successor(prefix: str, above: str | None) -> None:
     assert successor(prefix) == above
-
-
-@contextmanager
-def statements(ctx: Context) -> Iterator[list[tuple[str, Any]]]:
-    """The SQL (and its parameters) that requests send while the block runs; not what the app's own
-    loops (tasks named handshake-*: revocation reconciliation, the event log) send meanwhile."""
-    sent: list[tuple[str, Any]] = []
-
-    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        task = asyncio.current_task()
-        if task is None or not task.get_name().startswith("handshake-"):
-            sent.append((statement, parameters))
-
-    engine = ctx.db.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", keep)
-    try:
-        yield sent
-    finally:
-        event.remove(engine, "before_cursor_execute", keep)
 
 
 async def plans(ctx: Context, sent: list[tuple[str, Any]], table: str) -> list[str]:
