@@ -5,6 +5,7 @@ dash, in either case; wrong ones count toward a lockout per user and address lik
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import time
@@ -47,14 +48,29 @@ def normalize_user_code(typed: str) -> str | None:
 async def rate_limit_requests(ctx: Context, ip: str | None) -> None:
     """At most REQUESTS_PER_MINUTE in any 60 s, estimated from two counts a minute each: this minute's,
     and the share of the last minute's that falls in the past 60 s. A count per calendar minute alone let
-    twice the limit through around the turn of a minute."""
+    twice the limit through around the turn of a minute. A refused request counts too: a client that
+    keeps asking stays refused, and its Retry-After says when one more would be let through."""
     minute, into = divmod(time.time(), 60)
     key = f"device_authorization:{ip}:"
-    in_last_60s = float(await ctx.counters.hit(f"{key}{int(minute)}", 120))
-    if in_last_60s <= REQUESTS_PER_MINUTE:
-        in_last_60s += await ctx.counters.count(f"{key}{int(minute) - 1}") * (1 - into / 60)
-    if in_last_60s > REQUESTS_PER_MINUTE:
-        raise RateLimitedError(max(1, 60 - int(into)))
+    this_minute = await ctx.counters.hit(f"{key}{int(minute)}", 120)
+    if this_minute > REQUESTS_PER_MINUTE:
+        raise RateLimitedError(seconds_until_allowed(this_minute, 0, into))
+    last_minute = await ctx.counters.count(f"{key}{int(minute) - 1}")
+    if this_minute + last_minute * (1 - into / 60) > REQUESTS_PER_MINUTE:
+        raise RateLimitedError(seconds_until_allowed(this_minute, last_minute, into))
+
+
+def seconds_until_allowed(this_minute: int, last_minute: int, into: float) -> int:
+    """How long until one more request from the address is let through, if it sends nothing before.
+    That request counts itself: later in this minute the estimate is this_minute + 1 plus the falling
+    share of last_minute; in the next minute it is 1 plus the falling share of this_minute."""
+    room = REQUESTS_PER_MINUTE - 1
+    if this_minute <= room:  # perhaps later in this minute, once enough of the last one has slid out
+        at = 60 * (1 - (room - this_minute) / last_minute) if last_minute else 0.0
+        if at < 60:
+            return max(1, math.ceil(at - into))
+    at_next = 60 * (1 - room / this_minute) if this_minute > room else 0.0
+    return max(1, math.ceil(60 - into + at_next))
 
 
 async def save_device_code(ctx: Context, *, client_id: str, device_code: str, user_code: str) -> str:

@@ -5,6 +5,7 @@ and rate-limited."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from datetime import timedelta
@@ -210,6 +211,38 @@ async def test_a_burst_across_the_turn_of_a_minute_is_limited_too(
     await rate_limit_requests(ctx, "198.51.100.8")  # per address
     clock[0] += 60  # a minute after the burst: its address may ask again
     await rate_limit_requests(ctx, "198.51.100.7")
+
+
+@pytest.mark.parametrize("first, gap", [(31, 0), (20, 3), (30, 1), (30, 45)])
+async def test_retry_after_is_when_one_more_request_is_let_through(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch, first: int, gap: int
+) -> None:
+    # Two addresses with the same history: `first` requests 2 s before a minute ends, then more after
+    # `gap` s until one is refused. A retry one second before its Retry-After is refused (and counted), so
+    # the retry exactly at it is made from the other address.
+    clock = [(int(time.time()) // 60 + 1) * 60 - 2.0]
+    monkeypatch.setattr(device_codes, "time", SimpleNamespace(time=lambda: clock[0]))
+    early, on_time = "198.51.100.9", "198.51.100.10"
+    for ip in (early, on_time):
+        for _ in range(first):
+            with contextlib.suppress(RateLimitedError):
+                await rate_limit_requests(ctx, ip)
+    clock[0] += gap
+    waits = []
+    for ip in (early, on_time):
+        with pytest.raises(RateLimitedError) as refused:
+            for _ in range(REQUESTS_PER_MINUTE + 1):
+                await rate_limit_requests(ctx, ip)
+        waits.append(int(refused.value.headers["Retry-After"]))
+    wait = waits[0]
+    assert waits == [wait, wait] and 1 <= wait <= 120
+    refused_at = clock[0]
+    if wait > 1:
+        clock[0] = refused_at + wait - 1
+        with pytest.raises(RateLimitedError):
+            await rate_limit_requests(ctx, early)
+    clock[0] = refused_at + wait
+    await rate_limit_requests(ctx, on_time)
 
 
 # --- the /device page -------------------------------------------------------------------------------
