@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter, WriterAdapter
 from amqtt.broker import Broker, ListenerType, RetainedApplicationMessage
 from amqtt.codecs_amqtt import read_or_raise
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
@@ -119,6 +119,7 @@ SHED_AFTER = 5.0  # s from a TCP connection after which a CONNECT still waiting 
 SERVER_UNAVAILABLE = 3  # CONNACK return code (MQTT 3.1.1 §3.2.2.3)
 REDELIVER_AFTER = 5.0  # s without a PUBACK before a QoS 1 delivery is sent again (DUP)
 TAKEOVER_WAIT = 3.0  # s a taken-over connection has to finish its close before it is marked closed
+CLOSE_GRACE = 2.0  # s a closed connection has to take what is still buffered for it, then it is dropped
 DENIED = 0x80
 
 
@@ -133,6 +134,36 @@ async def _refuse(writer: WriterAdapter, code: int) -> None:
         await writer.drain()
     with contextlib.suppress(Exception):
         await writer.close()
+
+
+class ClosingWriter(StreamWriterAdapter):  # type: ignore[misc]  # amqtt is untyped (no py.typed)
+    """amqtt's writer, but a close gives the client CLOSE_GRACE seconds to take what is still buffered
+    for it, and then drops the connection (the transport is aborted). amqtt's close waited until the
+    buffer drained: a client closed because it reads nothing, and that kept its socket open, held the
+    socket, its buffers and the reader's task for as long as it liked, after it had stopped counting
+    towards its address's limit."""
+
+    is_closed: bool
+
+    async def close(self) -> None:
+        if self.is_closed:
+            return
+        self.is_closed = True
+        writer = self._writer
+        closed = False
+        try:
+            async with asyncio.timeout(CLOSE_GRACE):
+                await writer.drain()
+                if writer.can_write_eof():
+                    writer.write_eof()
+                writer.close()
+                await writer.wait_closed()
+            closed = True
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            if not closed:
+                writer.transport.abort()
 
 
 class LimitedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped (no py.typed)
@@ -404,6 +435,11 @@ class HandshakeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (no py.
         self.events: BrokerEvents | None = None
 
     # --- connections ------------------------------------------------------------------------------
+
+    async def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        await self._client_connected(listener_name, StreamReaderAdapter(reader), ClosingWriter(writer))
 
     async def _client_connected(self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter) -> None:
         server = self._servers.get(listener_name)

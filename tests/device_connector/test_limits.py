@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from device_connector.broker.embedded import EmbeddedBroker
 from shared.context import Context
 from tests.conftest import Users
 from tests.device_connector.helpers import (
@@ -125,3 +126,36 @@ async def test_a_large_packet_after_a_quiet_spell_gets_a_keep_alive_period_of_it
     assert await slow.send(b"\xc0\x00")  # PINGREQ
     assert await slow.recv(2) == b"\xd0\x00"  # PINGRESP: still connected
     assert running_connector(ctx).broker.is_online(world.uid)
+
+
+async def test_a_device_closed_while_it_reads_nothing_is_dropped_not_held_open(
+    client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients
+) -> None:
+    # The broker closes a device whose window of deliveries is full, and the device goes on reading
+    # nothing with its socket open: its close must not wait for the buffers to drain.
+    world = await make_world(client, users, ctx)
+    commands = f"devices/{world.uid}/commands"
+    stalled = await connected_raw(mqtt, world.uid, world.device_token, keep_alive=60)
+    assert await stalled.send(subscribe_packet(commands.encode()))
+    suback = await stalled.recv(5)
+    assert suback is not None and suback[:1] == b"\x90"  # SUBACK; from now on it reads nothing
+    broker = running_connector(ctx).broker
+    assert isinstance(broker, EmbeddedBroker)
+    payload = b"x" * 131_072
+    handler = broker.server._sessions[world.uid][1]
+    for _ in range(400):  # ~50 MB if it came to that: far more than the socket buffers hold
+        await broker.publish(commands, payload)
+        if not broker.is_online(world.uid):
+            break
+        await asyncio.sleep(0)
+    assert await eventually(lambda: not broker.is_online(world.uid), timeout=10)
+
+    async def offline() -> bool:
+        response = await client.get(f"/v1/devices/{world.uid}", headers=world.owner.headers)
+        return response.status_code == 200 and response.json()["online"] is False
+
+    assert await eventually(offline, timeout=5)
+    assert broker.server.records.get(world.uid) is None
+    # Its connection is dropped too (CLOSE_GRACE), not held open until the client reads: the reader's
+    # task, which ends with the close, ends while the client still reads nothing.
+    assert await eventually(lambda: handler._reader_task.done(), timeout=5)
