@@ -15,10 +15,9 @@ set one off every few seconds.
   few seconds: passes every 0.1 s took 8% of the event loop under wrk's commands, walking requests in
   flight that were freed a moment later.
 - **deep** passes, rare: the frozen objects are given back (`gc.unfreeze`) and everything is walked, for
-  cyclic garbage made of objects that lived long enough to be frozen. One runs at a quiet moment once
-  resident memory has grown by half since the last, or busy or not once it has tripled, so such garbage
-  never piles up without bound; and one after `MAX_INTERVAL` at a quiet moment (or, busy all along, at
-  twice that).
+  cyclic garbage made of objects that lived long enough to be frozen. One runs once resident memory has
+  doubled since the last, busy or not, so such garbage never piles up without bound, and one after
+  `MAX_INTERVAL` at a quiet moment (or, busy all along, at twice that).
 
 MQTT connections and sessions are freed by reference counting alone (measured: a deep pass after 10,000
 connections dropped, and after 10,000 closed cleanly, found no cyclic garbage at all), so what a settle
@@ -52,11 +51,7 @@ QUIET_FOR = 2.0  # s of quiet before a deep pass that is due
 LATE_LAG = 0.05  # s: a look that came this late finds the loop behind (`late`)
 LATE_HOLD = 1.0  # s the loop counts as behind after such a look
 MAX_INTERVAL = 3600.0  # s between deep passes: at a quiet moment after this, busy or not after twice this
-# Resident memory this many times that after the last deep pass: a deep pass at a quiet moment; busy
-# or not, at GROWTH_BUSY times. A deep pass with 10,000 connections holds the loop for 0.9-1.6 s: at the
-# doubling, busy or not, one fell inside a reconnect storm whenever the storm doubled memory.
-GROWTH = 1.5
-GROWTH_BUSY = 3.0
+GROWTH = 2.0  # resident memory this many times that after the last deep pass: a deep pass, busy or not
 GROWTH_FLOOR = 128 * 2**20  # bytes: and grown by at least this much (small processes grow in big steps)
 NEVER = 1_000_000  # young-generation passes before CPython would run a full one by itself
 TAKES_OVER = sys.version_info < (3, 14)  # 3.14's incremental collector has no stop-the-world full pass
@@ -82,10 +77,7 @@ class Look:
 
 def pass_to_run(look: Look) -> str | None:
     """The pass to run now ("growth" and "interval" are deep, "settle" is not), or None."""
-    if look.rss - look.rss_after_deep >= GROWTH_FLOOR and (
-        look.rss >= look.rss_after_deep * GROWTH_BUSY
-        or (look.rss >= look.rss_after_deep * GROWTH and look.quiet_for >= QUIET_FOR)
-    ):
+    if look.rss >= look.rss_after_deep * GROWTH and look.rss - look.rss_after_deep >= GROWTH_FLOOR:
         return "growth"
     if look.since_deep >= 2 * MAX_INTERVAL or (look.since_deep >= MAX_INTERVAL and look.quiet_for >= QUIET_FOR):
         return "interval"

@@ -16,7 +16,6 @@ import pytest
 from shared import collector
 from shared.collector import (
     GROWTH,
-    GROWTH_BUSY,
     GROWTH_FLOOR,
     MAX_INTERVAL,
     QUIET_FOR,
@@ -58,11 +57,8 @@ def look(**changes: float | int | bool) -> Look:
         ({"since_deep": MAX_INTERVAL, "quiet_for": 0.0, "promoted": False}, None),
         ({"since_deep": 2 * MAX_INTERVAL, "quiet_for": 0.0}, "interval"),  # busy for too long
         ({"since_deep": MAX_INTERVAL, "promoted": False}, "interval"),  # frozen garbage needs no promotion
-        ({"rss": int(100 * MB * GROWTH) + GROWTH_FLOOR}, "growth"),  # quiet, memory grew enough
+        ({"quiet_for": 0.0, "rss": int(100 * MB * GROWTH) + GROWTH_FLOOR}, "growth"),  # busy, memory grew enough
         ({"promoted": False, "rss": int(100 * MB * GROWTH) + GROWTH_FLOOR}, "growth"),
-        ({"quiet_for": 0.0, "rss": int(100 * MB * GROWTH) + GROWTH_FLOOR}, "settle"),  # but busy: wait
-        ({"quiet_for": 0.0, "rss": 2000 * MB, "rss_after_deep": 1000 * MB}, "settle"),  # doubled, busy: wait
-        ({"quiet_for": 0.0, "rss": int(100 * MB * GROWTH_BUSY) + GROWTH_FLOOR}, "growth"),  # busy too long
         ({"grown": 0, "rss": int(100 * MB * GROWTH) - MB}, None),  # grew, not enough
         ({"grown": 0, "rss": 20 * MB, "rss_after_deep": 10 * MB}, None),  # doubled, by a few MB only
         ({"quiet_for": 0.0, "rss": 10_000 * MB, "rss_after_deep": 0}, "growth"),  # no reading at the last pass
