@@ -15,9 +15,13 @@ set one off every few seconds.
   few seconds: passes every 0.1 s took 8% of the event loop under wrk's commands, walking requests in
   flight that were freed a moment later.
 - **deep** passes, rare: the frozen objects are given back (`gc.unfreeze`) and everything is walked, for
-  cyclic garbage made of objects that lived long enough to be frozen. One runs once resident memory has
-  doubled since the last, busy or not, so such garbage never piles up without bound, and one after
-  `MAX_INTERVAL` at a quiet moment (or, busy all along, at twice that).
+  cyclic garbage made of objects that lived long enough to be frozen. One runs once the memory blocks
+  in use have doubled since the last, busy or not, so such garbage never piles up without bound, and
+  one after `MAX_INTERVAL` at a quiet moment (or, busy all along, at twice that). Blocks in use, not
+  resident memory: a reconnect storm frees 10,000 connections and makes 10,000 new ones, so the blocks
+  in use come back to where they were, while resident memory grows (freed memory stays in the
+  process). A deep pass that resident memory set off inside a storm found nothing to free, and held
+  the loop for 1.2 s.
 
 MQTT connections and sessions are freed by reference counting alone (measured: a deep pass after 10,000
 connections dropped, and after 10,000 closed cleanly, found no cyclic garbage at all), so what a settle
@@ -30,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -51,8 +54,8 @@ QUIET_FOR = 2.0  # s of quiet before a deep pass that is due
 LATE_LAG = 0.05  # s: a look that came this late finds the loop behind (`late`)
 LATE_HOLD = 1.0  # s the loop counts as behind after such a look
 MAX_INTERVAL = 3600.0  # s between deep passes: at a quiet moment after this, busy or not after twice this
-GROWTH = 2.0  # resident memory this many times that after the last deep pass: a deep pass, busy or not
-GROWTH_FLOOR = 128 * 2**20  # bytes: and grown by at least this much (small processes grow in big steps)
+GROWTH = 2.0  # memory blocks in use this many times those after the last deep pass: a deep pass, busy or not
+GROWTH_FLOOR = 2_000_000  # blocks: and grown by at least this many (about 100 MB: small processes grow in big steps)
 NEVER = 1_000_000  # young-generation passes before CPython would run a full one by itself
 TAKES_OVER = sys.version_info < (3, 14)  # 3.14's incremental collector has no stop-the-world full pass
 SETTLE = "settle"
@@ -62,22 +65,23 @@ DEEP = frozenset({"growth", "interval"})
 @dataclass(frozen=True, slots=True)
 class Look:
     """What the collector knows when it decides: seconds since the last deep pass and since the last
-    pass of any kind, how long the loop has been quiet, resident memory now and after the last deep
-    pass, whether young collections have promoted anything to the old generation since the last pass,
-    and how many more memory blocks are in use than at the last pass (or at the lowest since)."""
+    pass of any kind, how long the loop has been quiet, whether young collections have promoted
+    anything to the old generation since the last pass, how many more memory blocks are in use than at
+    the last pass (or at the lowest since), and how many are in use now and were after the last deep
+    pass."""
 
     since_deep: float
     since_pass: float
     quiet_for: float
-    rss: int
-    rss_after_deep: int
     promoted: bool
     grown: int
+    blocks: int
+    blocks_after_deep: int
 
 
 def pass_to_run(look: Look) -> str | None:
     """The pass to run now ("growth" and "interval" are deep, "settle" is not), or None."""
-    if look.rss >= look.rss_after_deep * GROWTH and look.rss - look.rss_after_deep >= GROWTH_FLOOR:
+    if look.blocks >= look.blocks_after_deep * GROWTH and look.blocks - look.blocks_after_deep >= GROWTH_FLOOR:
         return "growth"
     if look.since_deep >= 2 * MAX_INTERVAL or (look.since_deep >= MAX_INTERVAL and look.quiet_for >= QUIET_FOR):
         return "interval"
@@ -86,22 +90,13 @@ def pass_to_run(look: Look) -> str | None:
     return None  # little new in the old generation, nothing due
 
 
-def resident_bytes() -> int:
-    """This process's resident memory, from /proc (0 where there is none: growth then never decides)."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 class Collector:
     def __init__(self, counter: Counter | None = None) -> None:
         self.counter = counter  # handshake_gc_full_collections{reason}
         self._task: asyncio.Task[None] | None = None
         self._thresholds = gc.get_threshold()
         self._last_deep = self._last_pass = time.monotonic()
-        self._rss_after_deep = 0
+        self._blocks_after_deep = 0
         self._blocks_low = sys.getallocatedblocks()  # blocks in use at the last pass, or the fewest since
         self._late_until = 0.0
         self.passes: list[tuple[str, float]] = []  # (reason, seconds it held the GIL), the latest few
@@ -129,7 +124,7 @@ class Collector:
 
     def _mark_deep(self) -> None:
         self._last_deep = time.monotonic()
-        self._rss_after_deep = resident_bytes()
+        self._blocks_after_deep = sys.getallocatedblocks()
 
     def collect(self, reason: str) -> None:
         """A full collection of what is not frozen (a deep pass unfreezes everything first), its
@@ -172,12 +167,12 @@ class Collector:
                 since_deep=time.monotonic() - self._last_deep,
                 since_pass=time.monotonic() - self._last_pass,
                 quiet_for=0.0 if quiet_since is None else now - quiet_since,
-                rss=resident_bytes(),
-                rss_after_deep=self._rss_after_deep,
                 # In CPython the oldest generation's count is the middle generation's passes since the
                 # last full one: each of those promoted survivors into the old generation.
                 promoted=gc.get_count()[2] > 0,
                 grown=blocks - self._blocks_low,
+                blocks=blocks,
+                blocks_after_deep=self._blocks_after_deep,
             )
             reason = pass_to_run(look)
             if reason is not None:

@@ -27,18 +27,16 @@ from shared.collector import (
 )
 from tests.device_connector.helpers import eventually
 
-MB = 2**20
-
 
 def look(**changes: float | int | bool) -> Look:
     calm: dict[str, float | int | bool] = {
         "since_deep": 60.0,
         "since_pass": 0.1,
         "quiet_for": QUIET_FOR,
-        "rss": 100 * MB,
-        "rss_after_deep": 100 * MB,
         "promoted": True,
         "grown": SETTLE_GROWTH,
+        "blocks": 1_000_000,
+        "blocks_after_deep": 1_000_000,
     }
     return Look(**{**calm, **changes})  # type: ignore[arg-type]
 
@@ -57,11 +55,11 @@ def look(**changes: float | int | bool) -> Look:
         ({"since_deep": MAX_INTERVAL, "quiet_for": 0.0, "promoted": False}, None),
         ({"since_deep": 2 * MAX_INTERVAL, "quiet_for": 0.0}, "interval"),  # busy for too long
         ({"since_deep": MAX_INTERVAL, "promoted": False}, "interval"),  # frozen garbage needs no promotion
-        ({"quiet_for": 0.0, "rss": int(100 * MB * GROWTH) + GROWTH_FLOOR}, "growth"),  # busy, memory grew enough
-        ({"promoted": False, "rss": int(100 * MB * GROWTH) + GROWTH_FLOOR}, "growth"),
-        ({"grown": 0, "rss": int(100 * MB * GROWTH) - MB}, None),  # grew, not enough
-        ({"grown": 0, "rss": 20 * MB, "rss_after_deep": 10 * MB}, None),  # doubled, by a few MB only
-        ({"quiet_for": 0.0, "rss": 10_000 * MB, "rss_after_deep": 0}, "growth"),  # no reading at the last pass
+        ({"quiet_for": 0.0, "blocks": int(GROWTH * GROWTH_FLOOR), "blocks_after_deep": GROWTH_FLOOR}, "growth"),  # busy
+        ({"promoted": False, "blocks": int(GROWTH * GROWTH_FLOOR), "blocks_after_deep": GROWTH_FLOOR}, "growth"),
+        ({"grown": 0, "blocks": int(GROWTH * GROWTH_FLOOR) - 1, "blocks_after_deep": GROWTH_FLOOR}, None),  # not enough
+        ({"grown": 0, "blocks": GROWTH_FLOOR, "blocks_after_deep": GROWTH_FLOOR // 2}, None),  # by too few
+        ({"quiet_for": 0.0, "blocks": GROWTH_FLOOR, "blocks_after_deep": 0}, "growth"),  # none at the last pass
     ],
 )
 def test_which_pass_runs(changes: dict[str, float | int | bool], expected: str | None) -> None:
