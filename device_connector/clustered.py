@@ -23,11 +23,12 @@ from dataclasses import dataclass, fields
 import httpx
 import orjson
 
+from device_connector.acl import Grants
 from device_connector.gate import USER_ID, Admission, Gate, is_device_name
 from device_connector.mqtt_relay import MqttRelay
 from device_connector.port import BrokerEvents, CloseReason, Connection
 from shared.context import Context
-from shared.models import Role
+from shared.models import DeviceRole, Role
 from shared.registry import Key
 from shared.tokens import Claims, TokenKind
 
@@ -37,21 +38,38 @@ LOCAL_LIMIT = 100_000
 
 @dataclass(frozen=True)
 class Admitted:
-    """An admitted CONNECT: the names it used and its token's claims, as replicas share them."""
+    """An admitted CONNECT: the names it used, its token's claims and, for a user, the roles it was
+    admitted with (what the broker may have authorized its subscriptions against), as replicas share
+    them."""
 
     client_id: str
     username: str
     claims: Claims
+    roles: dict[str, DeviceRole] | None = None
 
     def to_json(self) -> bytes:
         claims = {f.name: getattr(self.claims, f.name) for f in fields(Claims) if f.name != "payload"}
-        return orjson.dumps({"client_id": self.client_id, "username": self.username, "claims": claims})
+        return orjson.dumps(
+            {"client_id": self.client_id, "username": self.username, "claims": claims, "roles": self.roles}
+        )
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Admitted:
         data = orjson.loads(raw)
         claims = data["claims"]
-        return cls(data["client_id"], data["username"], Claims(**{**claims, "kind": TokenKind(claims["kind"])}))
+        roles = data.get("roles")
+        return cls(
+            data["client_id"],
+            data["username"],
+            Claims(**{**claims, "kind": TokenKind(claims["kind"])}),
+            {uid: DeviceRole(role) for uid, role in roles.items()} if isinstance(roles, dict) else None,
+        )
+
+    def lost_since(self, grants: Grants) -> bool:
+        """Whether `grants` lack a role this connection was admitted with."""
+        return any(
+            (now := grants.roles.get(uid)) is None or not now.allows(role) for uid, role in (self.roles or {}).items()
+        )
 
 
 class Admissions:
@@ -66,7 +84,9 @@ class Admissions:
         self.local: dict[str, Admitted] = {}
 
     async def put(self, client_id: str, username: str, admission: Admission) -> None:
-        admitted = Admitted(client_id, username, admission.claims)
+        grants = admission.grants
+        roles = dict(grants.roles) if grants.user_id is not None else None
+        admitted = Admitted(client_id, username, admission.claims, roles)
         if len(self.local) >= LOCAL_LIMIT:
             self._prune()
         self.local[client_id] = admitted
@@ -286,6 +306,14 @@ class ClusteredBroker:
         claims = admitted.claims
         device = is_device_name(username)
         grants = await self.gate.grants(claims.sub, device=device, admin=claims.role == Role.ADMIN)
+        if admitted.lost_since(grants):
+            # A role lost between the CONNECT's admission and now: the broker may hold subscriptions
+            # it authorized against it, and the access change came while this connection was not
+            # known here, so nothing narrowed it. It goes, and its client reconnects with what is left.
+            self.book.add(name, None)
+            log.info("closing MQTT connection %s of %s: a role was lost since its admission", name, client_id)
+            await self.start_kick(name, username, client_id, CloseReason.REVOKED)
+            return
         conn = Connection(client_id=client_id, username=username, claims=claims, grants=grants, ip=ip)
         recorder = not recorded and await self.once.claim(f"created:{name}")
         if not self.book.add(name, conn):

@@ -206,11 +206,16 @@ class Emqx:
         self.sessions: dict[str, int] = {}
 
     async def connect(self, client_id: str, username: str, password: str) -> bool:
+        return await self.authenticate(client_id, username, password) and await self.connected(client_id, username)
+
+    async def authenticate(self, client_id: str, username: str, password: str) -> bool:
+        """The CONNECT's authentication alone: EMQX posts client.connected once the client is in."""
         body = {"clientid": client_id, "username": username, "password": password, "peerhost": "198.51.100.4"}
         answer = await self.http.post("/v1/mqtt/auth", json=body, headers={"X-Hook-Secret": SECRET})
         assert answer.status_code == 200
-        if answer.json()["result"] != "allow":
-            return False
+        return bool(answer.json()["result"] == "allow")
+
+    async def connected(self, client_id: str, username: str) -> bool:
         self.sessions[client_id] = int(time.time() * 1000)
         self.api.online.add(client_id)
         await self.event(
@@ -402,6 +407,30 @@ async def test_unsharing_kicks_the_sharee(emqx: httpx.AsyncClient, emqx_api: Emq
     assert removed.status_code == 204
     assert await eventually(lambda: emqx_api.kicks, timeout=5)
     assert emqx_api.kicks[0][0] == viewer.id
+
+
+async def test_a_share_removed_before_the_connector_heard_of_the_connection_kicks_it_too(
+    emqx: httpx.AsyncClient, emqx_api: EmqxApi, world: World
+) -> None:
+    """EMQX admitted the sharee (and may have authorized its subscriptions) before the unshare, and
+    its client.connected reaches the connector only after it: the connection was unknown when the
+    access change came, so it is judged against the roles it was admitted with when it is heard of."""
+    broker = Emqx(emqx, emqx_api)
+    viewer = world.viewer
+    assert await broker.authenticate(viewer.id, viewer.id, viewer.tokens["access_token"])
+    removed = await emqx.delete(f"/v1/devices/{world.uid}/shares/{viewer.id}", headers=world.owner.headers)
+    assert removed.status_code == 204
+    await asyncio.sleep(0.5)  # the access change has come and gone
+    assert not emqx_api.kicks
+    assert await broker.connected(viewer.id, viewer.id)
+    assert await eventually(lambda: emqx_api.kicks, timeout=5)
+    assert emqx_api.kicks[0][0] == viewer.id
+    # Nothing lost since its admission: a connection heard of late is kept.
+    owner = world.owner
+    assert await broker.authenticate(f"{owner.id}-tablet", owner.id, owner.tokens["access_token"])
+    assert await broker.connected(f"{owner.id}-tablet", owner.id)
+    await asyncio.sleep(1)
+    assert [client_id for client_id, _ in emqx_api.kicks] == [viewer.id]
 
 
 async def test_a_connection_no_hook_admitted_is_kicked(
