@@ -96,15 +96,24 @@ class Admissions:
             await self.ctx.redis.set(self.prefix + client_id, admitted.to_json(), ex=ttl)
 
     async def get(self, client_id: str, username: str) -> Admitted | None:
-        found = self.local.get(client_id)
-        if found is None and self.ctx.redis is not None:
+        """The client id's latest admission. With Redis, the shared one first: this replica's own copy
+        may be of an earlier connection that another replica has admitted again since (with the roles
+        it has now, which the old copy's would make look lost)."""
+        found: Admitted | None = None
+        raw: bytes | str | None = None
+        if self.ctx.redis is not None:
             try:
                 raw = await self.ctx.redis.get(self.prefix + client_id)
             except Exception as exc:
                 log.warning("could not read the admission of %s: %r", client_id, exc)
-                raw = None
-            if raw is not None:
+        if raw is not None:
+            try:
                 found = Admitted.from_json(raw)
+            except (KeyError, TypeError, ValueError) as exc:  # unreadable: as if none (fail closed)
+                log.warning("unreadable admission of %s: %r", client_id, exc)
+                return None
+        else:  # no Redis, Redis away, or nothing there: this replica's own copy
+            found = self.local.get(client_id)
         if found is None or found.username != username:
             return None
         return found
