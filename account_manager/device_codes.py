@@ -56,7 +56,7 @@ async def rate_limit_requests(ctx: Context, ip: str | None) -> None:
     if this_minute > REQUESTS_PER_MINUTE:
         raise RateLimitedError(seconds_until_allowed(this_minute, 0, into))
     last_minute = await ctx.counters.count(f"{key}{int(minute) - 1}")
-    if this_minute + last_minute * (1 - into / 60) > REQUESTS_PER_MINUTE:
+    if this_minute * 60 + last_minute * (60 - into) > REQUESTS_PER_MINUTE * 60:  # × 60: no rounding at the edges
         raise RateLimitedError(seconds_until_allowed(this_minute, last_minute, into))
 
 
@@ -66,10 +66,10 @@ def seconds_until_allowed(this_minute: int, last_minute: int, into: float) -> in
     share of last_minute; in the next minute it is 1 plus the falling share of this_minute."""
     room = REQUESTS_PER_MINUTE - 1
     if this_minute <= room:  # perhaps later in this minute, once enough of the last one has slid out
-        at = 60 * (1 - (room - this_minute) / last_minute) if last_minute else 0.0
+        at = 60 * (last_minute - room + this_minute) / last_minute if last_minute else 0.0
         if at < 60:
             return max(1, math.ceil(at - into))
-    at_next = 60 * (1 - room / this_minute) if this_minute > room else 0.0
+    at_next = 60 * (this_minute - room) / this_minute if this_minute > room else 0.0
     return max(1, math.ceil(60 - into + at_next))
 
 
