@@ -59,6 +59,7 @@ def look(**changes: float | int | bool) -> Look:
         ({"promoted": False, "blocks": int(GROWTH * GROWTH_FLOOR), "blocks_after_deep": GROWTH_FLOOR}, "growth"),
         ({"grown": 0, "blocks": int(GROWTH * GROWTH_FLOOR) - 1, "blocks_after_deep": GROWTH_FLOOR}, None),  # not enough
         ({"grown": 0, "blocks": GROWTH_FLOOR, "blocks_after_deep": GROWTH_FLOOR // 2}, None),  # by too few
+        ({"grown": 0, "blocks": 4 * GROWTH_FLOOR - 1, "blocks_after_deep": 2 * GROWTH_FLOOR}, None),  # not doubled
         ({"quiet_for": 0.0, "blocks": GROWTH_FLOOR, "blocks_after_deep": 0}, "growth"),  # none at the last pass
     ],
 )
