@@ -116,6 +116,9 @@ class Fanout:
                         for each in body:
                             if isinstance(each, dict):
                                 await self._dispatch(channel, each)
+                        # A turn for whoever reads what was just handed on (a live feed's queue holds
+                        # 1,000) before the next batch, which may be waiting in the buffer already.
+                        await asyncio.sleep(0)
                     elif isinstance(body, dict):
                         await self._dispatch(channel, body)
             except asyncio.CancelledError:
