@@ -496,6 +496,9 @@ async def test_what_others_left_retained_on_the_broker_changes_nothing(
             broker = Emqx(http, emqx_api)
             with Firmware(world.uid):
                 assert await broker.connect(world.uid, world.uid, world.device_token)
+                # The connector learns of the connection through the fan-out, a moment after EMQX.
+                connector = running_connector(ctx)
+                assert await eventually(lambda: connector.broker.is_online(world.uid))
                 command = {"action": "switch", "params": {"on": True}, "timeout": 5}
                 reply = await http.post(f"/v1/devices/{world.uid}/commands", json=command, headers=world.owner.headers)
                 assert reply.status_code == 200 and reply.json()["result"] == {"on": True}, reply.text
