@@ -72,6 +72,12 @@ class Grants:
         return cls(user_id=user_id, roles=roles, admin=admin)
 
 
+def role_lost(before: DeviceRole | None, now: DeviceRole | None) -> bool:
+    """Whether a connection that held `before` on a device holds less now (a subscription the broker
+    authorized against `before` may no longer be allowed)."""
+    return before is not None and (now is None or now.rank < before.rank)
+
+
 def valid_topic(topic: str) -> bool:
     """Limits of SPEC §6: at most 32 levels and 256 bytes; no NUL."""
     return (

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 import httpx
 import orjson
 
-from device_connector.acl import Grants
+from device_connector.acl import Grants, role_lost
 from device_connector.gate import USER_ID, Admission, Gate, is_device_name
 from device_connector.mqtt_relay import MqttRelay
 from device_connector.port import BrokerEvents, CloseReason, Connection
@@ -67,9 +67,7 @@ class Admitted:
 
     def lost_since(self, grants: Grants) -> bool:
         """Whether `grants` lack a role this connection was admitted with."""
-        return any(
-            (now := grants.roles.get(uid)) is None or not now.allows(role) for uid, role in (self.roles or {}).items()
-        )
+        return any(role_lost(role, grants.roles.get(uid)) for uid, role in (self.roles or {}).items())
 
 
 class Admissions:
@@ -307,10 +305,8 @@ class ClusteredBroker:
     async def _track(self, name: str, client_id: str, username: str, ip: str | None, *, recorded: bool) -> None:
         admitted = await self._admission(client_id, username)
         if admitted is None:
-            self.book.add(name, None)
             # No replica can vouch for this connection's token (its expiry, its session): fail closed.
-            log.warning("closing MQTT connection %s of %s: no admission known for it", name, client_id)
-            await self.start_kick(name, username, client_id, CloseReason.REVOKED)
+            await self._turn_away(name, username, client_id, "no admission known for it", logging.WARNING)
             return
         claims = admitted.claims
         device = is_device_name(username)
@@ -319,9 +315,7 @@ class ClusteredBroker:
             # A role lost between the CONNECT's admission and now: the broker may hold subscriptions
             # it authorized against it, and the access change came while this connection was not
             # known here, so nothing narrowed it. It goes, and its client reconnects with what is left.
-            self.book.add(name, None)
-            log.info("closing MQTT connection %s of %s: a role was lost since its admission", name, client_id)
-            await self.start_kick(name, username, client_id, CloseReason.REVOKED)
+            await self._turn_away(name, username, client_id, "a role was lost since its admission", logging.INFO)
             return
         conn = Connection(client_id=client_id, username=username, claims=claims, grants=grants, ip=ip)
         recorder = not recorded and await self.once.claim(f"created:{name}")
@@ -330,6 +324,12 @@ class ClusteredBroker:
         conn.recorder = recorder
         if self.events is not None:
             self.events.connected(conn)
+
+    async def _turn_away(self, name: str, username: str, client_id: str, why: str, level: int) -> None:
+        """A connection not to be kept: known as closed, and kicked."""
+        self.book.add(name, None)
+        log.log(level, "closing MQTT connection %s of %s: %s", name, client_id, why)
+        await self.start_kick(name, username, client_id, CloseReason.REVOKED)
 
     async def _admission(self, client_id: str, username: str) -> Admitted | None:
         loop = asyncio.get_running_loop()

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from device_connector import store
-from device_connector.acl import payload_refusal
+from device_connector.acl import payload_refusal, role_lost
 from device_connector.gate import is_device_name
 from device_connector.journal import Journal, NewEvent, Reported
 from device_connector.port import Broker, CloseReason, Connection
@@ -250,7 +250,7 @@ class Connector:
                 grants.roles.pop(uid, None)
             else:
                 grants.roles[uid] = role
-            if before is not None and (role is None or role.rank < before.rank):
+            if role_lost(before, role):
                 try:
                     await self.broker.narrow(conn)
                 except Exception as exc:
