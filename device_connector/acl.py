@@ -3,6 +3,7 @@ decoding, a few dictionary lookups per check. The broker and the EMQX hooks both
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -76,6 +77,11 @@ def role_lost(before: DeviceRole | None, now: DeviceRole | None) -> bool:
     """Whether a connection that held `before` on a device holds less now (a subscription the broker
     authorized against `before` may no longer be allowed)."""
     return before is not None and (now is None or now.rank < before.rank)
+
+
+def roles_lost(before: Mapping[str, DeviceRole], now: Grants) -> bool:
+    """Whether `now` lacks a role held in `before`, on any device."""
+    return any(role_lost(role, now.roles.get(uid)) for uid, role in before.items())
 
 
 def valid_topic(topic: str) -> bool:

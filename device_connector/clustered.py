@@ -23,10 +23,10 @@ from dataclasses import dataclass, fields
 import httpx
 import orjson
 
-from device_connector.acl import Grants, role_lost
+from device_connector.acl import Grants, roles_lost
 from device_connector.gate import USER_ID, Admission, Gate, is_device_name
 from device_connector.mqtt_relay import MqttRelay
-from device_connector.port import BrokerEvents, CloseReason, Connection
+from device_connector.port import BrokerEvents, CloseReason, Connection, RefusedError
 from shared.context import Context
 from shared.models import DeviceRole, Role
 from shared.registry import Key
@@ -67,7 +67,7 @@ class Admitted:
 
     def lost_since(self, grants: Grants) -> bool:
         """Whether `grants` lack a role this connection was admitted with."""
-        return any(role_lost(role, grants.roles.get(uid)) for uid, role in (self.roles or {}).items())
+        return roles_lost(self.roles or {}, grants)
 
 
 class Admissions:
@@ -324,6 +324,22 @@ class ClusteredBroker:
         conn.recorder = recorder
         if self.events is not None:
             self.events.connected(conn)
+        if not device:
+            await self._recheck(conn, admin=claims.role == Role.ADMIN)
+
+    async def _recheck(self, conn: Connection, *, admin: bool) -> None:
+        """An access change that came while the connection's roles were read and it was not yet in the
+        book found nothing to narrow: read the roles once more now that it is there, and let it go if
+        it lost one. A change after this read reaches it in the book."""
+        try:
+            now = await self.gate.grants(conn.claims.sub, device=False, admin=admin)
+        except RefusedError:
+            lost = True  # unknown whether it lost one: fail closed, its client reconnects
+        else:
+            lost = roles_lost(conn.grants.roles, now)
+        if lost:
+            log.info("closing MQTT connection of %s: its roles changed while it was looked up", conn.client_id)
+            await self.narrow(conn)
 
     async def _turn_away(self, name: str, username: str, client_id: str, why: str, level: int) -> None:
         """A connection not to be kept: known as closed, and kicked."""

@@ -30,6 +30,7 @@ from fastapi import FastAPI
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device_connector import mqtt_relay
+from device_connector.clustered import ClusteredBroker
 from device_connector.mqtt_relay import RECONNECT_MAX_DELAY, MqttRelay
 from shared.app import create_app
 from shared.errors import ServiceUnavailableError
@@ -431,6 +432,34 @@ async def test_a_share_removed_before_the_connector_heard_of_the_connection_kick
     assert await broker.connected(f"{owner.id}-tablet", owner.id)
     await asyncio.sleep(1)
     assert [client_id for client_id, _ in emqx_api.kicks] == [viewer.id]
+
+
+async def test_a_share_removed_while_the_connector_looked_the_connection_up_kicks_it(
+    emqx: AppClient, emqx_api: EmqxApi, world: World
+) -> None:
+    """The unshare comes after the connector read the sharee's roles and before the connection is in
+    its book, so the access change finds nothing to narrow: the roles are read once more after."""
+    broker = Emqx(emqx, emqx_api)
+    viewer = world.viewer
+    adapter = running_connector(emqx.app.state.ctx).broker
+    assert isinstance(adapter, ClusteredBroker)
+    claim = adapter.once.claim
+
+    async def unshare_first(key: str, value: str = "1") -> bool:
+        if key.startswith(f"created:{viewer.id}@") and not unshared:
+            removed = await emqx.delete(f"/v1/devices/{world.uid}/shares/{viewer.id}", headers=world.owner.headers)
+            unshared.append(removed.status_code)
+            await asyncio.sleep(0.5)  # the access change has come and gone
+            assert not emqx_api.kicks
+        return await claim(key, value)
+
+    unshared: list[int] = []
+    adapter.once.claim = unshare_first  # type: ignore[method-assign]
+    assert await broker.authenticate(viewer.id, viewer.id, viewer.tokens["access_token"])
+    assert await broker.connected(viewer.id, viewer.id)
+    assert await eventually(lambda: emqx_api.kicks, timeout=5)
+    assert unshared == [204]
+    assert emqx_api.kicks[0][0] == viewer.id
 
 
 async def test_a_connection_no_hook_admitted_is_kicked(
