@@ -12,8 +12,8 @@ from typing import Any
 from account_manager import store
 from account_manager.passwords import check_strength, passwords
 from account_manager.sessions import end_all_sessions
+from account_manager.user_cache import user_cache
 from shared import lockout
-from shared.cache import RowCache
 from shared.clock import utcnow
 from shared.context import Context
 from shared.errors import (
@@ -24,7 +24,6 @@ from shared.errors import (
     WrongPasswordError,
 )
 from shared.models import ActorType, EventType, Role
-from shared.registry import Key
 
 USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{2,63}")
 EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
@@ -88,7 +87,7 @@ async def create_user(
                 ip=ip,
                 detail=detail,
             )
-    return store.UserRow(user_id, username, email, password_hash, role, False, now, None)
+    return store.UserRow(user_id, username, email, password_hash, role, False, now, None, now)
 
 
 async def register(ctx: Context, *, username: str, password: str, email: str | None, ip: str | None) -> store.UserRow:
@@ -97,13 +96,6 @@ async def register(ctx: Context, *, username: str, password: str, email: str | N
     return await create_user(
         ctx, username=username, password=password, role=Role.USER, email=email, ip=ip, registration=True
     )
-
-
-USER_CACHE = Key[RowCache[store.UserRow]]("user_cache")
-
-
-def user_cache(ctx: Context) -> RowCache[store.UserRow]:
-    return ctx.services.get(USER_CACHE, lambda: RowCache[store.UserRow](ctx.revocations, "user"))
 
 
 async def get_user(ctx: Context, *, user_id: str, cached: bool = False) -> store.UserRow:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from account_manager import mfa, store
 from account_manager.passwords import passwords
+from account_manager.user_cache import row_version, user_cache
 from shared import lockout
 from shared.clock import sha256_hex, utcnow
 from shared.context import Context
@@ -107,8 +108,7 @@ async def issue_session(
     now = utcnow()
     sid = sid or new_session_id()
     refresh_token = new_refresh_token()
-    ctx.revocations.user_changed(tx, user_id)  # its last login changes
-    await store.open_session(
+    user = await store.open_session(
         tx,
         sid=sid,
         user_id=user_id,
@@ -119,6 +119,12 @@ async def issue_session(
         user_agent=user_agent,
         client_id=client_id,
     )
+    # Its last login changed: other processes forget the row; this one keeps it as the login left it.
+    if user is None:
+        ctx.revocations.user_changed(tx, user_id)
+    else:
+        ctx.revocations.user_changed(tx, user_id, version=row_version(user))
+        tx.after_commit(lambda: user_cache(ctx).replace(user_id, user))
     access, _ = ctx.issuer.access(
         user_id=user_id, sid=sid, role=role, ttl=settings.access_ttl, client_id=client_id, mfa_enrolment=enrolment
     )

@@ -27,6 +27,7 @@ class UserRow:
     disabled: bool
     created_at: datetime
     last_login_at: datetime | None
+    updated_at: datetime  # the row's version (shared.cache)
     mfa_enabled: bool = False
 
 
@@ -83,6 +84,7 @@ def _user(row: sa.Row[Any] | None) -> UserRow | None:
         disabled=row.disabled,
         created_at=row.created_at,
         last_login_at=row.last_login_at,
+        updated_at=row.updated_at,
         mfa_enabled=bool(row.mfa_enabled),
     )
 
@@ -112,6 +114,7 @@ _RECORD_LOGIN = (
     sa.update(users)
     .where(users.c.id == sa.bindparam("user_id"))
     .values(last_login_at=sa.bindparam("now"), updated_at=sa.bindparam("now"))
+    .returning(*users.c)  # the row as the login left it, for this process's cache of it
 )
 # PostgreSQL takes the three as one statement: data-modifying CTEs commit or fail together, and the
 # refresh token's foreign key is checked at the end of the statement, when the session is there.
@@ -242,9 +245,10 @@ async def open_session(
     ip: str | None,
     user_agent: str | None,
     client_id: str | None = None,
-) -> None:
-    """A login's rows: the session, its first refresh token and the user's last login time. One round
-    trip on PostgreSQL, three statements (in one transaction) on SQLite, which has no DML in CTEs."""
+) -> UserRow | None:
+    """A login's rows: the session, its first refresh token and the user's last login time; returns the
+    user's row as it leaves it. One round trip on PostgreSQL, three statements (in one transaction) on
+    SQLite, which has no DML in CTEs."""
     params = {
         "sid": sid,
         "user_id": user_id,
@@ -256,10 +260,10 @@ async def open_session(
         "client_id": client_id,
     }
     if tx.conn.dialect.name == "postgresql":
-        await tx.execute(_OPEN_SESSION_IN_ONE, params)
-        return
-    for statement in (_INSERT_SESSION, _INSERT_REFRESH, _RECORD_LOGIN):
+        return _user((await tx.execute(_OPEN_SESSION_IN_ONE, params)).first())
+    for statement in (_INSERT_SESSION, _INSERT_REFRESH):
         await tx.execute(statement, params)
+    return _user((await tx.execute(_RECORD_LOGIN, params)).first())
 
 
 async def touch_session(

@@ -7,10 +7,20 @@ database. So a cached row is at most about one reconciliation interval behind a 
 and never more than the staleness bound (5 s in all, as for revocations).
 
 A read that raced a change cannot put back what it read before the change: each put carries the
-cache's generation from before its read, and any change in between makes the put a no-op."""
+cache's generation from before its read, and any change in between makes the put a no-op.
+
+Rows carry a version (their `updated_at`, to the microsecond). A change notice that names the version
+the cached row already has is of the write that row shows: the row stays. So a login, which changes its
+user's row, keeps that row cached in its own process (`replace`, with what the write returned), and
+neither the echo of its own fan-out message nor the reconciliation passes that report it for the next
+seconds forget it again (issue 11: in a login storm every pass forgot every user who logged in within
+the last ten seconds, and `GET /v1/users/me` went to the database in the middle of the storm's writes).
+A notice with another version, or none, forgets the row, whichever is newer: versions are compared for
+equality only, so no clock has to be right."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from shared.revocation import Revocations
@@ -21,14 +31,17 @@ MAX_ENTRIES = 100_000
 
 
 class RowCache(Generic[V]):
-    def __init__(self, revocations: Revocations, kind: str, *, max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(
+        self, revocations: Revocations, kind: str, version: Callable[[V], int], *, max_entries: int = MAX_ENTRIES
+    ) -> None:
         self.revocations = revocations
+        self.version = version
         self.max_entries = max_entries
         self._rows: dict[str, V] = {}
         self._counter = 0  # one tick per forget
         self._forgotten: dict[str, int] = {}  # key -> the tick it was last forgotten at
         self._floor = 0  # tickets older than this are refused (the record of forgets was cleared)
-        revocations.watch(kind, self.forget)
+        revocations.watch_versions(kind, self.forget)
 
     def get(self, key: str) -> V | None:
         if not self.revocations.confirmed:
@@ -42,14 +55,31 @@ class RowCache(Generic[V]):
     def put(self, key: str, value: V, ticket: int) -> None:
         if ticket < self._floor or self._forgotten.get(key, -1) > ticket:
             return  # the row changed while it was read: what was read may be from before the change
-        if len(self._rows) >= self.max_entries:
+        self._keep(key, value)
+
+    def replace(self, key: str, value: V) -> None:
+        """This process has just committed a change of the row, and `value` is the row as the write
+        left it: kept, and every read in flight of the row is refused (it may be from before)."""
+        self._mark([key])
+        self._keep(key, value)
+
+    def forget(self, keys: list[str], versions: Sequence[int | None] | None = None) -> None:
+        """Rows changed: forgotten, but where the notice names the version the cached row has."""
+        self._mark(keys)
+        for key, version in zip(keys, versions or [None] * len(keys), strict=True):
+            cached = self._rows.get(key)
+            if cached is not None and (version is None or self.version(cached) != version):
+                del self._rows[key]
+
+    def _keep(self, key: str, value: V) -> None:
+        if key not in self._rows and len(self._rows) >= self.max_entries:
             self._rows.pop(next(iter(self._rows)))  # the oldest entry makes room
         self._rows[key] = value
 
-    def forget(self, keys: list[str]) -> None:
+    def _mark(self, keys: list[str]) -> None:
+        """Reads of these rows in flight now are refused when they come back."""
         self._counter += 1
         for key in keys:
-            self._rows.pop(key, None)
             self._forgotten[key] = self._counter
         if len(self._forgotten) > self.max_entries:
             self._forgotten.clear()

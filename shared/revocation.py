@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 from shared import background, store
@@ -56,6 +56,7 @@ class Revocations:
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[asyncio.Queue[tuple[str, str]]] = []
         self._watchers: dict[str, list[Callable[[list[str]], None]]] = {}
+        self._version_watchers: dict[str, list[Callable[[list[str], Sequence[int | None]], None]]] = {}
         self._background: set[asyncio.Task[None]] = set()
         fanout.subscribe(CHANNEL, self._on_message)
         fanout.on_reconnect.append(self.reconcile)
@@ -105,18 +106,19 @@ class Revocations:
         """Called by the device manager inside the transaction that flips the flag."""
         tx.after_commit(lambda: self.announce("device" if disabled else "device_enabled", [uid]))
 
-    def user_changed(self, tx: Tx, user_id: str) -> None:
-        """A user row changed (profile, role, disabled, password, last login): caches of it forget it."""
-        self.changed_soon(tx, "user", [user_id])
+    def user_changed(self, tx: Tx, user_id: str, *, version: int | None = None) -> None:
+        """A user row changed (profile, role, disabled, password, last login): caches of it forget it,
+        but where they hold it at `version` (shared.cache: the row as this write left it)."""
+        self.changed_soon(tx, "user", [user_id], None if version is None else [version])
 
-    def changed_soon(self, tx: Tx, kind: str, ids: list[str]) -> None:
+    def changed_soon(self, tx: Tx, kind: str, ids: list[str], versions: list[int | None] | None = None) -> None:
         """Rows that caches keep changed: they forget them in this process at commit and in the others
         through the fan-out, sent in the background (the writer does not wait on Redis for it:
         reconciliation bounds a lost or late message)."""
 
         def committed() -> None:
-            self._apply(kind, ids)
-            task = asyncio.get_running_loop().create_task(self._publish(kind, ids))
+            self._apply(kind, ids, versions)
+            task = asyncio.get_running_loop().create_task(self._publish(kind, ids, versions))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -127,6 +129,11 @@ class Revocations:
         writes, by the fan-out, and by each reconciliation pass (what the fan-out may have dropped)."""
         self._watchers.setdefault(kind, []).append(callback)
 
+    def watch_versions(self, kind: str, callback: Callable[[list[str], Sequence[int | None]], None]) -> None:
+        """As `watch`, with each id's version after the change where it is known (None where not):
+        a cache that holds that version already holds the change."""
+        self._version_watchers.setdefault(kind, []).append(callback)
+
     def access_changed(self, tx: Tx, uid: str) -> None:
         """Someone gained or lost a role on a device: live MQTT permissions are re-read (SPEC §5)."""
         tx.after_commit(lambda: self.announce("access", [uid]))
@@ -135,11 +142,14 @@ class Revocations:
         self._apply(kind, ids)
         await self._publish(kind, ids)
 
-    async def _publish(self, kind: str, ids: list[str]) -> None:
+    async def _publish(self, kind: str, ids: list[str], versions: list[int | None] | None = None) -> None:
+        message: dict[str, object] = {"kind": kind, "ids": ids, "at": time.time()}
+        if versions is not None:
+            message["versions"] = versions
         try:
             # Bounded: a Redis that accepts connections and answers nothing must not hold the request.
             async with asyncio.timeout(self.settings.backend_timeout):
-                await self.fanout.publish(CHANNEL, {"kind": kind, "ids": ids, "at": time.time()})
+                await self.fanout.publish(CHANNEL, message)
         except Exception as exc:
             # Already in the database: the others will see it at their next reconciliation.
             log.warning("could not fan out a revocation (%r); reconciliation will carry it", exc)
@@ -154,12 +164,25 @@ class Revocations:
         kind, ids, at = message.get("kind"), message.get("ids"), message.get("at")
         if self.metrics is not None and isinstance(at, float):
             self.metrics.revocation_propagation.observe(max(0.0, time.time() - at))
-        if isinstance(kind, str) and isinstance(ids, list):
+        if not isinstance(kind, str) or not isinstance(ids, list):
+            return
+        versions = message.get("versions")
+        if isinstance(versions, list) and len(versions) == len(ids):
+            pairs = [
+                (i, v if type(v) is int else None) for i, v in zip(ids, versions, strict=True) if isinstance(i, str)
+            ]
+            self._apply(kind, [i for i, _ in pairs], [v for _, v in pairs])
+        else:
             self._apply(kind, [i for i in ids if isinstance(i, str)])
 
-    def _apply(self, kind: str, ids: list[str]) -> None:
+    def _apply(self, kind: str, ids: list[str], versions: Sequence[int | None] | None = None) -> None:
         for callback in self._watchers.get(kind, ()):
             callback(ids)
+        watchers = self._version_watchers.get(kind, ())
+        if watchers:
+            known = versions if versions is not None else [None] * len(ids)
+            for versioned in watchers:
+                versioned(ids, known)
         target = {"sid": self.sids, "jti": self.jtis, "device": self.devices}.get(kind)
         if target is not None:
             fresh = [i for i in ids if i not in target]
@@ -226,14 +249,16 @@ class Revocations:
         # Caches start empty: the first pass has no user changes to tell them of.
         caches_since = started if self._since is None else since
         found: dict[str, list[str]] = {"sid": [], "jti": [], "device": [], "user": [], "device_row": [], "members": []}
+        versions: dict[str, list[int | None]] = {kind: [] for kind in found}
         async with asyncio.timeout(self.settings.backend_timeout * 2):
             async with self.db.query() as tx:
-                for kind, id_ in await store.revocation_changes(tx, since=since, caches_since=caches_since):
+                for kind, id_, version in await store.revocation_changes(tx, since=since, caches_since=caches_since):
                     found[kind].append(id_)
+                    versions[kind].append(version)
         sids, jtis, devices = found["sid"], found["jti"], set(found["device"])
         for kind in ("user", "device_row", "members"):
             if found[kind]:
-                self._apply(kind, found[kind])
+                self._apply(kind, found[kind], versions[kind])
         self._apply("sid", sids)
         self._apply("jti", jtis)
         self._apply("device", sorted(devices - self.devices.keys()))

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 
 from shared import tables
+from shared.clock import version_of
 from shared.db import Tx
 
 # --- revocations -------------------------------------------------------------------------------------
@@ -18,34 +19,40 @@ from shared.db import Tx
 # What a reconciliation pass reads: (kind, id) of sessions and tokens revoked since `since`, of every
 # disabled device, and of the rows per-process caches keep that changed since `caches_since`.
 _CHANGES = sa.union_all(
-    sa.select(sa.literal("sid").label("kind"), tables.sessions.c.id.label("id")).where(
-        tables.sessions.c.revoked_at >= sa.bindparam("since")
-    ),
-    sa.select(sa.literal("jti"), tables.revoked_tokens.c.jti).where(
+    sa.select(
+        sa.literal("sid").label("kind"),
+        tables.sessions.c.id.label("id"),
+        sa.cast(sa.null(), tables.UTCDateTime).label("at"),
+    ).where(tables.sessions.c.revoked_at >= sa.bindparam("since")),
+    sa.select(sa.literal("jti"), tables.revoked_tokens.c.jti, sa.null()).where(
         tables.revoked_tokens.c.revoked_at >= sa.bindparam("since")
     ),
-    sa.select(sa.literal("device"), tables.devices.c.uid).where(tables.devices.c.disabled.is_(True)),
-    # Users changed: what per-process caches of user rows must forget (shared.cache).
-    sa.select(sa.literal("user"), tables.users.c.id).where(tables.users.c.updated_at >= sa.bindparam("caches_since")),
+    sa.select(sa.literal("device"), tables.devices.c.uid, sa.null()).where(tables.devices.c.disabled.is_(True)),
+    # Users changed, with the version their row has now: what per-process caches of user rows must
+    # forget, unless they hold that version (shared.cache).
+    sa.select(sa.literal("user"), tables.users.c.id, tables.users.c.updated_at).where(
+        tables.users.c.updated_at >= sa.bindparam("caches_since")
+    ),
     # Devices whose listing or membership changed, and who holds a role on them now: what the
     # per-process device lists must forget (shared.device_lists).
-    sa.select(sa.literal("device_row"), tables.devices.c.uid).where(
+    sa.select(sa.literal("device_row"), tables.devices.c.uid, sa.null()).where(
         tables.devices.c.changed_at >= sa.bindparam("caches_since")
     ),
-    sa.select(sa.literal("members"), tables.devices.c.owner_id).where(
+    sa.select(sa.literal("members"), tables.devices.c.owner_id, sa.null()).where(
         tables.devices.c.changed_at >= sa.bindparam("caches_since"), tables.devices.c.owner_id.is_not(None)
     ),
-    sa.select(sa.literal("members"), tables.device_shares.c.user_id)
+    sa.select(sa.literal("members"), tables.device_shares.c.user_id, sa.null())
     .join(tables.devices, tables.devices.c.uid == tables.device_shares.c.uid)
     .where(tables.devices.c.changed_at >= sa.bindparam("caches_since")),
 )
 _JTI_REVOKED = sa.select(tables.revoked_tokens.c.jti).where(tables.revoked_tokens.c.jti == sa.bindparam("jti"))
 
 
-async def revocation_changes(tx: Tx, *, since: datetime, caches_since: datetime) -> list[tuple[str, str]]:
-    """(kind, id) pairs, in one statement: one round trip, one snapshot."""
+async def revocation_changes(tx: Tx, *, since: datetime, caches_since: datetime) -> list[tuple[str, str, int | None]]:
+    """(kind, id, version) triples, in one statement: one round trip, one snapshot. The version is a
+    user row's (shared.cache.version_of), None for the other kinds."""
     rows = await tx.execute(_CHANGES, {"since": since, "caches_since": caches_since})
-    return [(str(kind), str(id_)) for kind, id_ in rows]
+    return [(str(kind), str(id_), None if at is None else version_of(at)) for kind, id_, at in rows]
 
 
 async def mark_sessions_revoked(tx: Tx, sids: Sequence[str], *, reason: str, now: datetime) -> None:

@@ -1,23 +1,29 @@
 """The per-process cache of user rows behind `GET /v1/users/me` (issue 11): a change made anywhere shows
 at once where the fan-out carries it, and within 5 s where the fan-out lost it (each reconciliation
 pass tells the cache what changed); while reconciliation cannot confirm its view, the cache answers
-nothing and every read goes to the database. Both backends."""
+nothing and every read goes to the database. A login keeps its user's row cached, as the login left it,
+in its own process. Both backends."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 import httpx
 import pytest
 
 from account_manager import accounts, store
+from account_manager.user_cache import row_version, user_cache
+from shared import revocation
 from shared.context import Context
 from shared.models import Role
 from shared.settings import Settings
 from tests.conftest import Users, bearer
+from tests.device_connector.helpers import eventually
 
 WITHIN = 5.0
 
@@ -45,7 +51,7 @@ async def cached(client: httpx.AsyncClient, ctx: Context, user_id: str, tokens: 
     """Read /v1/users/me until the row is in the cache (a read that raced the login's own change
     notice is not kept, by design)."""
     deadline = time.monotonic() + WITHIN
-    while accounts.user_cache(ctx).get(user_id) is None:
+    while user_cache(ctx).get(user_id) is None:
         assert time.monotonic() < deadline, "GET /v1/users/me never filled the cache"
         await email_shown(client, tokens)
         await asyncio.sleep(0.05)
@@ -102,7 +108,7 @@ async def test_nothing_is_served_from_the_cache_while_reconciliation_is_unconfir
 ) -> None:
     user, tokens = await users.new()
     await cached(client, ctx, user["id"], tokens)
-    cache = accounts.user_cache(ctx)
+    cache = user_cache(ctx)
     # As if the last successful pass were long ago (the database unreachable for a while).
     monkeypatch.setattr(ctx.revocations, "_last_ok", time.monotonic() - ctx.settings.revocation_max_staleness - 1)
     assert cache.get(user["id"]) is None
@@ -110,7 +116,7 @@ async def test_nothing_is_served_from_the_cache_while_reconciliation_is_unconfir
 
 async def test_a_read_that_raced_a_change_is_not_kept(users: Users, ctx: Context) -> None:
     user, _ = await users.new()
-    cache = accounts.user_cache(ctx)
+    cache = user_cache(ctx)
     ticket = cache.ticket()
     async with ctx.db.query() as tx:
         before = await store.user_by_id(tx, user_id=user["id"])
@@ -118,3 +124,88 @@ async def test_a_read_that_raced_a_change_is_not_kept(users: Users, ctx: Context
     await accounts.update_email(ctx, user_id=user["id"], email="raced@example.com", ip=None)
     cache.put(user["id"], before, ticket)  # the read of before the change comes back late
     assert cache.get(user["id"]) is None
+
+
+async def test_a_login_keeps_its_users_fresh_row_cached_through_the_passes_that_report_it(
+    client: httpx.AsyncClient, users: Users, ctx: Context
+) -> None:
+    """The login changed the row (its last login): this process keeps the row as the login left it,
+    and neither the echo of its own change notice nor the reconciliation passes that report the
+    change for the next seconds forget it."""
+    user, tokens = await users.new()
+    await cached(client, ctx, user["id"], tokens)
+    cache = user_cache(ctx)
+    earlier = cache.get(user["id"])
+    assert earlier is not None
+    await users.login(user["username"])
+    fresh = cache.get(user["id"])
+    assert fresh is not None and fresh.last_login_at is not None
+    assert earlier.last_login_at is None or fresh.last_login_at > earlier.last_login_at
+    await ctx.revocations.reconcile()
+    await ctx.revocations.reconcile()
+    assert cache.get(user["id"]) == fresh
+    shown = (await client.get("/v1/users/me", headers=bearer(tokens))).json()["last_login_at"]
+    assert shown is not None and datetime.fromisoformat(shown) == fresh.last_login_at
+
+
+async def test_a_lost_change_after_a_login_still_shows_within_seconds(
+    client: httpx.AsyncClient, users: Users, ctx: Context, settings: Settings
+) -> None:
+    """The row a login kept is forgotten by the first pass that reports another version of it."""
+    user, tokens = await users.new()
+    await users.login(user["username"])
+    assert user_cache(ctx).get(user["id"]) is not None
+    async with unheard_process(settings) as other:
+        await accounts.update_email(other, user_id=user["id"], email="later@example.com", ip=None)
+    changed = time.monotonic()
+    while await email_shown(client, tokens) != "later@example.com":
+        assert time.monotonic() - changed < WITHIN, "the row a login kept outlived a lost fan-out by 5 s"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_read_from_before_a_login_does_not_replace_the_row_it_left(users: Users, ctx: Context) -> None:
+    user, _ = await users.new()
+    cache = user_cache(ctx)
+    ticket = cache.ticket()
+    async with ctx.db.query() as tx:
+        before = await store.user_by_id(tx, user_id=user["id"])
+    assert before is not None
+    await users.login(user["username"])
+    cache.put(user["id"], before, ticket)  # the read of before the login comes back late
+    kept = cache.get(user["id"])
+    assert kept is not None and kept.last_login_at is not None
+
+
+@pytest.mark.parametrize(
+    ("versions", "kept"),
+    [
+        ("same", True),  # the notice of the write the cached row shows
+        ("other", False),
+        ("none", False),  # from a writer that names no version
+        ("malformed", False),  # as if it named none
+        ("short", False),  # one per id, or none at all
+    ],
+)
+async def test_a_change_notice_forgets_the_row_unless_it_names_the_version_cached(
+    users: Users, ctx: Context, versions: str, kept: bool
+) -> None:
+    user, _ = await users.new()
+    await users.login(user["username"])
+    cache = user_cache(ctx)
+    row = cache.get(user["id"])
+    assert row is not None
+    marker = f"marker-{secrets.token_hex(4)}"  # tells when the notice has been dealt with
+    heard: list[str] = []
+    ctx.revocations.watch_versions("user", lambda ids, _: heard.extend(ids))
+    message: dict[str, object] = {"kind": "user", "ids": [user["id"], marker], "at": time.time()}
+    message["versions"] = {
+        "same": [row_version(row), None],
+        "other": [row_version(row) + 1, None],
+        "malformed": [str(row_version(row)), None],
+        "short": [row_version(row)],
+    }.get(versions)
+    if versions == "none":
+        del message["versions"]
+    await ctx.fanout.publish(revocation.CHANNEL, message)
+    assert await eventually(lambda: marker in heard)
+    assert (cache.get(user["id"]) == row) is kept
