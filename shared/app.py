@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
@@ -251,6 +252,10 @@ class RequestMetricsMiddleware:
 
         try:
             await self.app(scope, receive, counting_send)
+        except ClientDisconnect:
+            # The client went away while its body was awaited: nobody to answer, and not a fault of
+            # ours to log as one. Counted as the client's doing, as nginx's 499 is.
+            status = 499
         finally:
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"  # any token is a method to h11
             ctx.metrics.child(ctx.metrics.requests, method, f"{status // 100}xx").inc()
