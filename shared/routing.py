@@ -12,15 +12,21 @@ any path (mounts, `:path` or an app's own convertors, a parameter among the firs
 their original order. A request goes to its shard's own (FastAPI's) dispatch: the first route that
 matches in the shard is the first that matches in the whole list, since no route left out could have
 matched. When nothing in the shard matches, the shard's fallback is the whole router,
-which answers exactly as before (405, the trailing-slash redirect, 404)."""
+which answers exactly as before (405, the trailing-slash redirect, 404).
+
+`lean` serves the hottest routes without FastAPI's request handler (see there)."""
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
 from starlette.convertors import FloatConvertor, IntegerConvertor, StringConvertor, UUIDConvertor
-from starlette.routing import BaseRoute, Route, Router
+from starlette.routing import BaseRoute, Route, Router, request_response
 from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -97,3 +103,45 @@ class RouteIndex:
             return
         scope.setdefault("router", self.router)
         await self.shard_for(scope["path"]).app(scope, receive, send)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def lean(
+    router: APIRouter, path: str, *, method: str, openapi_extra: dict[str, Any] | None = None
+) -> Callable[[Handler], Handler]:
+    """Register `handler(request) -> Response` as the route `method path` of `router`: documented as
+    FastAPI documents any route (say what its signature does not in `openapi_extra`: path
+    parameters, the body), but served by Starlette's request handler instead of FastAPI's. The
+    handler calls what would have been its dependencies itself.
+
+    FastAPI's handler solves the dependencies, builds a response object for them and serializes the
+    returned value, on every request: with three dependencies, a quarter of a command's time on the
+    event loop (issue 11, measured A/B on one server: 1.27 ms of the main thread a command through
+    FastAPI, 0.97 ms lean, 1.03 ms with FastAPI and no dependencies). Errors are answered the same
+    way: Starlette's handler passes them to the app's exception handlers, as FastAPI's does."""
+
+    def register(handler: Handler) -> Handler:
+        router.add_api_route(path, handler, methods=[method], openapi_extra=openapi_extra)
+        route = router.routes[-1]
+        assert isinstance(route, APIRoute) and route.path == path
+        route.app = request_response(handler)
+        return handler
+
+    return register
+
+
+def path_parameters(*names: str) -> dict[str, Any]:
+    """OpenAPI for the string path parameters of a `lean` route (its signature declares none)."""
+    return {
+        "parameters": [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in names]
+    }
+
+
+# What a `lean` route that answers a JSON object says of its answer (its signature says nothing).
+JSON_OBJECT_ANSWER: dict[str, Any] = {
+    "responses": {
+        "200": {"content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}}}
+    }
+}

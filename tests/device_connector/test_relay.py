@@ -130,6 +130,24 @@ async def test_a_command_reaches_the_device_and_its_reply_comes_back(
     assert len(await eventually(lambda: recorded("command_replied"))) == 4
 
 
+async def test_a_command_is_refused_as_every_route_refuses(
+    client: httpx.AsyncClient, users: Users, ctx: Context
+) -> None:
+    """The route is served without FastAPI's request handler (shared.routing.lean): what it refuses, it
+    refuses with the same answers, in the same order (the token before the device, the device before
+    the body)."""
+    world = await make_world(client, users, ctx)
+    path = f"/v1/devices/{world.uid}/commands"
+    assert_error(await client.post(path, json={"action": "echo"}), 401, "invalid_token")
+    assert_error(
+        await client.post(path, json={"action": "echo"}, headers={"Authorization": "Bearer x"}), 401, "invalid_token"
+    )
+    assert_error(await client.post(path, content=b"{", headers=world.stranger.headers), 404, "not_found")
+    assert_error(await client.post(path, content=b"{", headers=world.owner.headers), 400, "invalid_request")
+    assert_error(await client.post(path, json={"params": {}}, headers=world.owner.headers), 422, "validation_error")
+    assert_error(await command(client, world.owner, world.uid, "echo", {}), 409, "device_offline")
+
+
 async def test_offline_device_and_timeout(client: httpx.AsyncClient, users: Users, ctx: Context, mqtt: Clients) -> None:
     world = await make_world(client, users, ctx)
     uid = world.uid
