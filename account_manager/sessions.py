@@ -104,7 +104,6 @@ async def issue_session(
     session id beforehand to tie their code to it). For a user who must enrol a second factor and
     has none, the access token is good only for enrolling (SPEC §12)."""
     settings = ctx.settings
-    enrolment = await mfa.enrolment_only(ctx, tx, user_id=user_id, role=role, mfa_enabled=mfa_enabled)
     now = utcnow()
     sid = sid or new_session_id()
     refresh_token = new_refresh_token()
@@ -119,12 +118,19 @@ async def issue_session(
         user_agent=user_agent,
         client_id=client_id,
     )
-    # Its last login changed: other processes forget the row; this one keeps it as the login left it.
-    if user is None:
-        ctx.revocations.user_changed(tx, user_id)
-    else:
+    if user is not None:
+        # The row as it is under the login's own write: a disable or a role change committed since the
+        # password was checked is not handed a fresh session with what was read before it.
+        if user.disabled:
+            raise AccountDisabledError()
+        role, mfa_enabled = user.role, user.mfa_enabled
+        # Its last login changed: this process keeps the row as the login left it (unless another change
+        # of it came in meanwhile), the others forget it.
+        user_cache(ctx).keep_on_commit(tx, user_id, user)
         ctx.revocations.user_changed(tx, user_id, version=row_version(user))
-        tx.after_commit(lambda: user_cache(ctx).replace(user_id, user))
+    else:
+        ctx.revocations.user_changed(tx, user_id)
+    enrolment = await mfa.enrolment_only(ctx, tx, user_id=user_id, role=role, mfa_enabled=mfa_enabled)
     access, _ = ctx.issuer.access(
         user_id=user_id, sid=sid, role=role, ttl=settings.access_ttl, client_id=client_id, mfa_enrolment=enrolment
     )

@@ -239,6 +239,12 @@ class ClusteredBroker:
         self.events: BrokerEvents | None = None
         self._kicks: dict[str, asyncio.Task[None]] = {}  # by connection name, until its close is heard
         self._tasks: set[asyncio.Task[None]] = set()
+        # Access notices heard so far: a connection looked up while none came needs no second look.
+        self._access_notices = 0
+        ctx.revocations.watch("access", self._heard_access)
+
+    def _heard_access(self, uids: list[str]) -> None:
+        self._access_notices += 1
 
     async def _start_relay(self, events: BrokerEvents) -> None:
         self.events = events
@@ -310,7 +316,13 @@ class ClusteredBroker:
             return
         claims = admitted.claims
         device = is_device_name(username)
-        grants = await self.gate.grants(claims.sub, device=device, admin=claims.role == Role.ADMIN)
+        notices = self._access_notices
+        try:
+            grants = await self.gate.grants(claims.sub, device=device, admin=claims.role == Role.ADMIN)
+        except RefusedError:
+            # What it may touch cannot be read: fail closed, and its client reconnects once it can be.
+            await self._turn_away(name, username, client_id, "its roles could not be read", logging.WARNING)
+            return
         if admitted.lost_since(grants):
             # A role lost between the CONNECT's admission and now: the broker may hold subscriptions
             # it authorized against it, and the access change came while this connection was not
@@ -324,19 +336,20 @@ class ClusteredBroker:
         conn.recorder = recorder
         if self.events is not None:
             self.events.connected(conn)
-        if not device:
+        if not device and self._access_notices != notices:
             await self._recheck(conn, admin=claims.role == Role.ADMIN)
 
     async def _recheck(self, conn: Connection, *, admin: bool) -> None:
-        """An access change that came while the connection's roles were read and it was not yet in the
-        book found nothing to narrow: read the roles once more now that it is there, and let it go if
-        it lost one. A change after this read reaches it in the book."""
+        """An access change heard while the connection's roles were read and it was not yet in the book
+        found nothing to narrow: read the roles once more now that it is there, and let it go if it
+        lost one. A change after this read reaches it in the book."""
+        held = dict(conn.grants.roles)  # as tracked: a change applied during the read is not ours to judge
         try:
             now = await self.gate.grants(conn.claims.sub, device=False, admin=admin)
         except RefusedError:
             lost = True  # unknown whether it lost one: fail closed, its client reconnects
         else:
-            lost = roles_lost(conn.grants.roles, now)
+            lost = roles_lost(held, now)
         if lost:
             log.info("closing MQTT connection of %s: its roles changed while it was looked up", conn.client_id)
             await self.narrow(conn)

@@ -254,8 +254,10 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, counting_send)
         except ClientDisconnect:
             # The client went away while its body was awaited: nobody to answer, and not a fault of
-            # ours to log as one. Counted as the client's doing, as nginx's 499 is.
-            status = 499
+            # ours to log as one. Counted as the client's doing, as nginx's 499 is, unless an answer
+            # had started (then it is counted as what it started as).
+            if status == 500:
+                status = 499
         finally:
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"  # any token is a method to h11
             ctx.metrics.child(ctx.metrics.requests, method, f"{status // 100}xx").inc()

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from shared.db import Tx
 from shared.revocation import Revocations
 
 V = TypeVar("V")
@@ -38,8 +39,8 @@ class RowCache(Generic[V]):
         self.version = version
         self.max_entries = max_entries
         self._rows: dict[str, V] = {}
-        self._counter = 0  # one tick per forget
-        self._forgotten: dict[str, int] = {}  # key -> the tick it was last forgotten at
+        self._counter = 0  # one tick per change notice (or replace)
+        self._forgotten: dict[str, int] = {}  # key -> the tick of its last change notice (or replace)
         self._floor = 0  # tickets older than this are refused (the record of forgets was cleared)
         revocations.watch_versions(kind, self.forget)
 
@@ -57,11 +58,33 @@ class RowCache(Generic[V]):
             return  # the row changed while it was read: what was read may be from before the change
         self._keep(key, value)
 
-    def replace(self, key: str, value: V) -> None:
-        """This process has just committed a change of the row, and `value` is the row as the write
-        left it: kept, and every read in flight of the row is refused (it may be from before)."""
+    def keep_on_commit(self, tx: Tx, key: str, value: V) -> None:
+        """`value` is the row as `tx`, which changed it, leaves it: kept once `tx` commits. Register it
+        before the change's notice, whose version then names the row kept.
+
+        The write holds the row until its COMMIT, so any change of the row heard before the COMMIT
+        is sent came before this one, and `value` shows it. A notice heard between the COMMIT and the
+        keeping may be of a change made after this one: the row is forgotten instead."""
+        ticket = 0
+
+        def committing() -> None:
+            nonlocal ticket
+            ticket = self._counter
+
+        tx.before_commit(committing)
+        tx.after_commit(lambda: self.replace(key, value, ticket))
+
+    def replace(self, key: str, value: V, ticket: int) -> None:
+        """`value` is the row as a change this process committed left it (`ticket` taken right before
+        its COMMIT): kept, and every read in flight of the row is refused (it may be from before).
+        If a notice of another change came since the ticket, that change may be newer than this one:
+        the row is forgotten instead."""
+        raced = ticket < self._floor or self._forgotten.get(key, -1) > ticket
         self._mark([key])
-        self._keep(key, value)
+        if raced:
+            self._rows.pop(key, None)
+        else:
+            self._keep(key, value)
 
     def forget(self, keys: list[str], versions: Sequence[int | None] | None = None) -> None:
         """Rows changed: forgotten, but where the notice names the version the cached row has."""

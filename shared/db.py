@@ -45,9 +45,18 @@ class Tx:
         # PostgreSQL; SQLite's BEGIN IMMEDIATE holds the whole database already).
         self.write = write
         self._after_commit: list[Callable[[], Awaitable[None] | None]] = []
+        self._before_commit: list[Callable[[], None]] = []
 
     def after_commit(self, callback: Callable[[], Awaitable[None] | None]) -> None:
         self._after_commit.append(callback)
+
+    def before_commit(self, callback: Callable[[], None]) -> None:
+        """Called once the transaction's work is done, right before its COMMIT is sent."""
+        self._before_commit.append(callback)
+
+    def _committing(self) -> None:
+        for callback in self._before_commit:
+            callback()
 
     async def execute(self, statement: Any, params: Any = None) -> sa.CursorResult[*tuple[Any, ...]]:
         result: sa.CursorResult[*tuple[Any, ...]] = await self.conn.execute(statement, params)
@@ -162,6 +171,7 @@ class Database:
                 if seconds is None:
                     async with conn.begin():
                         yield tx
+                        tx._committing()
                 else:
                     async with self._bounded(conn, seconds):
                         transaction = await conn.begin()
@@ -172,6 +182,7 @@ class Database:
                         except BaseException:
                             await transaction.rollback()
                             raise
+                        tx._committing()
                         await transaction.commit()
         except BACKEND_ERRORS as exc:
             if isinstance(exc, sa.exc.IntegrityError):

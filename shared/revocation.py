@@ -57,6 +57,9 @@ class Revocations:
         self._listeners: list[asyncio.Queue[tuple[str, str]]] = []
         self._watchers: dict[str, list[Callable[[list[str]], None]]] = {}
         self._version_watchers: dict[str, list[Callable[[list[str], Sequence[int | None]], None]]] = {}
+        # (kind, id) -> (version, when) of the last versioned change told to the watchers: a pass that
+        # re-reads the same change (the overlap) does not tell it again.
+        self._told: dict[tuple[str, str], tuple[int, float]] = {}
         self._background: set[asyncio.Task[None]] = set()
         fanout.subscribe(CHANNEL, self._on_message)
         fanout.on_reconnect.append(self.reconcile)
@@ -176,6 +179,17 @@ class Revocations:
             self._apply(kind, [i for i in ids if isinstance(i, str)])
 
     def _apply(self, kind: str, ids: list[str], versions: Sequence[int | None] | None = None) -> None:
+        if versions is not None:
+            # A change told already, with its version (by the commit, then its echo through the
+            # fan-out, then every pass that re-reads it), is not told again.
+            untold = [
+                (id_, version)
+                for id_, version in zip(ids, versions, strict=True)
+                if version is None or self._told.get((kind, id_), (None,))[0] != version
+            ]
+            if not untold:
+                return
+            ids, versions = [id_ for id_, _ in untold], [version for _, version in untold]
         for callback in self._watchers.get(kind, ()):
             callback(ids)
         watchers = self._version_watchers.get(kind, ())
@@ -183,6 +197,10 @@ class Revocations:
             known = versions if versions is not None else [None] * len(ids)
             for versioned in watchers:
                 versioned(ids, known)
+            told = time.monotonic()
+            for id_, version in zip(ids, known, strict=True):
+                if version is not None:
+                    self._told[(kind, id_)] = (version, told)
         target = {"sid": self.sids, "jti": self.jtis, "device": self.devices}.get(kind)
         if target is not None:
             fresh = [i for i in ids if i not in target]
@@ -274,3 +292,7 @@ class Revocations:
         for ids in (self.sids, self.jtis):
             for stale in [i for i, learnt in ids.items() if learnt < cutoff]:
                 del ids[stale]
+        # A change is re-read for the overlap after it: past twice that, no pass reads it again.
+        told_cutoff = time.monotonic() - 2 * _OVERLAP.total_seconds()
+        for stale_key in [key for key, (_, told) in self._told.items() if told < told_cutoff]:
+            del self._told[stale_key]

@@ -16,7 +16,7 @@ from shared.db import Tx
 
 # --- revocations -------------------------------------------------------------------------------------
 
-# What a reconciliation pass reads: (kind, id) of sessions and tokens revoked since `since`, of every
+# What a reconciliation pass reads: (kind, id, version) of sessions and tokens revoked since `since`, of every
 # disabled device, and of the rows per-process caches keep that changed since `caches_since`.
 _CHANGES = sa.union_all(
     sa.select(

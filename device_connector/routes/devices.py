@@ -52,8 +52,8 @@ def _iso(value: Any) -> str | None:
     openapi_extra=body_doc(CommandIn) | path_parameters("uid") | JSON_OBJECT_ANSWER,
 )
 async def send_command(request: Request) -> Response:
-    # The hottest route a phone calls, served lean (shared.routing.lean): its dependencies, in the
-    # order FastAPI would solve them, called here.
+    # The hottest route a phone calls, served lean (shared.routing.lean): what were its dependencies
+    # are called here, the token first, as FastAPI solved them.
     ctx = await get_ctx(request)
     user = await current_user(request)
     uid = await _require(ctx, request.path_params["uid"], user.id, DeviceRole.CONTROLLER)

@@ -17,8 +17,10 @@ import httpx
 import pytest
 
 from account_manager import accounts, store
+from account_manager.passwords import Passwords
 from account_manager.user_cache import row_version, user_cache
 from shared import revocation
+from shared.clock import utcnow
 from shared.context import Context
 from shared.models import Role
 from shared.settings import Settings
@@ -153,6 +155,7 @@ async def test_a_lost_change_after_a_login_still_shows_within_seconds(
 ) -> None:
     """The row a login kept is forgotten by the first pass that reports another version of it."""
     user, tokens = await users.new()
+    await cached(client, ctx, user["id"], tokens)  # the first login's notices have come and gone
     await users.login(user["username"])
     assert user_cache(ctx).get(user["id"]) is not None
     async with unheard_process(settings) as other:
@@ -163,8 +166,11 @@ async def test_a_lost_change_after_a_login_still_shows_within_seconds(
         await asyncio.sleep(0.1)
 
 
-async def test_a_read_from_before_a_login_does_not_replace_the_row_it_left(users: Users, ctx: Context) -> None:
-    user, _ = await users.new()
+async def test_a_read_from_before_a_login_does_not_replace_the_row_it_left(
+    client: httpx.AsyncClient, users: Users, ctx: Context
+) -> None:
+    user, tokens = await users.new()
+    await cached(client, ctx, user["id"], tokens)
     cache = user_cache(ctx)
     ticket = cache.ticket()
     async with ctx.db.query() as tx:
@@ -173,7 +179,8 @@ async def test_a_read_from_before_a_login_does_not_replace_the_row_it_left(users
     await users.login(user["username"])
     cache.put(user["id"], before, ticket)  # the read of before the login comes back late
     kept = cache.get(user["id"])
-    assert kept is not None and kept.last_login_at is not None
+    assert kept is not None and kept.last_login_at is not None and before.last_login_at is not None
+    assert kept.last_login_at > before.last_login_at
 
 
 @pytest.mark.parametrize(
@@ -187,10 +194,10 @@ async def test_a_read_from_before_a_login_does_not_replace_the_row_it_left(users
     ],
 )
 async def test_a_change_notice_forgets_the_row_unless_it_names_the_version_cached(
-    users: Users, ctx: Context, versions: str, kept: bool
+    client: httpx.AsyncClient, users: Users, ctx: Context, versions: str, kept: bool
 ) -> None:
-    user, _ = await users.new()
-    await users.login(user["username"])
+    user, tokens = await users.new()
+    await cached(client, ctx, user["id"], tokens)
     cache = user_cache(ctx)
     row = cache.get(user["id"])
     assert row is not None
@@ -209,3 +216,65 @@ async def test_a_change_notice_forgets_the_row_unless_it_names_the_version_cache
     await ctx.fanout.publish(revocation.CHANNEL, message)
     assert await eventually(lambda: marker in heard)
     assert (cache.get(user["id"]) == row) is kept
+
+
+async def test_a_change_heard_while_a_login_commits_is_not_overwritten_by_it(users: Users, ctx: Context) -> None:
+    """Another process's change of the row is heard between the login's write and its commit: the
+    login's row may be the older one, so it is forgotten instead of kept."""
+    user, _ = await users.new()
+    cache = user_cache(ctx)
+    async with ctx.db.query() as tx:
+        row = await store.user_by_id(tx, user_id=user["id"])
+    assert row is not None
+    ticket = cache.ticket()
+    cache.replace(user["id"], row, ticket)  # nothing heard meanwhile: kept
+    assert cache.get(user["id"]) == row
+    ticket = cache.ticket()
+    cache.forget([user["id"]], [row_version(row) + 1])  # the notice of another write
+    cache.replace(user["id"], row, ticket)
+    assert cache.get(user["id"]) is None
+
+
+async def test_a_user_disabled_while_logging_in_gets_no_session(
+    client: httpx.AsyncClient, users: Users, ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disable commits after the password was checked and before the login's own write: the row
+    the login's write returns says so, and no session is handed out."""
+    user, _ = await users.new()
+    _, admin_tokens = await users.admin(ctx, "admin")
+    admin_id = (await client.get("/v1/users/me", headers=bearer(admin_tokens))).json()["id"]
+    verify = Passwords.verify
+
+    async def verify_then_disable(self: Passwords, stored_hash: str | None, password: str) -> bool:
+        ok = await verify(self, stored_hash, password)
+        await accounts.admin_update_user(ctx, actor_id=admin_id, user_id=user["id"], role=None, disabled=True, ip=None)
+        return ok
+
+    monkeypatch.setattr(Passwords, "verify", verify_then_disable)
+    response = await client.post(
+        "/v1/auth/login", json={"username": user["username"], "password": "correct horse battery"}
+    )
+    assert response.status_code == 403, response.text
+    assert response.json()["error"] == "account_disabled"
+    async with ctx.db.query() as tx:
+        assert await store.active_session_ids(tx, user_id=user["id"], now=utcnow()) == []
+
+
+async def test_a_pass_tells_a_change_once_though_it_reads_it_again(
+    client: httpx.AsyncClient, users: Users, ctx: Context, settings: Settings
+) -> None:
+    """Each pass re-reads ten seconds of changes (one committed late is still seen): a change already
+    told, with its version, is not told again, so caches are not churned every second; a change the
+    fan-out lost is told by the first pass that reads it."""
+    user, tokens = await users.new()
+    await cached(client, ctx, user["id"], tokens)
+    heard: list[str] = []
+    ctx.revocations.watch_versions("user", lambda ids, _: heard.extend(ids))
+    await ctx.revocations.reconcile()
+    assert user["id"] not in heard  # the login was told when it committed
+    async with unheard_process(settings) as other:
+        await accounts.update_email(other, user_id=user["id"], email="once@example.com", ip=None)
+    await ctx.revocations.reconcile()
+    await ctx.revocations.reconcile()
+    assert heard.count(user["id"]) == 1
+    assert await email_shown(client, tokens) == "once@example.com"
