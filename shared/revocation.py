@@ -259,6 +259,8 @@ class Revocations:
 
     async def reconcile(self) -> None:
         started = utcnow()
+        # The view is as of the pass's one snapshot, taken at its start: its staleness counts from then.
+        snapshot = time.monotonic()
         since = started - self.horizon if self._since is None else self._since - _OVERLAP
         # One statement outside a transaction: one round trip (one thread hop on SQLite), one snapshot.
         # Under a reconnect storm every hop waits for a busy event loop: a pass of several hops would
@@ -284,7 +286,7 @@ class Revocations:
             del self.devices[uid]
         self._prune()
         self._since = started
-        self._last_ok = time.monotonic()
+        self._last_ok = snapshot
 
     def _prune(self) -> None:
         # An id learnt before the horizon can only be in tokens that have expired anyway.
