@@ -49,6 +49,19 @@ async def email_shown(client: httpx.AsyncClient, tokens: dict[str, object]) -> o
     return response.json()["email"]
 
 
+async def changed_unheard(settings: Settings, user_id: str, email: str) -> None:
+    """The user's email changed by a process whose fan-out message is lost."""
+    async with unheard_process(settings) as other:
+        await accounts.update_email(other, user_id=user_id, email=email, ip=None)
+
+
+async def shown_within_the_bound(client: httpx.AsyncClient, tokens: dict[str, object], email: str) -> None:
+    changed = time.monotonic()
+    while await email_shown(client, tokens) != email:
+        assert time.monotonic() - changed < WITHIN, "a cached user row outlived a lost fan-out by 5 s"
+        await asyncio.sleep(0.1)
+
+
 async def cached(client: httpx.AsyncClient, ctx: Context, user_id: str, tokens: dict[str, object]) -> None:
     """Read /v1/users/me until the row is in the cache (a read that raced the login's own change
     notice is not kept, by design)."""
@@ -65,12 +78,8 @@ async def test_a_change_whose_fan_out_was_lost_shows_within_seconds(
     user, tokens = await users.new()
     await cached(client, ctx, user["id"], tokens)
     assert await email_shown(client, tokens) is None  # from the cache
-    async with unheard_process(settings) as other:
-        await accounts.update_email(other, user_id=user["id"], email="moved@example.com", ip=None)
-    changed = time.monotonic()
-    while await email_shown(client, tokens) != "moved@example.com":
-        assert time.monotonic() - changed < WITHIN, "a cached user row outlived a lost fan-out by 5 s"
-        await asyncio.sleep(0.1)
+    await changed_unheard(settings, user["id"], "moved@example.com")
+    await shown_within_the_bound(client, tokens, "moved@example.com")
 
 
 async def test_a_role_change_elsewhere_is_never_shown_stale_past_the_bound(
@@ -158,12 +167,8 @@ async def test_a_lost_change_after_a_login_still_shows_within_seconds(
     await cached(client, ctx, user["id"], tokens)  # the first login's notices have come and gone
     await users.login(user["username"])
     assert user_cache(ctx).get(user["id"]) is not None
-    async with unheard_process(settings) as other:
-        await accounts.update_email(other, user_id=user["id"], email="later@example.com", ip=None)
-    changed = time.monotonic()
-    while await email_shown(client, tokens) != "later@example.com":
-        assert time.monotonic() - changed < WITHIN, "the row a login kept outlived a lost fan-out by 5 s"
-        await asyncio.sleep(0.1)
+    await changed_unheard(settings, user["id"], "later@example.com")
+    await shown_within_the_bound(client, tokens, "later@example.com")
 
 
 async def test_a_read_from_before_a_login_does_not_replace_the_row_it_left(
@@ -272,8 +277,7 @@ async def test_a_pass_tells_a_change_once_though_it_reads_it_again(
     ctx.revocations.watch_versions("user", lambda ids, _: heard.extend(ids))
     await ctx.revocations.reconcile()
     assert user["id"] not in heard  # the login was told when it committed
-    async with unheard_process(settings) as other:
-        await accounts.update_email(other, user_id=user["id"], email="once@example.com", ip=None)
+    await changed_unheard(settings, user["id"], "once@example.com")
     await ctx.revocations.reconcile()
     await ctx.revocations.reconcile()
     assert heard.count(user["id"]) == 1
