@@ -86,10 +86,10 @@ class RowCache(Generic[V]):
         else:
             self._keep(key, value)
 
-    def forget(self, keys: list[str], versions: Sequence[int | None] | None = None) -> None:
+    def forget(self, keys: list[str], versions: Sequence[int | None]) -> None:
         """Rows changed: forgotten, but where the notice names the version the cached row has."""
         self._mark(keys)
-        for key, version in zip(keys, versions or [None] * len(keys), strict=True):
+        for key, version in zip(keys, versions, strict=True):
             cached = self._rows.get(key)
             if cached is not None and (version is None or self.version(cached) != version):
                 del self._rows[key]

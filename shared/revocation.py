@@ -55,8 +55,7 @@ class Revocations:
         self._redis_ok = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[asyncio.Queue[tuple[str, str]]] = []
-        self._watchers: dict[str, list[Callable[[list[str]], None]]] = {}
-        self._version_watchers: dict[str, list[Callable[[list[str], Sequence[int | None]], None]]] = {}
+        self._watchers: dict[str, list[Callable[[list[str], Sequence[int | None]], None]]] = {}
         # (kind, id) -> (version, when) of the last versioned change told to the watchers: a pass that
         # re-reads the same change (the overlap) does not tell it again.
         self._told: dict[tuple[str, str], tuple[int, float]] = {}
@@ -130,12 +129,12 @@ class Revocations:
     def watch(self, kind: str, callback: Callable[[list[str]], None]) -> None:
         """Call `callback` with the ids of every change of `kind` this process learns of: by its own
         writes, by the fan-out, and by each reconciliation pass (what the fan-out may have dropped)."""
-        self._watchers.setdefault(kind, []).append(callback)
+        self.watch_versions(kind, lambda ids, _versions: callback(ids))
 
     def watch_versions(self, kind: str, callback: Callable[[list[str], Sequence[int | None]], None]) -> None:
         """As `watch`, with each id's version after the change where it is known (None where not):
         a cache that holds that version already holds the change."""
-        self._version_watchers.setdefault(kind, []).append(callback)
+        self._watchers.setdefault(kind, []).append(callback)
 
     def access_changed(self, tx: Tx, uid: str) -> None:
         """Someone gained or lost a role on a device: live MQTT permissions are re-read (SPEC §5)."""
@@ -190,15 +189,12 @@ class Revocations:
             if not untold:
                 return
             ids, versions = [id_ for id_, _ in untold], [version for _, version in untold]
+        known = versions if versions is not None else [None] * len(ids)
         for callback in self._watchers.get(kind, ()):
-            callback(ids)
-        watchers = self._version_watchers.get(kind, ())
-        if watchers:
-            known = versions if versions is not None else [None] * len(ids)
-            for versioned in watchers:
-                versioned(ids, known)
+            callback(ids, known)
+        if versions is not None:
             told = time.monotonic()
-            for id_, version in zip(ids, known, strict=True):
+            for id_, version in zip(ids, versions, strict=True):
                 if version is not None:
                     self._told[(kind, id_)] = (version, told)
         target = {"sid": self.sids, "jti": self.jtis, "device": self.devices}.get(kind)

@@ -17,7 +17,7 @@ from shared.deps import CtxDep, CurrentUser, client_ip, current_user, get_ctx
 from shared.device_lists import require_role
 from shared.errors import ServiceUnavailableError
 from shared.models import DeviceRole
-from shared.routing import JSON_OBJECT_ANSWER, lean, path_parameters
+from shared.routing import JSON_OBJECT_ANSWER, lean
 
 router = APIRouter(tags=["device connector"])
 
@@ -49,7 +49,7 @@ def _iso(value: Any) -> str | None:
     router,
     "/v1/devices/{uid}/commands",
     method="POST",
-    openapi_extra=body_doc(CommandIn) | path_parameters("uid") | JSON_OBJECT_ANSWER,
+    openapi_extra=body_doc(CommandIn) | JSON_OBJECT_ANSWER,
 )
 async def send_command(request: Request) -> Response:
     # The hottest route a phone calls, served lean (shared.routing.lean): what were its dependencies
